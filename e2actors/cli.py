@@ -1,0 +1,53 @@
+"""The ``e2actors`` command line. Subcommands register themselves in :data:`COMMANDS`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+# name -> (help, add_arguments(parser), run(args) -> exit code)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, help: str) -> Callable:
+    """Register a subcommand: decorate ``run(args) -> int``; its ``add_arguments`` is attached later."""
+
+    def deco(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+        COMMANDS[name] = (help, getattr(fn, "add_arguments", lambda p: None), fn)
+        return fn
+
+    return deco
+
+
+def build_parser() -> argparse.ArgumentParser:
+    _load_commands()
+    parser = argparse.ArgumentParser(prog="e2actors", description="E2 network function virtualization on asyncio actors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_, add_args, _run) in sorted(COMMANDS.items()):
+        p = sub.add_parser(name, help=help_)
+        add_args(p)
+    return parser
+
+
+def _load_commands() -> None:
+    # Each module registers its subcommands on import; a module that does not exist yet is skipped.
+    import importlib
+
+    for mod in ("e2actors.packet.cli",):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _help, _add, run = COMMANDS[args.command]
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Every error e2actors raises is an :class:`E2Error`; each subclass says what went wrong."""
+
+from __future__ import annotations
+
+
+class E2Error(Exception):
+    """Root of all e2actors errors."""
+
+
+# --- runtime -----------------------------------------------------------------------------------
+class CodecError(E2Error):
+    """A frame could not be encoded or decoded (unknown tag, malformed, oversized)."""
+
+
+class AuthError(E2Error):
+    """A peer failed the shared-secret challenge, or we failed its challenge."""
+
+
+class TransportError(E2Error):
+    """A connection to a peer node could not be made or was lost."""
+
+
+class AskTimeout(E2Error, TimeoutError):
+    """An ask got no reply within its timeout."""
+
+
+class ActorStopped(E2Error):
+    """The target actor is not running (never was, stopped, or its node is gone)."""
+
+
+class MailboxFull(E2Error):
+    """A bounded mailbox refused a message (``tell_nowait`` on a full ``block`` mailbox)."""
+
+
+class RemoteError(E2Error):
+    """An ask's handler raised on the other side; the message carries its type and text."""
+
+
+# --- packet layer ------------------------------------------------------------------------------
+class PcapError(E2Error):
+    """A pcap or pcapng file is malformed or of an unsupported kind."""
+
+
+class FilterError(E2Error):
+    """A filter expression is malformed or unsupported.
+
+    ``column`` is the 1-based column of the offending token in ``expression``.
+    """
+
+    def __init__(self, message: str, expression: str = "", column: int = 0) -> None:
+        self.expression = expression
+        self.column = column
+        where = f" at column {column}" if column else ""
+        super().__init__(f"{message}{where}" + (f": {expression!r}" if expression else ""))

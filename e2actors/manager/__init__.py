@@ -1,0 +1,1 @@
+"""The manager: policy, sizing, placement, routing; deploy, monitor, scale, recover."""

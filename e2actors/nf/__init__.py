@@ -1,0 +1,1 @@
+"""Pipelets (the NF API), NF instances, built-in NFs."""

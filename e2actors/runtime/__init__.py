@@ -1,0 +1,1 @@
+"""The asyncio actor runtime: actors, refs, mailboxes, nodes, transport, codec, supervision."""

@@ -1,0 +1,1 @@
+"""The switch (E2D): classifier, load balancers, bytestreams, ports."""
