@@ -10,11 +10,13 @@ from collections.abc import Callable, Sequence
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def command(name: str, help: str) -> Callable:
-    """Register a subcommand: decorate ``run(args) -> int``; its ``add_arguments`` is attached later."""
+def command(
+    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
+) -> Callable:
+    """Register a subcommand: decorate ``run(args) -> int``; ``add_arguments`` fills its parser."""
 
     def deco(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = (help, getattr(fn, "add_arguments", lambda p: None), fn)
+        COMMANDS[name] = (help, add_arguments, fn)
         return fn
 
     return deco
