@@ -5,6 +5,7 @@ The public surface lives here; see README.md and DESIGN.md for the architecture.
 
 from __future__ import annotations
 
+from e2actors._version import __version__
 from e2actors.errors import (
     ActorStopped,
     AskTimeout,
@@ -15,21 +16,33 @@ from e2actors.errors import (
     MailboxFull,
     PcapError,
     RemoteError,
+    SpawnRefused,
     TransportError,
 )
-
-__version__ = "0.1.0"
+from e2actors.runtime import (
+    Actor,
+    ActorRef,
+    GetNodeInfo,
+    Mailbox,
+    MailboxStats,
+    Node,
+    NodeInfo,
+    NodeLost,
+    NodeUp,
+    RestartPolicy,
+    Spawn,
+    StopActor,
+    Terminated,
+    Tick,
+    TLSConfig,
+    message,
+    register,
+    run,
+)
 
 __all__ = [
-    "ActorStopped",
-    "AskTimeout",
-    "AuthError",
-    "CodecError",
-    "E2Error",
-    "FilterError",
-    "MailboxFull",
-    "PcapError",
-    "RemoteError",
-    "TransportError",
-    "__version__",
+    "Actor", "ActorRef", "ActorStopped", "AskTimeout", "AuthError", "CodecError", "E2Error", "FilterError",
+    "GetNodeInfo", "Mailbox", "MailboxFull", "MailboxStats", "Node", "NodeInfo", "NodeLost", "NodeUp",
+    "PcapError", "RemoteError", "RestartPolicy", "Spawn", "SpawnRefused", "StopActor", "TLSConfig",
+    "Terminated", "Tick", "TransportError", "__version__", "message", "register", "run",
 ]

@@ -52,3 +52,7 @@ class FilterError(E2Error):
         self.column = column
         where = f" at column {column}" if column else ""
         super().__init__(f"{message}{where}" + (f": {expression!r}" if expression else ""))
+
+
+class SpawnRefused(E2Error):
+    """A node refused to start an actor (class not on its allow-list, or not importable)."""

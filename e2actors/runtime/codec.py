@@ -1,0 +1,253 @@
+"""The one codec: message types <-> msgpack.
+
+Message types are frozen, slotted dataclasses registered here with an integer tag (``@message(tag)``).
+A registered message encodes as an array ``[tag, field, field, ...]`` (never a map: no field names
+on the wire); nested registered messages and :class:`ActorRef` values use msgpack ext types. Plain
+msgpack values (None, bool, int, float, str, bytes, list, tuple, dict) pass as they are; ``bytes``
+stay binary. Decoding an unknown tag, a wrong field count or malformed bytes raises
+:class:`CodecError`; the transport closes that one connection.
+
+Tag ranges: 1-99 runtime, 100-199 packet layer, 200-299 NFs, 300-399 switch, 400-499 manager,
+1000 and above for applications.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+import struct
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgpack
+
+from e2actors.errors import CodecError
+from e2actors.runtime.ref import ActorRef
+
+T = TypeVar("T")
+
+EXT_MESSAGE = 1
+EXT_REF = 2
+
+
+class _Entry:
+    __slots__ = ("cls", "tag", "fields", "getter", "encode", "decode")
+
+    def __init__(self, cls: type, tag: int, encode: Callable[[Any], list] | None,
+                 decode: Callable[[list], Any] | None) -> None:
+        self.cls = cls
+        self.tag = tag
+        names = [f.name for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else []
+        self.fields = tuple(names)
+        if encode is not None:
+            self.encode = encode
+        elif len(names) == 0:
+            self.encode = lambda obj: []
+        elif len(names) == 1:
+            g1 = operator.attrgetter(names[0])
+            self.encode = lambda obj: [g1(obj)]
+        else:
+            self.encode = operator.attrgetter(*names)
+        self.decode = decode if decode is not None else (lambda fields: cls(*fields))
+
+
+_BY_TAG: dict[int, _Entry] = {}
+_BY_CLS: dict[type, _Entry] = {}
+
+
+def register(cls: type[T], tag: int, *, encode: Callable[[T], Any] | None = None,
+             decode: Callable[[Any], T] | None = None) -> type[T]:
+    """Register ``cls`` under ``tag``. ``encode(obj) -> sequence`` and ``decode(seq) -> obj``
+    override the default field-by-field mapping (for types that are not plain dataclasses)."""
+    if not isinstance(tag, int) or tag <= 0:
+        raise ValueError(f"message tag must be a positive int, not {tag!r}")
+    old = _BY_TAG.get(tag)
+    if old is not None and old.cls is not cls:
+        if old.cls.__qualname__ == cls.__qualname__ and old.cls.__module__ == cls.__module__:
+            pass  # the same class imported twice (e.g. a script run as __main__ and imported)
+        else:
+            raise ValueError(f"message tag {tag} already registered for {old.cls.__qualname__}")
+    if encode is None and not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__qualname__} is not a dataclass; give encode= and decode=")
+    entry = _Entry(cls, tag, encode, decode)
+    _BY_TAG[tag] = entry
+    _BY_CLS[cls] = entry
+    return cls
+
+
+def message(tag: int) -> Callable[[type[T]], type[T]]:
+    """Class decorator: ``@message(1000)`` over a frozen slotted dataclass registers it."""
+
+    def deco(cls: type[T]) -> type[T]:
+        return register(cls, tag)
+
+    return deco
+
+
+def registered() -> dict[int, type]:
+    """Every registered tag and its class (the codec round-trip test walks this)."""
+    return {tag: e.cls for tag, e in _BY_TAG.items()}
+
+
+def _default(obj: Any) -> Any:
+    e = _BY_CLS.get(type(obj))
+    if e is not None:
+        return msgpack.ExtType(EXT_MESSAGE, _pack([e.tag, *e.encode(obj)]))
+    if type(obj) is ActorRef:
+        return msgpack.ExtType(EXT_REF, _pack((obj.node, obj.name)))
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, memoryview):
+        return obj.tobytes()
+    raise CodecError(f"cannot encode a {type(obj).__qualname__}: register it with e2actors.runtime.codec")
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, default=_default, use_bin_type=True)
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == EXT_REF:
+        node, name = _unpack(data)
+        if not isinstance(node, str) or not isinstance(name, str):
+            raise CodecError("malformed actor ref")
+        return ActorRef(node, name)
+    if code == EXT_MESSAGE:
+        arr = _unpack(data)
+        if not isinstance(arr, tuple) or not arr or not isinstance(arr[0], int):
+            raise CodecError("malformed message")
+        return _build(arr[0], arr[1:])
+    raise CodecError(f"unknown ext type {code}")
+
+
+def _unpack(data: Any) -> Any:
+    return msgpack.unpackb(data, ext_hook=_ext_hook, use_list=False, raw=False, strict_map_key=False)
+
+
+def _build(tag: int, fields: Any) -> Any:
+    e = _BY_TAG.get(tag)
+    if e is None:
+        raise CodecError(f"unknown message tag {tag}")
+    try:
+        return e.decode(fields)
+    except CodecError:
+        raise
+    except Exception as exc:  # a wrong field count or type from the wire
+        raise CodecError(f"cannot build {e.cls.__qualname__} from {len(fields)} fields: {exc}") from None
+
+
+# --- values ----------------------------------------------------------------------------------------
+def encode(obj: Any) -> bytes:
+    """Encode one value (a registered message, a ref or plain msgpack data)."""
+    try:
+        return _pack(obj)
+    except CodecError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {type(obj).__qualname__}: {exc}") from None
+
+
+def decode(data: bytes | memoryview) -> Any:
+    """Decode one value; anything malformed raises :class:`CodecError`."""
+    try:
+        return _unpack(data)
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"malformed msgpack data: {exc}") from None
+
+
+# --- frames ----------------------------------------------------------------------------------------
+# A frame is a 4-byte big-endian length and a msgpack array:
+#   [kind, a, b, tag, payload]
+# where the message travels as ``tag`` + field array (tag None: ``payload`` is a plain value). The
+# top-level message is flattened into the frame so the hot path packs once, not twice.
+_HDR = struct.Struct(">I")
+HEADER_SIZE = 4
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+
+
+def split_message(msg: Any) -> tuple[int | None, Any]:
+    e = _BY_CLS.get(type(msg))
+    if e is None:
+        return None, msg
+    return e.tag, e.encode(msg)
+
+
+def encode_frame(kind: int, a: Any, b: Any, msg: Any, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Encode a frame with its length prefix. Raises :class:`CodecError` if it is over ``max_frame``."""
+    e = _BY_CLS.get(type(msg))
+    try:
+        if e is None:
+            body = _pack((kind, a, b, None, msg))
+        else:
+            body = _pack((kind, a, b, e.tag, e.encode(msg)))
+    except CodecError:
+        raise
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise CodecError(f"cannot encode {type(msg).__qualname__}: {exc}") from None
+    if len(body) > max_frame:
+        raise CodecError(f"frame of {len(body)} bytes is over the limit of {max_frame}")
+    return _HDR.pack(len(body)) + body
+
+
+def decode_frame_body(body: bytes | memoryview) -> tuple[int, Any, Any, Any]:
+    """Decode a frame body (without its length prefix) to ``(kind, a, b, message)``."""
+    try:
+        arr = _unpack(body)
+    except CodecError:
+        raise
+    except Exception as exc:
+        raise CodecError(f"malformed frame: {exc}") from None
+    if type(arr) is not tuple or len(arr) != 5 or type(arr[0]) is not int:
+        raise CodecError("malformed frame: not a [kind, a, b, tag, payload] array")
+    kind, a, b, tag, payload = arr
+    if tag is None:
+        return kind, a, b, payload
+    if type(tag) is not int or type(payload) is not tuple:
+        raise CodecError("malformed frame: bad message tag or fields")
+    return kind, a, b, _build(tag, payload)
+
+
+class FrameDecoder:
+    """Splits a byte stream into frame bodies; pure (no I/O), so it is tested without sockets.
+
+    ``feed(data)`` returns the complete frame bodies; a length over ``max_frame`` raises
+    :class:`CodecError` before any of that frame is buffered.
+    """
+
+    __slots__ = ("_buf", "max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self.max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        if buf:
+            buf += data
+            view: bytes | bytearray = buf
+        else:
+            view = data
+        out = []
+        pos = 0
+        n = len(view)
+        max_frame = self.max_frame
+        while n - pos >= 4:
+            size = int.from_bytes(view[pos:pos + 4], "big")
+            if size > max_frame:
+                raise CodecError(f"frame of {size} bytes is over the limit of {max_frame}")
+            end = pos + 4 + size
+            if end > n:
+                break
+            out.append(bytes(view[pos + 4:end]))
+            pos = end
+        if view is buf:
+            del buf[:pos]
+        elif pos < n:
+            buf += view[pos:]
+        return out
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,648 @@
+"""``Node``: one OS process, one event loop, the actors it hosts and its links to other nodes.
+
+Local delivery hands the message object to the target's mailbox (no encoding: the zero-copy
+path). Remote delivery encodes a frame and queues it on the peer's connection, connecting lazily
+and reconnecting with backoff; frames to one peer keep their order. Peers exchange heartbeats; a
+peer silent for ``heartbeat_timeout`` seconds is lost: its watched actors deliver ``Terminated``,
+asks to it fail and node-event subscribers get ``NodeLost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import importlib
+import logging
+import os
+import ssl as _ssl
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from e2actors._version import __version__
+from e2actors.errors import (
+    ActorStopped,
+    AskTimeout,
+    AuthError,
+    CodecError,
+    E2Error,
+    MailboxFull,
+    RemoteError,
+    SpawnRefused,
+    TransportError,
+)
+from e2actors.runtime import transport
+from e2actors.runtime.actor import Actor, ActorCell, Ask
+from e2actors.runtime.codec import DEFAULT_MAX_FRAME, encode_frame
+from e2actors.runtime.mailbox import Mailbox, Overflow
+from e2actors.runtime.messages import GetNodeInfo, NodeInfo, NodeLost, NodeUp, Spawn, StopActor, Terminated
+from e2actors.runtime.ref import ActorRef
+from e2actors.runtime.supervision import RestartPolicy
+from e2actors.runtime.transport import ASK, HEARTBEAT, REPLY, TELL, UNWATCH, WATCH, Connection
+
+log = logging.getLogger("e2actors.node")
+T = TypeVar("T")
+
+SYSTEM = "$system"
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Mutual TLS between nodes: this node's certificate and key, and the CA that signs peers'."""
+
+    cert: str
+    key: str
+    ca: str
+
+    def server_context(self) -> _ssl.SSLContext:
+        ctx = _ssl.create_default_context(_ssl.Purpose.CLIENT_AUTH, cafile=self.ca)
+        ctx.load_cert_chain(self.cert, self.key)
+        ctx.verify_mode = _ssl.CERT_REQUIRED
+        return ctx
+
+    def client_context(self) -> _ssl.SSLContext:
+        ctx = _ssl.create_default_context(_ssl.Purpose.SERVER_AUTH, cafile=self.ca)
+        ctx.load_cert_chain(self.cert, self.key)
+        # Nodes are addressed by IP; the peer is authenticated by the CA signature (and the
+        # shared secret on top), not by a host name.
+        ctx.check_hostname = False
+        ctx.verify_mode = _ssl.CERT_REQUIRED
+        return ctx
+
+
+class _Peer:
+    __slots__ = ("address", "conn", "pending", "pending_bytes", "connecting", "last_seen", "lost", "ever_up")
+
+    def __init__(self, address: str, now: float) -> None:
+        self.address = address
+        self.conn: Connection | None = None
+        self.pending: list[bytes] = []
+        self.pending_bytes = 0
+        self.connecting: asyncio.Task | None = None
+        self.last_seen = now
+        self.lost = False
+        self.ever_up = False
+
+
+class Node:
+    """Hosts actors in this process and links them to actors on other nodes.
+
+    ``listen``: ``tcp://127.0.0.1:0`` (port chosen), ``unix:///path`` or ``mem://name``; without it
+    the node still connects out (its address is then ``anon://...``, reachable over its own links).
+    ``secret``: the shared secret every peer must prove (required for any link).
+    """
+
+    def __init__(
+        self,
+        name: str | None = None,
+        *,
+        listen: str | None = None,
+        secret: bytes | str | None = None,
+        tls: TLSConfig | None = None,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        heartbeat_interval: float = 0.5,
+        heartbeat_timeout: float = 3.0,
+        allow_spawn: tuple[str, ...] = ("e2actors.",),
+        cores: int | None = None,
+        max_pending_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.name = name or f"node-{os.getpid()}"
+        self._listen = listen
+        self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.tls = tls
+        self.max_frame = max_frame
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.allow_spawn = allow_spawn
+        self.cores = cores if cores is not None else (os.cpu_count() or 1)
+        self.max_pending_bytes = max_pending_bytes
+        self.version = __version__
+        self.address = f"anon://{self.name}-{uuid.uuid4().hex[:12]}"
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._actors: dict[str, ActorCell] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._conns: set[Connection] = set()
+        self._asks: dict[int, tuple[asyncio.Future, str]] = {}
+        self._next_req = 0
+        self._next_name = 0
+        self._remote_watches: dict[str, dict[ActorRef, set[ActorRef]]] = {}
+        self._subscribers: set[ActorRef] = set()
+        self._servers: list[Any] = []
+        self._hb_task: asyncio.Task | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._server_ssl = tls.server_context() if tls else None
+        self._client_ssl = tls.client_context() if tls else None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.running = False
+        self._hb_frame = encode_frame(HEARTBEAT, None, None, None)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> Node:
+        """Start listening (if asked), the heartbeats and the ``$system`` actor."""
+        self.loop = asyncio.get_running_loop()
+        self.running = True
+        if self._listen is not None:
+            self._need_secret()
+            server, self.address = await transport.listen(self._listen, self._server_conn, self._server_ssl)
+            self._servers.append(server)
+        self._spawn(SystemActor, SYSTEM, None, None, None, None, {})
+        self._hb_task = self.loop.create_task(self._heartbeats(), name=f"heartbeats:{self.name}")
+        return self
+
+    async def stop(self) -> None:
+        """Stop every actor (children first), close links and listeners."""
+        if not self.running:
+            return
+        self.running = False
+        tops = [c for c in self._actors.values() if c.parent is None]
+        for c in tops:
+            c.request_stop()
+        for c in tops:
+            if c.task is not None:
+                try:
+                    await c.task
+                except Exception:  # the actor's own crash handling already logged it
+                    pass
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        for s in self._servers:
+            s.close()
+        for conn in list(self._conns):
+            conn._flush()
+            conn.close()
+        for fut, _addr in self._asks.values():
+            if not fut.done():
+                fut.set_exception(ActorStopped("node stopped"))
+        self._asks.clear()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Node:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _need_secret(self) -> None:
+        if not self.secret:
+            raise AuthError("a shared secret is required to link nodes (secret=...)")
+
+    # --- actors ---------------------------------------------------------------------------------
+    def spawn(self, cls: type[Actor], name: str | None = None, *, restart: RestartPolicy | None = None,
+              mailbox_size: int | None = None, overflow: Overflow | None = None, **kwargs: Any) -> ActorRef:
+        """Start a top-level actor on this node; returns its ref."""
+        return self._spawn(cls, name, None, restart, mailbox_size, overflow, kwargs)
+
+    def _spawn(self, cls: type[Actor], name: str | None, parent: ActorCell | None, restart: RestartPolicy | None,
+               mailbox_size: int | None, overflow: Overflow | None, kwargs: dict[str, Any]) -> ActorRef:
+        if not self.running:
+            raise ActorStopped(f"node {self.name} is not running")
+        if not (isinstance(cls, type) and issubclass(cls, Actor)):
+            raise TypeError(f"{cls!r} is not an Actor subclass")
+        if name is None:
+            self._next_name += 1
+            name = f"{cls.__name__.lower()}-{self._next_name}"
+        if name in self._actors:
+            raise E2Error(f"an actor named {name!r} already runs on {self.address}")
+        ref = ActorRef(self.address, name)
+        mb = Mailbox(mailbox_size or cls.mailbox_size, overflow or cls.overflow)
+        cell = ActorCell(self, ref, cls, kwargs, parent, restart or cls.restart_policy, mb)
+        ref._cell = cell
+        self._actors[name] = cell
+        if parent is not None:
+            parent.children[name] = cell
+        cell.start()
+        return ref
+
+    def _unregister(self, cell: ActorCell) -> None:
+        if self._actors.get(cell.ref.name) is cell:
+            del self._actors[cell.ref.name]
+
+    def _local(self, ref: ActorRef) -> ActorCell | None:
+        cell = ref._cell
+        if cell is not None and cell.alive:
+            return cell
+        if ref.node != self.address:
+            return None
+        cell = self._actors.get(ref.name)
+        if cell is not None:
+            ref._cell = cell
+        return cell
+
+    def ref(self, address: str, name: str) -> ActorRef:
+        """A ref to actor ``name`` on the node at ``address`` (``self.address`` for local)."""
+        return ActorRef(address, name)
+
+    def system_ref(self, address: str) -> ActorRef:
+        """The ``$system`` actor of the node at ``address`` (spawns, stops, describes)."""
+        return ActorRef(address, SYSTEM)
+
+    async def stop_actor(self, ref: ActorRef) -> None:
+        """Stop a local actor and wait until it has stopped."""
+        cell = self._local(ref)
+        if cell is None:
+            return
+        cell.request_stop()
+        if cell.task is not None and cell.task is not asyncio.current_task():
+            await asyncio.shield(cell.task)
+
+    def is_alive(self, ref: ActorRef) -> bool:
+        cell = self._local(ref)
+        return cell is not None and cell.alive
+
+    def cell(self, ref: ActorRef) -> ActorCell | None:
+        """The local cell behind ``ref`` (for stats and tests), or None."""
+        return self._local(ref)
+
+    # --- messaging ------------------------------------------------------------------------------
+    def send(self, ref: ActorRef, msg: Any) -> bool:
+        """Tell without waiting. False: dropped (full ``drop`` mailbox, or no such actor).
+        Raises :class:`MailboxFull` on a full local ``block`` mailbox."""
+        cell = ref._cell
+        if cell is None or not cell.alive:
+            cell = self._local(ref)
+            if cell is None:
+                if ref.node == self.address:
+                    self.counters["dead_letters"] += 1
+                    return False
+                return self._send_remote(ref.node, encode_frame(TELL, ref.name, None, msg, self.max_frame))
+        return cell.mailbox.put_nowait(msg)
+
+    async def tell(self, ref: ActorRef, msg: Any) -> bool:
+        """Tell, waiting for room in a full local ``block`` mailbox or a congested connection."""
+        cell = self._local(ref)
+        if cell is not None:
+            return await cell.mailbox.put(msg)
+        if ref.node == self.address:
+            self.counters["dead_letters"] += 1
+            return False
+        ok = self._send_remote(ref.node, encode_frame(TELL, ref.name, None, msg, self.max_frame))
+        peer = self._peers.get(ref.node)
+        if peer is not None and peer.conn is not None and peer.conn.write_paused:
+            try:
+                await peer.conn.drain()
+            except TransportError:
+                pass
+        return ok
+
+    async def ask(self, ref: ActorRef, msg: Any, timeout: float | None = 5.0) -> Any:
+        """Request/reply with a local or remote actor."""
+        loop = self.loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        cell = self._local(ref)
+        if cell is not None:
+            item = Ask(msg, fut)
+            mb = cell.mailbox
+            if mb.overflow == "drop":
+                if not mb.put_nowait(item):
+                    raise MailboxFull(f"{ref}: mailbox full, ask dropped")
+            elif len(mb) < mb.capacity:
+                mb.put_nowait(item)
+            else:
+                await mb.put(item)
+            req = None
+        elif ref.node == self.address:
+            raise ActorStopped(f"no actor {ref.name!r} on this node")
+        else:
+            self._next_req += 1
+            req = self._next_req
+            self._asks[req] = (fut, ref.node)
+            if not self._send_remote(ref.node, encode_frame(ASK, ref.name, req, msg, self.max_frame)):
+                self._asks.pop(req, None)
+                raise ActorStopped(f"{ref}: cannot reach node {ref.node}")
+        if timeout is None:
+            return await fut
+        handle = loop.call_later(timeout, _expire, fut, ref, timeout)
+        try:
+            return await fut
+        finally:
+            handle.cancel()
+            if req is not None:
+                self._asks.pop(req, None)
+
+    # --- watches and node events ----------------------------------------------------------------
+    def watch(self, target: ActorRef, watcher: ActorRef) -> None:
+        """Deliver ``Terminated(target, reason)`` to ``watcher`` when ``target`` stops or is lost."""
+        cell = self._local(target)
+        if cell is not None:
+            cell.watchers.add(watcher)
+            return
+        if target.node == self.address:
+            self.send(watcher, Terminated(target, "not found"))
+            return
+        self._remote_watches.setdefault(target.node, {}).setdefault(target, set()).add(watcher)
+        self._send_remote(target.node, encode_frame(WATCH, target.name, None, watcher, self.max_frame))
+
+    def unwatch(self, target: ActorRef, watcher: ActorRef) -> None:
+        cell = self._local(target)
+        if cell is not None:
+            cell.watchers.discard(watcher)
+            return
+        ws = self._remote_watches.get(target.node, {}).get(target)
+        if ws is not None:
+            ws.discard(watcher)
+            self._send_remote(target.node, encode_frame(UNWATCH, target.name, None, watcher, self.max_frame))
+
+    def subscribe(self, ref: ActorRef) -> None:
+        """Send ``NodeUp``/``NodeLost`` messages about peer nodes to ``ref``."""
+        self._subscribers.add(ref)
+
+    def unsubscribe(self, ref: ActorRef) -> None:
+        self._subscribers.discard(ref)
+
+    def _publish(self, msg: Any) -> None:
+        for s in list(self._subscribers):
+            try:
+                self.send(s, msg)
+            except E2Error:
+                pass
+
+    # --- links ----------------------------------------------------------------------------------
+    def _server_conn(self) -> Connection:
+        conn = Connection(self, self.secret or b"", client=False, max_frame=self.max_frame)
+        self._conns.add(conn)
+        return conn
+
+    def _client_conn(self) -> Connection:
+        conn = Connection(self, self.secret or b"", client=True, max_frame=self.max_frame)
+        self._conns.add(conn)
+        return conn
+
+    async def connect(self, address: str) -> None:
+        """Link to the node at ``address`` now (rather than lazily), raising if it fails."""
+        self._need_secret()
+        peer = self._peer(address)
+        if peer.conn is not None:
+            return
+        if peer.connecting is not None:
+            await asyncio.shield(peer.connecting)
+            if peer.conn is not None:
+                return
+        await transport.connect(address, self._client_conn, self._client_ssl)
+
+    def _peer(self, address: str) -> _Peer:
+        peer = self._peers.get(address)
+        if peer is None:
+            peer = self._peers[address] = _Peer(address, self.loop.time() if self.loop else 0.0)
+        return peer
+
+    def _send_remote(self, address: str, frame: bytes) -> bool:
+        peer = self._peers.get(address) or self._peer(address)
+        conn = peer.conn
+        if conn is not None:
+            conn.send_frame(frame)
+            return True
+        if peer.pending_bytes + len(frame) > self.max_pending_bytes:
+            self.counters["remote_dropped"] += 1
+            return False
+        if peer.lost:
+            # Sending again to a lost node: try it afresh (it may have come back).
+            peer.lost = False
+            peer.last_seen = self.loop.time() if self.loop else 0.0
+        peer.pending.append(frame)
+        peer.pending_bytes += len(frame)
+        self._ensure_connecting(peer)
+        return True
+
+    def _ensure_connecting(self, peer: _Peer) -> None:
+        if peer.connecting is None and self.running and not peer.address.startswith("anon://"):
+            peer.connecting = self.loop.create_task(self._connect_loop(peer))  # type: ignore[union-attr]
+
+    async def _connect_loop(self, peer: _Peer) -> None:
+        delay = 0.02
+        try:
+            while self.running and peer.conn is None and not peer.lost:
+                try:
+                    self._need_secret()
+                    await transport.connect(peer.address, self._client_conn, self._client_ssl)
+                    return
+                except AuthError as exc:
+                    self.counters["auth_failures"] += 1
+                    log.warning("%s: %s", self.name, exc)
+                except (TransportError, OSError) as exc:
+                    self.counters["connect_failures"] += 1
+                    log.debug("%s: connect to %s failed: %s", self.name, peer.address, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        finally:
+            peer.connecting = None
+
+    def _on_connection_ready(self, conn: Connection) -> None:
+        addr = conn.peer_address
+        assert addr is not None
+        peer = self._peer(addr)
+        peer.last_seen = self.loop.time()  # type: ignore[union-attr]
+        if peer.conn is None or peer.conn.closed:
+            peer.conn = conn
+            pending, peer.pending, peer.pending_bytes = peer.pending, [], 0
+            for frame in pending:
+                conn.send_frame(frame)
+        was_lost = peer.lost or not peer.ever_up
+        peer.lost = False
+        peer.ever_up = True
+        if was_lost:
+            self._publish(NodeUp(addr))
+
+    def _on_connection_lost(self, conn: Connection) -> None:
+        self._conns.discard(conn)
+        addr = conn.peer_address
+        if addr is None:
+            return
+        peer = self._peers.get(addr)
+        if peer is None or peer.conn is not conn:
+            return
+        peer.conn = None
+        peer.last_seen = max(peer.last_seen, conn.last_recv)
+        # Requests in flight on that link cannot be answered any more.
+        for req, (fut, a) in list(self._asks.items()):
+            if a == addr and not fut.done():
+                fut.set_exception(ActorStopped(f"connection to {addr} lost"))
+        if self.running and (self._remote_watches.get(addr) or peer.pending):
+            self._ensure_connecting(peer)
+
+    def _peer_lost(self, peer: _Peer, reason: str) -> None:
+        addr = peer.address
+        peer.lost = True
+        self.counters["nodes_lost"] += 1
+        log.warning("%s: node %s lost: %s", self.name, addr, reason)
+        if peer.conn is not None:
+            peer.conn.close()
+            peer.conn = None
+        if peer.pending:
+            self.counters["remote_dropped"] += len(peer.pending)
+            peer.pending, peer.pending_bytes = [], 0
+        for req, (fut, a) in list(self._asks.items()):
+            if a == addr and not fut.done():
+                fut.set_exception(ActorStopped(f"node {addr} lost: {reason}"))
+        for target, watchers in self._remote_watches.pop(addr, {}).items():
+            for w in watchers:
+                self.send(w, Terminated(target, "node lost"))
+        for cell in self._actors.values():
+            if cell.watchers:
+                cell.watchers = {w for w in cell.watchers if w.node != addr}
+        self._publish(NodeLost(addr, reason))
+
+    async def _heartbeats(self) -> None:
+        loop = self.loop
+        assert loop is not None
+        while self.running:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = loop.time()
+            for conn in list(self._conns):
+                if conn.peer_address is not None and not conn.closed:
+                    conn.send_frame(self._hb_frame)
+            for peer in list(self._peers.values()):
+                if peer.lost:
+                    continue
+                if peer.conn is not None:
+                    peer.last_seen = max(peer.last_seen, peer.conn.last_recv)
+                if now - peer.last_seen > self.heartbeat_timeout:
+                    if peer.conn is None and not peer.pending and not self._remote_watches.get(peer.address) \
+                            and not any(a == peer.address for _, a in self._asks.values()):
+                        continue  # nobody cares about this peer now; it is lost only if used
+                    self._peer_lost(peer, f"no heartbeat for {now - peer.last_seen:.1f}s")
+                elif peer.conn is None and (peer.pending or self._remote_watches.get(peer.address)):
+                    self._ensure_connecting(peer)
+
+    # --- inbound frames -------------------------------------------------------------------------
+    def _on_frame(self, conn: Connection, kind: int, a: Any, b: Any, msg: Any) -> Awaitable[Any] | None:
+        if kind == TELL:
+            cell = self._actors.get(a) if type(a) is str else None
+            if cell is None:
+                self.counters["dead_letters"] += 1
+                return None
+            try:
+                cell.mailbox.put_nowait(msg)
+            except MailboxFull:
+                return cell.mailbox.put(msg)
+            return None
+        if kind == ASK:
+            cell = self._actors.get(a) if type(a) is str else None
+            addr = conn.peer_address or ""
+            if cell is None:
+                self._reply(addr, b, False, ("ActorStopped", f"no actor {a!r} on {self.address}"))
+                return None
+            item = Ask(msg, None, lambda ok, v, _addr=addr, _req=b: self._reply(_addr, _req, ok, v))
+            try:
+                if not cell.mailbox.put_nowait(item):
+                    self._reply(addr, b, False, ("MailboxFull", f"{a}: mailbox full, ask dropped"))
+            except MailboxFull:
+                return cell.mailbox.put(item)
+            return None
+        if kind == REPLY:
+            entry = self._asks.pop(a, None) if type(a) is int else None
+            if entry is None:
+                return None  # timed out already
+            fut = entry[0]
+            if fut.done():
+                return None
+            if b is True:
+                fut.set_result(msg)
+            else:
+                etype, text = (msg + ("", ""))[:2] if isinstance(msg, tuple) else ("Error", str(msg))
+                exc: Exception = ActorStopped(text) if etype == "ActorStopped" else RemoteError(f"{etype}: {text}")
+                fut.set_exception(exc)
+            return None
+        if kind == HEARTBEAT:
+            return None
+        if kind == WATCH:
+            if not isinstance(msg, ActorRef) or type(a) is not str:
+                raise CodecError("malformed WATCH frame")
+            cell = self._actors.get(a)
+            if cell is None:
+                self.send(msg, Terminated(ActorRef(self.address, a), "not found"))
+            else:
+                cell.watchers.add(msg)
+            return None
+        if kind == UNWATCH:
+            cell = self._actors.get(a) if type(a) is str else None
+            if cell is not None:
+                cell.watchers.discard(msg)
+            return None
+        raise CodecError(f"unknown frame kind {kind!r}")
+
+    def _reply(self, address: str, req: Any, ok: bool, value: Any) -> None:
+        try:
+            frame = encode_frame(REPLY, req, ok, value, self.max_frame)
+        except CodecError as exc:
+            frame = encode_frame(REPLY, req, False, ("CodecError", f"reply could not be encoded: {exc}"))
+        self._send_remote(address, frame)
+
+    # --- introspection --------------------------------------------------------------------------
+    def actors(self) -> list[ActorRef]:
+        return [c.ref for c in self._actors.values()]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, peers and every actor's mailbox, as plain data."""
+        return {
+            "address": self.address,
+            "counters": dict(self.counters),
+            "peers": {a: {"connected": p.conn is not None, "lost": p.lost} for a, p in self._peers.items()},
+            "actors": {n: {**_stats_dict(c), "restarts": c.restarts, "crashes": c.crashes}
+                       for n, c in self._actors.items()},
+        }
+
+    def info(self) -> NodeInfo:
+        return NodeInfo(self.address, self.name, self.version, os.getpid(), self.cores,
+                        tuple(sorted(self._actors)))
+
+
+def _stats_dict(cell: ActorCell) -> dict[str, Any]:
+    s = cell.mailbox.stats()
+    return {"depth": s.depth, "capacity": s.capacity, "dropped": s.dropped, "processed": s.processed}
+
+
+def _expire(fut: asyncio.Future, ref: ActorRef, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(AskTimeout(f"no reply from {ref} within {timeout:g}s"))
+
+
+class SystemActor(Actor):
+    """Every node's ``$system`` actor: spawns and stops actors on request, describes the node."""
+
+    async def on_message(self, msg: Any) -> Any:
+        if isinstance(msg, Spawn):
+            cls = load_class(msg.cls, self.node.allow_spawn, self.node)
+            return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
+        if isinstance(msg, StopActor):
+            ref = ActorRef(self.node.address, msg.name)
+            alive = self.node.is_alive(ref)
+            # Stopping from inside our own handler must not wait on ourselves.
+            if msg.name != SYSTEM:
+                await self.node.stop_actor(ref)
+            return alive
+        if isinstance(msg, GetNodeInfo):
+            return self.node.info()
+        raise E2Error(f"$system does not handle {type(msg).__name__}")
+
+
+def load_class(path: str, allow: tuple[str, ...], node: Node | None = None) -> type:
+    """Import ``module:QualName`` if the module is on the allow-list (checked before importing)."""
+    module, _, qual = path.partition(":")
+    if not module or not qual:
+        raise SpawnRefused(f"bad class path {path!r} (module:QualName)")
+    if not any(module == p.rstrip(".") or module.startswith(p if p.endswith(".") else p + ".") for p in allow):
+        if node is not None:
+            node.counters["spawn_refused"] += 1
+        log.warning("refused to load %s: module not on the allow-list %s", path, allow)
+        raise SpawnRefused(f"{path}: module not on this node's allow-list")
+    obj: Any = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def class_path(cls: type) -> str:
+    """The ``module:QualName`` string :func:`load_class` takes."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run ``main`` on uvloop when it is installed, on the default loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
