@@ -39,3 +39,60 @@ def need_path(path: str, what: str) -> str:
     if not os.path.exists(path):
         _missing(f"needs {what} at {path} (installed by ./dev.sh test as root)")
     return path
+
+
+# --- peer processes ---------------------------------------------------------------------------------
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+TESTS = Path(__file__).resolve().parent
+SECRET = b"test-secret-0123456789"
+
+
+class PeerProcess:
+    """A node in another OS process (tests/peer_node.py), with its address."""
+
+    def __init__(self, proc: subprocess.Popen, address: str) -> None:
+        self.proc = proc
+        self.address = address
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(5)
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    p = tmp_path / "secret"
+    p.write_bytes(SECRET)
+    return p
+
+
+@pytest.fixture
+def peer_process(tmp_path: Path, secret_file: Path) -> Iterator:
+    """Factory: ``peer_process(listen, name=..., secret=..., extra=[...])`` starts a peer node."""
+    procs: list[PeerProcess] = []
+
+    def start(listen: str, name: str = "peer", secret: bytes | None = None, extra: list[str] | None = None) -> PeerProcess:
+        sf = secret_file
+        if secret is not None:
+            sf = tmp_path / f"secret-{name}"
+            sf.write_bytes(secret)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+        cmd = [sys.executable, "-c", "import peer_node; peer_node.main()", "--listen", listen,
+               "--secret-file", str(sf), "--name", name, *(extra or [])]
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        line = proc.stdout.readline()  # type: ignore[union-attr]
+        if not line.startswith("READY "):
+            proc.kill()
+            raise RuntimeError(f"peer node did not start: {line!r}")
+        pp = PeerProcess(proc, line.split()[1])
+        procs.append(pp)
+        return pp
+
+    yield start
+    for p in procs:
+        p.kill()

@@ -72,6 +72,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_address: str | None = None   # set by HELLO
         self.authenticated = False
+        self.auth_failed = False
         self.closed = False
         self.ready: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self.last_recv = 0.0
@@ -257,6 +258,8 @@ class Connection(asyncio.Protocol):
     def fail(self, reason: str, counter: str) -> None:
         """Close this connection because of bad input; log and count it."""
         self.node.counters[counter] += 1
+        if counter == "auth_failures":
+            self.auth_failed = True
         log.warning("closing connection %s (%s): %s", self.peer_address or self._peername(), counter, reason)
         self.close()
 
@@ -328,9 +331,11 @@ async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSL
     try:
         return await asyncio.wait_for(proto.ready, HANDSHAKE_TIMEOUT + 1)  # type: ignore[union-attr]
     except (asyncio.TimeoutError, TransportError) as exc:
-        authed = proto.authenticated  # type: ignore[union-attr]
+        # The peer refused us if it closed after seeing our proof, or if its own proof was wrong;
+        # a close before its hello is just a failed connection (e.g. a dying process).
+        refused = proto.auth_failed or (proto._peer_nonce is not None and not proto.authenticated)  # type: ignore[union-attr]
         proto.close()  # type: ignore[union-attr]
-        if not authed:
+        if refused:
             raise AuthError(f"{address}: handshake failed (wrong shared secret?): {exc}") from None
         raise TransportError(f"{address}: {exc}") from None
 

@@ -1,0 +1,276 @@
+"""Nodes in different OS processes over real TCP and Unix sockets: tell, ask, refs inside messages,
+death watch on SIGKILL, authentication, hostile frames, TLS; and two nodes paired in memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import SECRET
+from e2actors import (
+    Actor,
+    ActorRef,
+    ActorStopped,
+    AuthError,
+    GetNodeInfo,
+    Node,
+    NodeInfo,
+    NodeLost,
+    RemoteError,
+    Spawn,
+    SpawnRefused,
+    Terminated,
+    TLSConfig,
+)
+from peer_node import Forward, Ping, Pong
+
+
+class Inbox(Actor):
+    """Collects what it receives in a queue the test reads."""
+
+    def __init__(self, queue: asyncio.Queue) -> None:
+        self.queue = queue
+
+    async def on_message(self, msg: Any) -> Any:
+        self.queue.put_nowait(msg)
+
+
+def _addr(kind: str, tmp_path: Path) -> str:
+    return "tcp://127.0.0.1:0" if kind == "tcp" else f"unix://{tmp_path}/peer.sock"
+
+
+@pytest.mark.parametrize("kind", ["tcp", "unix"])
+async def test_remote_tell_ask_and_ref_in_message(kind: str, tmp_path: Path, peer_process) -> None:
+    peer = peer_process(_addr(kind, tmp_path))
+    async with Node("local", secret=SECRET) as node:
+        q: asyncio.Queue = asyncio.Queue()
+        inbox = node.spawn(Inbox, "inbox", queue=q)
+        echo = ActorRef(peer.address, "echo")
+        assert await node.ask(echo, {"hello": b"\x00bytes"}) == {"hello": b"\x00bytes"}
+        assert await node.ask(ActorRef(peer.address, "pong"), Ping(5)) == Pong(5, "peer")
+        # Our ref travels inside a message; the peer uses it to tell us.
+        assert await node.ask(ActorRef(peer.address, "fwd"), Forward(inbox, Pong(9, "via-peer"))) is True
+        assert await asyncio.wait_for(q.get(), 5) == Pong(9, "via-peer")
+        # A tell carrying our ref: the peer answers with a tell back to it.
+        node.send(ActorRef(peer.address, "pong"), Ping(11, inbox))
+        assert await asyncio.wait_for(q.get(), 5) == Pong(11, "peer")
+        # Many tells keep their order per peer.
+        counter = ActorRef(peer.address, "counter")
+        for i in range(5000):
+            node.send(counter, i)
+        assert await node.ask(counter, "count") == 5000
+        # Errors and missing actors come back as errors, not hangs.
+        with pytest.raises(ActorStopped):
+            await node.ask(ActorRef(peer.address, "nobody"), 1)
+        info = await node.ask(node.system_ref(peer.address), GetNodeInfo())
+        assert isinstance(info, NodeInfo) and info.pid == peer.proc.pid and "echo" in info.actors
+
+
+async def test_remote_spawn_and_allow_list(peer_process) -> None:
+    peer = peer_process("tcp://127.0.0.1:0")
+    async with Node("local", secret=SECRET) as node:
+        sysref = node.system_ref(peer.address)
+        ref = await node.ask(sysref, Spawn("peer_node:Echo", "echo2"))
+        assert ref == ActorRef(peer.address, "echo2")
+        assert await node.ask(ref, "x") == "x"
+        with pytest.raises(RemoteError, match="SpawnRefused"):
+            await node.ask(sysref, Spawn("os:system", "evil", {"command": "true"}))
+
+
+async def test_local_allow_list() -> None:
+    from e2actors.runtime.node import load_class
+
+    with pytest.raises(SpawnRefused):
+        load_class("subprocess:Popen", ("e2actors.",))
+    with pytest.raises(SpawnRefused):
+        load_class("e2actorsevil:X", ("e2actors",))
+    assert load_class("e2actors.runtime.node:SystemActor", ("e2actors",)).__name__ == "SystemActor"
+
+
+async def test_death_watch_when_remote_process_is_killed(peer_process) -> None:
+    peer = peer_process("tcp://127.0.0.1:0")
+    async with Node("local", secret=SECRET, heartbeat_interval=0.1, heartbeat_timeout=0.6) as node:
+        q: asyncio.Queue = asyncio.Queue()
+        inbox = node.spawn(Inbox, "inbox", queue=q)
+        node.subscribe(inbox)
+        echo = ActorRef(peer.address, "echo")
+        counter = ActorRef(peer.address, "counter")
+        node.watch(echo, inbox)
+        node.watch(ActorRef(peer.address, "ghost"), inbox)
+        ghost = Terminated(ActorRef(peer.address, "ghost"), "not found")
+        got: list[Any] = []
+        while ghost not in got:
+            got.append(await asyncio.wait_for(q.get(), 5))
+        assert await node.ask(counter, "count") == 0
+        t0 = asyncio.get_running_loop().time()
+        os.kill(peer.proc.pid, signal.SIGKILL)
+        got = []
+        while not (any(isinstance(m, Terminated) and m.ref == echo for m in got)
+                   and any(isinstance(m, NodeLost) for m in got)):
+            got.append(await asyncio.wait_for(q.get(), 5))
+        elapsed = asyncio.get_running_loop().time() - t0
+        assert Terminated(echo, "node lost") in got
+        assert any(isinstance(m, NodeLost) and m.node == peer.address for m in got)
+        assert elapsed < 0.6 + 0.1 * 3 + 1.0
+        with pytest.raises(ActorStopped):
+            await node.ask(echo, "x", timeout=2)
+
+
+async def test_wrong_secret_is_refused_both_ways(peer_process) -> None:
+    peer = peer_process("tcp://127.0.0.1:0")
+    async with Node("intruder", secret=b"not-the-secret") as bad:
+        with pytest.raises(AuthError):
+            await bad.connect(peer.address)
+        with pytest.raises((ActorStopped, Exception)):
+            await bad.ask(ActorRef(peer.address, "echo"), "x", timeout=1.0)
+    # The peer is unharmed and still serves good clients.
+    async with Node("good", secret=SECRET) as good:
+        assert await good.ask(ActorRef(peer.address, "echo"), "ok") == "ok"
+        # Our own server refuses a client with the wrong secret, and counts it.
+    async with Node("srv", listen="tcp://127.0.0.1:0", secret=SECRET) as srv:
+        async with Node("cli", secret=b"wrong") as cli:
+            with pytest.raises(AuthError):
+                await cli.connect(srv.address)
+        await asyncio.sleep(0.05)
+        assert srv.counters["auth_failures"] >= 1
+
+
+def _raw_connect_and_auth(address: str, secret: bytes) -> socket.socket:
+    """A hand-made client that passes the handshake, to send hostile frames afterwards."""
+    from e2actors.runtime import auth
+
+    host, port = address[len("tcp://"):].rsplit(":", 1)
+    s = socket.create_connection((host, int(port)), timeout=5)
+    nonce = auth.new_nonce()
+    s.sendall(auth.hello(nonce))
+    data = b""
+    while len(data) < auth.HELLO_SIZE + auth.PROOF_SIZE:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise ConnectionError("closed during handshake")
+        data += chunk
+    their = auth.parse_hello(data[: auth.HELLO_SIZE])
+    assert their is not None
+    s.sendall(auth.proof(secret, b"client", their, nonce))
+    import msgpack
+
+    hello = msgpack.packb([6, "anon://raw", "0.1.0", None, "raw"])
+    s.sendall(struct.pack(">I", len(hello)) + hello)
+    return s
+
+
+def _closed(s: socket.socket) -> bool:
+    s.settimeout(3)
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+async def test_hostile_frames_close_only_that_connection(peer_process) -> None:
+    peer = peer_process("tcp://127.0.0.1:0")
+    async with Node("good", secret=SECRET) as good:
+        echo = ActorRef(peer.address, "echo")
+        assert await good.ask(echo, 1) == 1
+        loop = asyncio.get_running_loop()
+        cases = [
+            struct.pack(">I", 64 * 1024 * 1024),         # oversized length
+            struct.pack(">I", 5) + b"\xc1\xc1\xc1\xc1\xc1",  # msgpack never-used byte
+            struct.pack(">I", 3) + b"\x93\x01\x02",        # array of wrong shape
+            struct.pack(">I", 6) + b"\x95\x00\xa1x\xc0\xcd",  # truncated inside the frame
+        ]
+        for frame in cases:
+            s = await loop.run_in_executor(None, _raw_connect_and_auth, peer.address, SECRET)
+            s.sendall(frame)
+            assert await loop.run_in_executor(None, _closed, s), frame
+            s.close()
+            # The good link is untouched.
+            assert await good.ask(echo, "still here") == "still here"
+        # Bytes that are not our handshake at all.
+        host, port = peer.address[len("tcp://"):].rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await loop.run_in_executor(None, _closed, s)
+        s.close()
+        assert await good.ask(echo, "after all") == "after all"
+
+
+@given(frames=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=4))
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+def test_hypothesis_garbage_after_auth_never_hurts_the_node(frames: list[bytes]) -> None:
+    """Random frames (correct length prefix, random body) over real TCP to an in-process node."""
+
+    async def scenario() -> None:
+        async with Node("srv", listen="tcp://127.0.0.1:0", secret=SECRET) as srv:
+            srv.spawn(Counter2, "c")
+            loop = asyncio.get_running_loop()
+            s = await loop.run_in_executor(None, _raw_connect_and_auth, srv.address, SECRET)
+            for body in frames:
+                try:
+                    s.sendall(struct.pack(">I", len(body)) + body)
+                except OSError:
+                    break
+            s.close()
+            await asyncio.sleep(0.02)
+            async with Node("cli", secret=SECRET) as cli:
+                assert await cli.ask(ActorRef(srv.address, "c"), "ping") == "pong"
+
+    asyncio.run(scenario())
+
+
+class Counter2(Actor):
+    async def on_message(self, msg: Any) -> Any:
+        return "pong" if msg == "ping" else None
+
+
+async def test_two_nodes_paired_in_memory() -> None:
+    async with Node("a", listen="mem://a-node", secret=SECRET) as a, Node("b", secret=SECRET) as b:
+        q: asyncio.Queue = asyncio.Queue()
+        inbox = b.spawn(Inbox, "inbox", queue=q)
+        a.spawn(Counter2, "c")
+        assert await b.ask(ActorRef(a.address, "c"), "ping") == "pong"
+        a.send(inbox, "from a")  # a reaches b over b's own link (b has no listener)
+        assert await asyncio.wait_for(q.get(), 2) == "from a"
+
+
+def _make_certs(d: Path) -> tuple[str, str, str]:
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=e2-test-ca",
+        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=node", "-keyout", str(d / "node.key"),
+        "-out", str(d / "node.csr"))
+    run("x509", "-req", "-in", str(d / "node.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
+        "-CAcreateserial", "-days", "1", "-out", str(d / "node.pem"))
+    return str(d / "node.pem"), str(d / "node.key"), str(d / "ca.pem")
+
+
+async def test_tls_between_processes(tmp_path: Path, peer_process) -> None:
+    from conftest import need_tool
+
+    need_tool("openssl")
+    cert, key, ca = _make_certs(tmp_path)
+    peer = peer_process("tcp://127.0.0.1:0", extra=["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca])
+    async with Node("tls-client", secret=SECRET, tls=TLSConfig(cert, key, ca)) as node:
+        assert await node.ask(ActorRef(peer.address, "echo"), "secure") == "secure"
+    # A client without TLS cannot talk to it.
+    async with Node("plain", secret=SECRET) as plain:
+        with pytest.raises((AuthError, Exception)):
+            await plain.connect(peer.address)

@@ -1,0 +1,64 @@
+"""The runtime's pure parts, tested without an event loop: mailbox, supervision policy, auth."""
+
+from __future__ import annotations
+
+import pytest
+
+from e2actors import MailboxFull
+from e2actors.runtime import auth
+from e2actors.runtime.mailbox import Mailbox
+from e2actors.runtime.supervision import RestartPolicy, RestartTracker
+
+
+def test_mailbox_drop_policy_counts_and_never_grows() -> None:
+    mb = Mailbox(3, "drop")
+    assert [mb.put_nowait(i) for i in range(5)] == [True, True, True, False, False]
+    s = mb.stats()
+    assert (s.depth, s.capacity, s.dropped, s.processed) == (3, 3, 2, 0)
+    assert mb.get_nowait() == 0
+    assert mb.put_nowait(9)
+    assert [mb.get_nowait() for _ in range(3)] == [1, 2, 9]
+    assert mb.stats().processed == 4
+
+
+def test_mailbox_block_policy_refuses_nowait_when_full() -> None:
+    mb = Mailbox(2, "block")
+    mb.put_nowait("a")
+    mb.put_nowait("b")
+    with pytest.raises(MailboxFull):
+        mb.put_nowait("c")
+    assert mb.stats().dropped == 0 and len(mb) == 2
+
+
+def test_mailbox_rejects_bad_config() -> None:
+    with pytest.raises(ValueError):
+        Mailbox(0)
+    with pytest.raises(ValueError):
+        Mailbox(10, "grow")  # type: ignore[arg-type]
+
+
+def test_restart_tracker_limits_and_backoff() -> None:
+    t = RestartTracker(RestartPolicy(max_restarts=3, within=10.0, backoff=0.1, backoff_max=0.25))
+    assert t.on_crash(0.0) == ("restart", 0.1)
+    assert t.on_crash(1.0) == ("restart", 0.2)
+    assert t.on_crash(2.0) == ("restart", 0.25)
+    assert t.on_crash(3.0) == ("escalate", 0.0)
+    # Old restarts age out of the window.
+    assert t.on_crash(12.5)[0] == "restart"
+
+
+def test_restart_tracker_strategies() -> None:
+    assert RestartTracker(RestartPolicy(strategy="stop")).on_crash(0)[0] == "stop"
+    t = RestartTracker(RestartPolicy(max_restarts=0, on_exhausted="stop"))
+    assert t.on_crash(0)[0] == "stop"
+
+
+def test_auth_proofs() -> None:
+    a, b = auth.new_nonce(), auth.new_nonce()
+    assert auth.parse_hello(auth.hello(a)) == a
+    assert auth.parse_hello(b"GET / HTTP/1.1\r\n" + bytes(20)) is None
+    p = auth.proof(b"s", b"client", b, a)  # client with nonce a answers server's nonce b
+    assert auth.check(b"s", b"client", b, a, p)
+    assert not auth.check(b"wrong", b"client", b, a, p)
+    # A proof cannot be reflected back with the other role.
+    assert not auth.check(b"s", b"server", b, a, p)
