@@ -305,3 +305,69 @@ async def test_spawn_checks() -> None:
             node.spawn(Recorder, "dup")
         with pytest.raises(TypeError):
             node.spawn(int, "x")  # type: ignore[arg-type]
+
+
+class SlowState(Actor):
+    """Its "slow" handler suspends midway; "get" reports the log of what ran, in order."""
+
+    def on_start(self) -> None:
+        self.log: list[str] = []
+
+    async def on_message(self, msg: Any) -> Any:
+        if msg == "slow":
+            self.log.append("slow-start")
+            await asyncio.sleep(0.05)
+            self.log.append("slow-end")
+            return "slow-done"
+        if msg == "slow-crash":
+            await asyncio.sleep(0.01)
+            raise RuntimeError("late crash")
+        if msg == "get":
+            return list(self.log)
+        self.log.append(str(msg))
+        return None
+
+
+async def test_ask_fast_path_keeps_one_message_at_a_time_and_order() -> None:
+    async with Node("t") as node:
+        r = node.spawn(SlowState)
+        await asyncio.sleep(0.01)  # idle: the next ask runs in this task
+        slow = asyncio.ensure_future(node.ask(r, "slow"))
+        await asyncio.sleep(0.01)  # the slow handler is suspended now
+        node.send(r, "t1")
+        node.send(r, "t2")
+        assert await slow == "slow-done"
+        assert await node.ask(r, "get") == ["slow-start", "slow-end", "t1", "t2"]
+
+
+async def test_cancelling_the_asker_does_not_cancel_the_handler() -> None:
+    async with Node("t") as node:
+        r = node.spawn(SlowState)
+        await asyncio.sleep(0.01)
+        slow = asyncio.ensure_future(node.ask(r, "slow"))
+        await asyncio.sleep(0.01)
+        slow.cancel()
+        await asyncio.sleep(0.08)
+        assert await node.ask(r, "get") == ["slow-start", "slow-end"]
+
+
+async def test_suspended_ask_that_raises_fails_the_asker_and_restarts_the_actor() -> None:
+    async with Node("t") as node:
+        r = node.spawn(SlowState, restart=RestartPolicy(backoff=0))
+        await asyncio.sleep(0.01)
+        node.send(r, "before")
+        await asyncio.sleep(0.01)
+        with pytest.raises(RuntimeError, match="late crash"):
+            await node.ask(r, "slow-crash")
+        await wait_for(lambda: node.cell(r).restarts == 1)
+        assert await node.ask(r, "get") == []  # fresh state after the restart
+
+
+async def test_ask_timeout_while_handler_suspended() -> None:
+    async with Node("t") as node:
+        r = node.spawn(SlowState)
+        await asyncio.sleep(0.01)
+        with pytest.raises(AskTimeout):
+            await node.ask(r, "slow", timeout=0.01)
+        await asyncio.sleep(0.08)
+        assert await node.ask(r, "get") == ["slow-start", "slow-end"]

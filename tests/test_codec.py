@@ -79,7 +79,7 @@ def test_unknown_tag_and_wrong_fields() -> None:
 
     with pytest.raises(CodecError, match="unknown message tag"):
         codec.decode_frame_body(msgpack.packb([0, "t", None, 999_999, []]))
-    with pytest.raises(CodecError, match="cannot build"):
+    with pytest.raises(CodecError, match="fields"):
         codec.decode_frame_body(msgpack.packb([0, "t", None, 1003, [1, 2, 3, 4]]))
     with pytest.raises(CodecError):
         codec.decode(msgpack.packb(msgpack.ExtType(77, b"x")))

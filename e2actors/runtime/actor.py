@@ -220,7 +220,7 @@ class ActorCell:
 
     __slots__ = ("node", "ref", "cls", "kwargs", "actor", "mailbox", "parent", "children", "watchers",
                  "timers", "tracker", "task", "alive", "stopping", "current_ask", "stop_reason", "restarts",
-                 "crashes", "__weakref__")
+                 "crashes", "parked", "busy", "_busy_waiter", "__weakref__")
 
     def __init__(self, node: Node, ref: ActorRef, cls: type[Actor], kwargs: dict[str, Any], parent: ActorCell | None,
                  policy: RestartPolicy, mailbox: Mailbox) -> None:
@@ -242,6 +242,9 @@ class ActorCell:
         self.stop_reason = "stopped"
         self.restarts = 0
         self.crashes = 0
+        self.parked = False   # the actor's task waits on an empty mailbox
+        self.busy = False     # an ask is being handled in the asker's task (see ask_inline)
+        self._busy_waiter: asyncio.Future[None] | None = None
 
     def _new_actor(self) -> Actor:
         actor = self.cls(**self.kwargs)
@@ -275,7 +278,16 @@ class ActorCell:
                 return
         while True:
             if not q:
-                await mb.wait()
+                self.parked = True
+                try:
+                    await mb.wait()
+                finally:
+                    self.parked = False
+                continue
+            if self.busy:
+                # An ask runs in its asker's task; one message at a time, so wait for it.
+                w = self._busy_waiter = asyncio.get_running_loop().create_future()
+                await w
                 continue
             item = mb.get_nowait()
             t = type(item)
@@ -296,7 +308,10 @@ class ActorCell:
             elif t is _Signal:
                 if item.kind == "stop":
                     break
-                if item.kind == "escalated":
+                if item.kind == "crashed":  # an inline ask's handler raised
+                    if not await self._crashed(*item.arg):
+                        break
+                elif item.kind == "escalated":
                     if not await self._crashed(item.arg, "a child's escalated failure"):
                         break
             else:
@@ -306,6 +321,74 @@ class ActorCell:
                     if not await self._crashed(exc, item):
                         break
         await self._finish()
+
+    # --- asks handled in the asker's task ------------------------------------------------------
+    def can_inline(self) -> bool:
+        """True when an ask may run in the asker's task: the actor is idle and nothing is queued,
+        so the ask would be the very next message anyway (order and one-at-a-time both hold)."""
+        return self.parked and not self.busy and not self.mailbox._q and not self.stopping \
+            and self.actor is not None
+
+    def ask_inline(self, msg: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+        """Handle an ask by running the handler in the caller's task, with no task switch.
+
+        A handler that finishes without suspending (the common case) is done on return. One that
+        suspends is carried on in a task of its own, so cancelling the asker never cancels the
+        actor's handler; the actor stays busy (its loop waits) until it ends.
+        """
+        fut = loop.create_future()
+        item = Ask(msg, fut)
+        self.busy = True
+        self.current_ask = item
+        self.mailbox.processed += 1
+        try:
+            coro = self.actor.on_message(msg)  # type: ignore[union-attr]
+            if not inspect.iscoroutine(coro):
+                self._inline_done(item, coro, None)
+                return fut
+            yielded = coro.send(None)
+        except StopIteration as stop:
+            self._inline_done(item, stop.value, None)
+            return fut
+        except Exception as exc:
+            self._inline_done(item, None, exc)
+            return fut
+        self.current_ask = None
+        loop.create_task(self._drive(coro, yielded, item), name=f"ask:{self.ref.name}")
+        return fut
+
+    async def _drive(self, coro: Any, yielded: Any, item: Ask) -> None:
+        try:
+            while True:
+                await _Resume(yielded)
+                self.current_ask = item
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as stop:
+                    self._inline_done(item, stop.value, None)
+                    return
+                self.current_ask = None
+        except asyncio.CancelledError:
+            coro.close()
+            self._inline_done(item, None, ActorStopped(f"{self.ref} stopped while handling an ask"), crash=False)
+            raise
+        except Exception as exc:
+            self._inline_done(item, None, exc)
+
+    def _inline_done(self, item: Ask, result: Any, exc: BaseException | None, crash: bool = True) -> None:
+        self.current_ask = None
+        self.busy = False
+        if exc is not None:
+            item.fail(exc)
+            if crash:
+                self.mailbox.put_front(_Signal("crashed", (exc, item.msg)))
+        elif not item.done and not item.deferred:
+            item.send(result)
+        w = self._busy_waiter
+        if w is not None:
+            self._busy_waiter = None
+            if not w.done():
+                w.set_result(None)
 
     async def _crashed(self, exc: BaseException, msg: Any) -> bool:
         """Apply the restart policy. True: carry on (restarted). False: the actor stops."""
@@ -376,6 +459,19 @@ class ActorCell:
             except E2Error:
                 pass
         self.watchers.clear()
+
+
+class _Resume:
+    """Re-yield a future that a manually stepped coroutine yielded, so the driving task waits on it
+    exactly as if the coroutine had been a task's own (None means: yield to the loop once)."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut: Any) -> None:
+        self.fut = fut
+
+    def __await__(self) -> Any:
+        yield self.fut
 
 
 def _short(msg: Any) -> str:

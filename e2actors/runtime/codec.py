@@ -48,7 +48,40 @@ class _Entry:
             self.encode = lambda obj: [g1(obj)]
         else:
             self.encode = operator.attrgetter(*names)
-        self.decode = decode if decode is not None else (lambda fields: cls(*fields))
+        self.decode = decode if decode is not None else _fast_builder(cls, names)
+
+
+def _fast_builder(cls: type, names: list[str]) -> Callable[[Any], Any]:
+    """Build instances from wire fields without running a frozen dataclass's __init__, which
+    spends most of its time in object.__setattr__: set the slots directly. Classes with a
+    ``__post_init__`` (validation) or without slots take the normal constructor."""
+    if hasattr(cls, "__post_init__") or not all(
+            type(getattr(cls, n, None)).__name__ == "member_descriptor" for n in names):
+        return lambda fields: cls(*fields)
+    new = object.__new__
+    n = len(names)
+    setters = tuple(getattr(cls, name).__set__ for name in names)
+    if n == 1:
+        s0 = setters[0]
+
+        def build1(fields: Any) -> Any:
+            if len(fields) != 1:
+                raise CodecError(f"{cls.__qualname__} takes 1 field, got {len(fields)}")
+            obj = new(cls)
+            s0(obj, fields[0])
+            return obj
+
+        return build1
+
+    def build(fields: Any) -> Any:
+        if len(fields) != n:
+            raise CodecError(f"{cls.__qualname__} takes {n} fields, got {len(fields)}")
+        obj = new(cls)
+        for setter, value in zip(setters, fields):
+            setter(obj, value)
+        return obj
+
+    return build
 
 
 _BY_TAG: dict[int, _Entry] = {}
@@ -174,21 +207,32 @@ def split_message(msg: Any) -> tuple[int | None, Any]:
     return e.tag, e.encode(msg)
 
 
+# One long-lived packer for frames (building a Packer per call costs more than the packing).
+# Nested values go through ``_default`` -> ``_pack`` with their own packer, so this one is
+# never re-entered.
+_frame_packer = msgpack.Packer(default=_default, use_bin_type=True, autoreset=True)
+_pack_frame = _frame_packer.pack
+_hdr_pack = _HDR.pack
+
+
 def encode_frame(kind: int, a: Any, b: Any, msg: Any, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     """Encode a frame with its length prefix. Raises :class:`CodecError` if it is over ``max_frame``."""
     e = _BY_CLS.get(type(msg))
     try:
         if e is None:
-            body = _pack((kind, a, b, None, msg))
+            body = _pack_frame((kind, a, b, None, msg))
         else:
-            body = _pack((kind, a, b, e.tag, e.encode(msg)))
+            body = _pack_frame((kind, a, b, e.tag, e.encode(msg)))
     except CodecError:
+        _frame_packer.reset()
         raise
     except (TypeError, ValueError, OverflowError) as exc:
+        _frame_packer.reset()
         raise CodecError(f"cannot encode {type(msg).__qualname__}: {exc}") from None
-    if len(body) > max_frame:
-        raise CodecError(f"frame of {len(body)} bytes is over the limit of {max_frame}")
-    return _HDR.pack(len(body)) + body
+    n = len(body)
+    if n > max_frame:
+        raise CodecError(f"frame of {n} bytes is over the limit of {max_frame}")
+    return _hdr_pack(n) + body
 
 
 def decode_frame_body(body: bytes | memoryview) -> tuple[int, Any, Any, Any]:
@@ -222,29 +266,29 @@ class FrameDecoder:
         self._buf = bytearray()
         self.max_frame = max_frame
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes) -> list[memoryview]:
+        """Add received bytes; return the complete frame bodies (views, valid until the next feed)."""
         buf = self._buf
         if buf:
             buf += data
-            view: bytes | bytearray = buf
-        else:
-            view = data
+            data = bytes(buf)
+            buf.clear()
+        n = len(data)
         out = []
         pos = 0
-        n = len(view)
         max_frame = self.max_frame
+        unpack_len = _HDR.unpack_from
+        view = memoryview(data)
         while n - pos >= 4:
-            size = int.from_bytes(view[pos:pos + 4], "big")
+            (size,) = unpack_len(data, pos)
             if size > max_frame:
                 raise CodecError(f"frame of {size} bytes is over the limit of {max_frame}")
             end = pos + 4 + size
             if end > n:
                 break
-            out.append(bytes(view[pos + 4:end]))
+            out.append(view[pos + 4:end])
             pos = end
-        if view is buf:
-            del buf[:pos]
-        elif pos < n:
+        if pos < n:
             buf += view[pos:]
         return out
 

@@ -278,21 +278,30 @@ class Node:
         if ref.node == self.address:
             self.counters["dead_letters"] += 1
             return False
-        ok = self._send_remote(ref.node, encode_frame(TELL, ref.name, None, msg, self.max_frame))
+        frame = encode_frame(TELL, ref.name, None, msg, self.max_frame)
         peer = self._peers.get(ref.node)
-        if peer is not None and peer.conn is not None and peer.conn.write_paused:
+        conn = peer.conn if peer is not None else None
+        if conn is None:
+            return self._send_remote(ref.node, frame)
+        conn.send_frame(frame)
+        if conn._paused:
             try:
-                await peer.conn.drain()
+                await conn.drain()
             except TransportError:
                 pass
-        return ok
+        return True
 
     async def ask(self, ref: ActorRef, msg: Any, timeout: float | None = 5.0) -> Any:
         """Request/reply with a local or remote actor."""
         loop = self.loop or asyncio.get_running_loop()
         fut = loop.create_future()
         cell = self._local(ref)
-        if cell is not None:
+        if cell is not None and cell.can_inline() and cell.task is not asyncio.current_task():
+            fut = cell.ask_inline(msg, loop)
+            if fut.done():
+                return fut.result()
+            req = None
+        elif cell is not None:
             item = Ask(msg, fut)
             mb = cell.mailbox
             if mb.overflow == "drop":

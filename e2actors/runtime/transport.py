@@ -39,6 +39,7 @@ UNWATCH = 5
 HELLO = 6     # a: node address, b: version, message: node name
 
 HANDSHAKE_TIMEOUT = 5.0
+FLUSH_BYTES = 256 * 1024
 ROLE_CLIENT = b"client"
 ROLE_SERVER = b"server"
 
@@ -83,6 +84,7 @@ class Connection(asyncio.Protocol):
         self._hs = bytearray()
         self._decoder = FrameDecoder(max_frame)
         self._wbuf: list[bytes] = []
+        self._wbytes = 0
         self._flush_scheduled = False
         self._paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
@@ -227,20 +229,26 @@ class Connection(asyncio.Protocol):
 
     # --- sending ------------------------------------------------------------------------------
     def send_frame(self, frame: bytes) -> None:
-        """Queue a frame; every frame queued in this loop turn goes out in one write."""
+        """Queue a frame; every frame queued in this loop turn goes out in one write (or sooner,
+        once FLUSH_BYTES have gathered, so a sender that never yields cannot pile up memory)."""
         self._wbuf.append(frame)
+        self._wbytes += len(frame)
         self.frames_out += 1
-        if not self._flush_scheduled:
+        if self._wbytes >= FLUSH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        if self.transport is None or self.closed or not self._wbuf:
-            self._wbuf.clear()
-            return
         buf = self._wbuf
+        if not buf:
+            return
         self._wbuf = []
+        self._wbytes = 0
+        if self.transport is None or self.closed:
+            return
         self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
 
     @property
