@@ -371,3 +371,25 @@ async def test_ask_timeout_while_handler_suspended() -> None:
             await node.ask(r, "slow", timeout=0.01)
         await asyncio.sleep(0.08)
         assert await node.ask(r, "get") == ["slow-start", "slow-end"]
+
+
+async def test_handler_that_tells_itself_during_an_ask() -> None:
+    class SelfTeller(Actor):
+        def on_start(self) -> None:
+            self.seen: list[Any] = []
+
+        async def on_message(self, msg: Any) -> Any:
+            if msg == "go":
+                self.send(self.ref, "note")
+                self.reply("went")
+                return None
+            if msg == "get":
+                return self.seen
+            self.seen.append(msg)
+
+    async with Node("t") as node:
+        r = node.spawn(SelfTeller)
+        await asyncio.sleep(0.01)
+        assert await node.ask(r, "go") == "went"
+        await asyncio.sleep(0.01)
+        assert await node.ask(r, "get") == ["note"]

@@ -29,10 +29,12 @@ log = logging.getLogger("e2actors.actor")
 class Ask:
     """A request waiting for its reply; also the reply handle (``send``/``fail``).
 
-    Local asks resolve a future directly (no encoding); remote asks send a REPLY frame back.
+    Local asks resolve a future directly (no encoding); remote asks send a REPLY frame back. An ask
+    handled in the asker's task may have no future yet: the reply is then kept in ``value`` or
+    ``error`` until the asker reads it.
     """
 
-    __slots__ = ("msg", "fut", "remote", "done", "deferred")
+    __slots__ = ("msg", "fut", "remote", "done", "deferred", "value", "error")
 
     def __init__(self, msg: Any, fut: asyncio.Future | None, remote: Callable[[bool, Any], None] | None = None):
         self.msg = msg
@@ -40,6 +42,8 @@ class Ask:
         self.remote = remote
         self.done = False
         self.deferred = False
+        self.value: Any = None
+        self.error: BaseException | None = None
 
     def send(self, value: Any = None) -> None:
         """Reply with ``value`` (only the first reply counts)."""
@@ -51,6 +55,8 @@ class Ask:
                 self.fut.set_result(value)
         elif self.remote is not None:
             self.remote(True, value)
+        else:
+            self.value = value
 
     def fail(self, exc: BaseException) -> None:
         """Reply with an error: the asker's ``await ask(...)`` raises it."""
@@ -62,6 +68,8 @@ class Ask:
                 self.fut.set_exception(exc)
         elif self.remote is not None:
             self.remote(False, (type(exc).__name__, str(exc)))
+        else:
+            self.error = exc
 
 
 class _Signal:
@@ -323,39 +331,49 @@ class ActorCell:
         await self._finish()
 
     # --- asks handled in the asker's task ------------------------------------------------------
-    def can_inline(self) -> bool:
-        """True when an ask may run in the asker's task: the actor is idle and nothing is queued,
-        so the ask would be the very next message anyway (order and one-at-a-time both hold)."""
-        return self.parked and not self.busy and not self.mailbox._q and not self.stopping \
-            and self.actor is not None
-
-    def ask_inline(self, msg: Any, loop: asyncio.AbstractEventLoop) -> asyncio.Future:
+    # Node.ask takes this path only when the actor's task is parked on an empty mailbox and no
+    # other ask is running inline: the ask would be the very next message anyway, so order and
+    # one-message-at-a-time both hold.
+    def ask_inline(self, msg: Any, loop: asyncio.AbstractEventLoop) -> tuple[bool, Any]:
         """Handle an ask by running the handler in the caller's task, with no task switch.
 
-        A handler that finishes without suspending (the common case) is done on return. One that
-        suspends is carried on in a task of its own, so cancelling the asker never cancels the
-        actor's handler; the actor stays busy (its loop waits) until it ends.
+        Returns ``(True, reply)`` when the handler finished without suspending (the common case),
+        else ``(False, future)``. A handler that suspends is carried on in a task of its own, so
+        cancelling the asker never cancels the actor's handler; the actor stays busy (its loop
+        waits) until it ends. Errors are raised here as they would be from a normal ask.
         """
-        fut = loop.create_future()
-        item = Ask(msg, fut)
+        item = Ask(msg, None)
         self.busy = True
         self.current_ask = item
         self.mailbox.processed += 1
         try:
             coro = self.actor.on_message(msg)  # type: ignore[union-attr]
-            if not inspect.iscoroutine(coro):
-                self._inline_done(item, coro, None)
-                return fut
             yielded = coro.send(None)
         except StopIteration as stop:
-            self._inline_done(item, stop.value, None)
-            return fut
+            result = stop.value
         except Exception as exc:
             self._inline_done(item, None, exc)
-            return fut
+            raise
+        else:
+            self.current_ask = None
+            fut = item.fut = loop.create_future()
+            loop.create_task(self._drive(coro, yielded, item), name=f"ask:{self.ref.name}")
+            return False, fut
         self.current_ask = None
-        loop.create_task(self._drive(coro, yielded, item), name=f"ask:{self.ref.name}")
-        return fut
+        self.busy = False
+        w = self._busy_waiter
+        if w is not None:  # the loop woke meanwhile (the handler told this actor something)
+            self._busy_waiter = None
+            if not w.done():
+                w.set_result(None)
+        if item.done:
+            if item.error is not None:
+                raise item.error
+            return True, item.value
+        if item.deferred:
+            fut = item.fut = loop.create_future()
+            return False, fut
+        return True, result
 
     async def _drive(self, coro: Any, yielded: Any, item: Ask) -> None:
         try:

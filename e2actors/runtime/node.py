@@ -294,14 +294,17 @@ class Node:
     async def ask(self, ref: ActorRef, msg: Any, timeout: float | None = 5.0) -> Any:
         """Request/reply with a local or remote actor."""
         loop = self.loop or asyncio.get_running_loop()
-        fut = loop.create_future()
         cell = self._local(ref)
-        if cell is not None and cell.can_inline() and cell.task is not asyncio.current_task():
-            fut = cell.ask_inline(msg, loop)
-            if fut.done():
-                return fut.result()
+        if cell is not None and cell.parked and not cell.busy and not cell.mailbox._q and not cell.stopping:
+            # The actor is idle: run the handler in this task (an actor asking itself is never
+            # parked, so this cannot re-enter the caller).
+            done, value = cell.ask_inline(msg, loop)
+            if done:
+                return value
+            fut = value
             req = None
         elif cell is not None:
+            fut = loop.create_future()
             item = Ask(msg, fut)
             mb = cell.mailbox
             if mb.overflow == "drop":
@@ -315,6 +318,7 @@ class Node:
         elif ref.node == self.address:
             raise ActorStopped(f"no actor {ref.name!r} on this node")
         else:
+            fut = loop.create_future()
             self._next_req += 1
             req = self._next_req
             self._asks[req] = (fut, ref.node)
