@@ -272,9 +272,14 @@ class Node:
 
     async def tell(self, ref: ActorRef, msg: Any) -> bool:
         """Tell, waiting for room in a full local ``block`` mailbox or a congested connection."""
-        cell = self._local(ref)
+        cell = ref._cell
+        if cell is None or not cell.alive:
+            cell = self._local(ref)
         if cell is not None:
-            return await cell.mailbox.put(msg)
+            mb = cell.mailbox
+            if len(mb._q) < mb.capacity:
+                return mb.put_nowait(msg)
+            return await mb.put(msg)
         if ref.node == self.address:
             self.counters["dead_letters"] += 1
             return False
