@@ -274,3 +274,35 @@ async def test_tls_between_processes(tmp_path: Path, peer_process) -> None:
     async with Node("plain", secret=SECRET) as plain:
         with pytest.raises((AuthError, Exception)):
             await plain.connect(peer.address)
+
+
+async def test_reconnect_after_peer_restart_keeps_order(tmp_path: Path, peer_process) -> None:
+    sock = f"unix://{tmp_path}/restart.sock"
+    peer = peer_process(sock, name="first")
+    async with Node("local", secret=SECRET, heartbeat_interval=0.1, heartbeat_timeout=5.0) as node:
+        counter = ActorRef(peer.address, "counter")
+        assert await node.ask(counter, "count") == 0
+        peer.kill()
+        await asyncio.sleep(0.1)
+        # Sent while the peer is down: queued (bounded) and delivered in order once it is back.
+        for i in range(100):
+            node.send(counter, i)
+        second = peer_process(sock, name="second")
+        assert second.address == peer.address
+        assert await node.ask(counter, "count", timeout=5) == 100
+        info = await node.ask(node.system_ref(peer.address), GetNodeInfo())
+        assert info.name == "second"
+
+
+async def test_unreachable_node_fails_asks_after_the_heartbeat_timeout(tmp_path: Path) -> None:
+    async with Node("local", secret=SECRET, heartbeat_interval=0.05, heartbeat_timeout=0.3) as node:
+        with pytest.raises(ActorStopped, match="lost"):
+            await node.ask(ActorRef(f"unix://{tmp_path}/nobody.sock", "x"), 1, timeout=5)
+
+
+async def test_oversized_outgoing_message_is_refused_locally() -> None:
+    from e2actors import CodecError
+
+    async with Node("local", secret=SECRET, max_frame=1024) as node:
+        with pytest.raises(CodecError, match="over the limit"):
+            node.send(ActorRef("tcp://127.0.0.1:9", "x"), b"x" * 4096)
