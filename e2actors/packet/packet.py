@@ -81,7 +81,11 @@ TCP_ECE = 0x40
 TCP_CWR = 0x80
 
 # Precompiled unpackers: one C call per header instead of one per field.
-_ip4_hdr = struct.Struct("!BBHHHBBH4s4s").unpack_from  # ver/ihl tos len id frag ttl proto csum src dst
+# Only the fields parsed eagerly; pad bytes ("x") skip the rest without building objects.
+# Literal numbers (0x0800, 6, ...) in Packet.__init__ avoid global lookups in the hot path.
+_ip4_hdr = struct.Struct("!BxH2xH1xB2x4s4s").unpack_from  # ver/ihl, total length, flags/frag, proto, src, dst
+_tcp_hdr = struct.Struct("!HH8xBB").unpack_from  # ports, data offset byte, flags
+_udp_hdr = struct.Struct("!HHH").unpack_from  # ports, length
 _ip6_hdr = struct.Struct("!HH16s16s").unpack_from  # at +4: payload length, next header/hlim, src, dst
 _ports = struct.Struct("!HH").unpack_from
 _u32 = struct.Struct("!I").unpack_from
@@ -95,12 +99,14 @@ class Packet:
     and servers; keep its values msgpack-safe (None, bool, int, float, str, bytes, lists, dicts).
     """
 
+    # Each slot store costs; only the fields read for (nearly) every packet are stored, the rest are
+    # properties over the validated bytes.
     __slots__ = (
         "data",  # the frame as captured (bytes)
         "ts",  # capture time, seconds since the epoch (float)
         "wirelen",  # length on the wire; > len(data) when the capture cut the frame
         "port",  # name of the input port the frame arrived on
-        "meta",  # per-packet metadata (msgpack-safe values)
+        "_meta",  # per-packet metadata dict, created on first use (see `meta`)
         "linktype",  # LINKTYPE_* of data
         "reason",  # None, or why the frame is malformed
         "vlans",  # VLAN ids, outermost first (tuple of int)
@@ -115,9 +121,7 @@ class Packet:
         "sport",  # TCP/UDP/SCTP source port, -1 if none
         "dport",  # TCP/UDP/SCTP destination port, -1 if none
         "tcp_flags",  # TCP flag byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128), 0 if not TCP
-        "frag_offset",  # fragment offset in bytes (IPv4 or IPv6 fragment header), 0 if not a fragment
-        "more_fragments",  # the MF flag
-        "_key",  # cached flow key
+        "frag",  # fragment offset in bytes | 1 if more fragments follow; 0 when not a fragment
     )
 
     def __init__(
@@ -137,8 +141,7 @@ class Packet:
         self.port = port
         self.wirelen = n if wirelen is None else wirelen
         self.linktype = linktype
-        self.meta = {} if meta is None else meta
-        self._key = None
+        self._meta = meta
         # Defaults for every field; the parser below overwrites what it finds.
         reason = None
         vlans: tuple[int, ...] = ()
@@ -148,8 +151,7 @@ class Packet:
         proto = sport = dport = -1
         src = dst = b""
         flags = 0
-        frag = 0
-        mf = False
+        frag = 0  # offset in bytes (a multiple of 8) | the MF flag in bit 0
 
         # The parser is one straight function (no helper calls) because call overhead dominates
         # at these sizes; `while True ... break` gives an early exit on the first fault.
@@ -161,7 +163,7 @@ class Packet:
                     break
                 ethertype = data[12] << 8 | data[13]
                 off = 14
-                if ethertype in _VLAN_TPIDS:
+                if ethertype != 0x0800 and ethertype in _VLAN_TPIDS:  # IPv4 skips the set lookup
                     tags = []
                     while ethertype in _VLAN_TPIDS:
                         if n < off + 4:
@@ -208,12 +210,12 @@ class Packet:
                 break
 
             # ---- network layer ----------------------------------------------------------------
-            if ethertype == ETH_IPV4:
+            if ethertype == 0x0800:
                 l3 = off
                 if n < off + 20:
                     reason = "truncated ipv4 header"
                     break
-                vihl, _tos, tot, _id, fragw, _ttl, proto, _csum, src, dst = _ip4_hdr(data, off)
+                vihl, tot, fragw, proto, src, dst = _ip4_hdr(data, off)
                 if vihl >> 4 != 4:
                     reason = "ip version is not 4"
                     break
@@ -233,14 +235,13 @@ class Packet:
                 if off + ihl > end:
                     reason = "truncated ipv4 options"
                     break
-                frag = (fragw & 0x1FFF) << 3
-                mf = bool(fragw & 0x2000)
+                frag = (fragw & 0x1FFF) << 3 | (fragw & 0x2000) >> 13
                 off += ihl
-                if frag:  # a non-first fragment carries no transport header
+                if frag > 1:  # a non-first fragment carries no transport header
                     pay = off
                     paylen = end - off
                     break
-            elif ethertype == ETH_IPV6:
+            elif ethertype == 0x86DD:
                 l3 = off
                 if n < off + 40:
                     reason = "truncated ipv6 header"
@@ -270,24 +271,23 @@ class Packet:
                             break
                         proto = data[off]
                         off += hlen
-                    elif proto == _IP6_FRAG:
+                    elif proto == 44:
                         if off + 8 > end:
                             reason = "truncated ipv6 fragment header"
                             break
                         fw = data[off + 2] << 8 | data[off + 3]
-                        frag = fw & 0xFFF8
-                        mf = bool(fw & 1)
+                        frag = fw & 0xFFF9  # offset (bits 3-15) and M flag (bit 0), like IPv4 above
                         proto = data[off]
                         off += 8
                     else:
                         break
                 if reason is not None:
                     break
-                if frag:
+                if frag > 1:
                     pay = off
                     paylen = end - off
                     break
-            elif ethertype == ETH_ARP:
+            elif ethertype == 0x0806:
                 l3 = off
                 if n < off + 8:
                     reason = "truncated arp header"
@@ -307,13 +307,12 @@ class Packet:
 
             # ---- transport layer (off = its start, end = end of the IP payload) ---------------
             l4 = off
-            if proto == PROTO_TCP:
+            if proto == 6:
                 if off + 20 > end:
                     reason = "truncated tcp header"
                     break
-                sport, dport = _ports(data, off)
-                doff = (data[off + 12] >> 4) * 4
-                flags = data[off + 13]
+                sport, dport, doff, flags = _tcp_hdr(data, off)
+                doff = (doff >> 4) * 4
                 if doff < 20:
                     reason = "bad tcp data offset"
                     break
@@ -324,12 +323,11 @@ class Packet:
                         break
                     pay = end  # options cut by the snap length: not the sender's fault
                 paylen = end - pay
-            elif proto == PROTO_UDP:
+            elif proto == 17:
                 if off + 8 > end:
                     reason = "truncated udp header"
                     break
-                sport, dport = _ports(data, off)
-                ulen = data[off + 4] << 8 | data[off + 5]
+                sport, dport, ulen = _udp_hdr(data, off)
                 pay = off + 8
                 if ulen < 8:
                     reason = "bad udp length"
@@ -340,13 +338,13 @@ class Packet:
                 if off + ulen < end:
                     end = off + ulen  # bytes after the UDP length are not payload
                 paylen = end - pay
-            elif proto == PROTO_ICMP or proto == PROTO_ICMP6:
+            elif proto == 1 or proto == 58:
                 if off + 8 > end:
                     reason = "truncated icmp header"
                     break
                 pay = off + 8
                 paylen = end - pay
-            elif proto == PROTO_SCTP:
+            elif proto == 132:
                 if off + 12 > end:
                     reason = "truncated sctp header"
                     break
@@ -371,8 +369,7 @@ class Packet:
         self.sport = sport
         self.dport = dport
         self.tcp_flags = flags
-        self.frag_offset = frag
-        self.more_fragments = mf
+        self.frag = frag
 
     # ------------------------------------------------------------------------------------------
     @classmethod
@@ -399,6 +396,18 @@ class Packet:
                 s, d = f"{s}:{self.sport}", f"{d}:{self.dport}"
             ends = f" {s} > {d}"
         return f"<Packet {len(self.data)}B {what}{ends}>"
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Per-packet metadata (msgpack-safe values); created on first use, most packets never need one."""
+        m = self._meta
+        if m is None:
+            m = self._meta = {}
+        return m
+
+    @meta.setter
+    def meta(self, value: dict[str, Any]) -> None:
+        self._meta = value
 
     # --- state -----------------------------------------------------------------------------------
     @property
@@ -444,7 +453,17 @@ class Packet:
     @property
     def is_fragment(self) -> bool:
         """True for any piece of a fragmented datagram (first, middle or last)."""
-        return self.frag_offset != 0 or self.more_fragments
+        return self.frag != 0
+
+    @property
+    def frag_offset(self) -> int:
+        """Fragment offset in bytes (IPv4, or the IPv6 fragment header); 0 for a first fragment."""
+        return self.frag & ~7
+
+    @property
+    def more_fragments(self) -> bool:
+        """The MF (IPv4) or M (IPv6) flag: more fragments of this datagram follow."""
+        return bool(self.frag & 1)
 
     @property
     def ttl(self) -> int:
@@ -557,31 +576,25 @@ class Packet:
         its fragments share one key (only the first one carries ports). Without IP:
         ``(-ethertype - 1, lo_mac, -1, hi_mac, -1, vlans)`` so it cannot collide with an IP key.
         """
-        k = self._key
-        if k is None:
-            if self.proto >= 0:
-                a, b = self.src, self.dst
-                pa, pb = self.sport, self.dport
-                if self.frag_offset or self.more_fragments:
-                    pa = pb = -1
-                if (a, pa) <= (b, pb):
-                    k = (self.proto, a, pa, b, pb, self.vlans)
-                else:
-                    k = (self.proto, b, pb, a, pa, self.vlans)
-            else:
-                a, b = self.eth_src, self.eth_dst
-                if b < a:
-                    a, b = b, a
-                k = (-self.ethertype - 1 if self.ethertype >= 0 else -1, a, -1, b, -1, self.vlans)
-            self._key = k
-        return k
+        if self.proto >= 0:
+            a, b = self.src, self.dst
+            pa, pb = self.sport, self.dport
+            if self.frag:
+                pa = pb = -1
+            if (a, pa) <= (b, pb):
+                return (self.proto, a, pa, b, pb, self.vlans)
+            return (self.proto, b, pb, a, pa, self.vlans)
+        a, b = self.eth_src, self.eth_dst
+        if b < a:
+            a, b = b, a
+        return (-self.ethertype - 1 if self.ethertype >= 0 else -1, a, -1, b, -1, self.vlans)
 
     @property
     def direction(self) -> int:
         """0 when the packet goes from the flow key's low end to its high end, 1 the other way."""
         if self.proto >= 0:
             pa, pb = self.sport, self.dport
-            if self.frag_offset or self.more_fragments:
+            if self.frag:
                 pa = pb = -1
             return 0 if (self.src, pa) <= (self.dst, pb) else 1
         return 0 if self.eth_src <= self.eth_dst else 1
