@@ -95,7 +95,9 @@ class Packet:
     """A frame with its headers parsed once (see the module docstring for the conventions).
 
     Build one with ``Packet(data, ts=..., port=..., wirelen=..., linktype=...)`` or the equivalent
-    :meth:`parse`. ``meta`` is the per-packet metadata dict that travels with the packet between NFs
+    :meth:`parse`. ``data`` must be ``bytes`` (addresses are slices of it and must be hashable);
+    :meth:`parse` also accepts a ``bytearray`` or ``memoryview`` and copies it (the hot path skips
+    that check). ``meta`` is the per-packet metadata dict that travels with the packet between NFs
     and servers; keep its values msgpack-safe (None, bool, int, float, str, bytes, lists, dicts).
     """
 
@@ -133,8 +135,6 @@ class Packet:
         linktype: int = LINKTYPE_ETHERNET,
         meta: dict[str, Any] | None = None,
     ) -> None:
-        if type(data) is not bytes:  # memoryview/bytearray: index and slice a stable bytes copy
-            data = bytes(data)
         n = len(data)
         self.data = data
         self.ts = ts
@@ -216,31 +216,35 @@ class Packet:
                     reason = "truncated ipv4 header"
                     break
                 vihl, tot, fragw, proto, src, dst = _ip4_hdr(data, off)
-                if vihl >> 4 != 4:
-                    reason = "ip version is not 4"
-                    break
-                ihl = (vihl & 15) * 4
-                if ihl < 20:
-                    reason = "bad ipv4 header length"
-                    break
-                if tot < ihl:
-                    reason = "ipv4 total length below header length"
-                    break
                 end = lend = off + tot  # lend: where the IP datagram says it ends
-                if end > n:
-                    if self.wirelen <= n:  # not a snaplen cut: the frame lies about its length
-                        reason = "ipv4 total length beyond frame"
+                if vihl == 0x45 and tot >= 20 and end <= n:
+                    off += 20  # the common case (no options, all captured): one test for all
+                else:
+                    if vihl >> 4 != 4:
+                        reason = "ip version is not 4"
                         break
-                    end = n
-                if off + ihl > end:
-                    reason = "truncated ipv4 options"
-                    break
-                frag = (fragw & 0x1FFF) << 3 | (fragw & 0x2000) >> 13
-                off += ihl
-                if frag > 1:  # a non-first fragment carries no transport header
-                    pay = off
-                    paylen = end - off
-                    break
+                    ihl = (vihl & 15) * 4
+                    if ihl < 20:
+                        reason = "bad ipv4 header length"
+                        break
+                    if tot < ihl:
+                        reason = "ipv4 total length below header length"
+                        break
+                    if end > n:
+                        if self.wirelen <= n:  # not a snaplen cut: the frame lies about its length
+                            reason = "ipv4 total length beyond frame"
+                            break
+                        end = n
+                    if off + ihl > end:
+                        reason = "truncated ipv4 options"
+                        break
+                    off += ihl
+                if fragw & 0x3FFF:  # MF set or a non-zero offset: a fragment
+                    frag = (fragw & 0x1FFF) << 3 | (fragw & 0x2000) >> 13
+                    if frag > 1:  # a non-first fragment carries no transport header
+                        pay = off
+                        paylen = end - off
+                        break
             elif ethertype == 0x86DD:
                 l3 = off
                 if n < off + 40:
@@ -312,12 +316,11 @@ class Packet:
                     reason = "truncated tcp header"
                     break
                 sport, dport, doff, flags = _tcp_hdr(data, off)
-                doff = (doff >> 4) * 4
-                if doff < 20:
-                    reason = "bad tcp data offset"
-                    break
-                pay = off + doff
-                if pay > end:
+                pay = off + (doff >> 4) * 4
+                if doff < 0x50 or pay > end:  # data offset below 5 words, or past the captured end
+                    if doff < 0x50:
+                        reason = "bad tcp data offset"
+                        break
                     if pay > lend:
                         reason = "tcp data offset past end"
                         break
@@ -382,7 +385,12 @@ class Packet:
         linktype: int = LINKTYPE_ETHERNET,
         meta: dict[str, Any] | None = None,
     ) -> Packet:
-        """Parse ``data`` (a frame of ``linktype``) into a :class:`Packet`; never raises on bad bytes."""
+        """Parse ``data`` (a frame of ``linktype``) into a :class:`Packet`; never raises on bad bytes.
+
+        Unlike the constructor, accepts any buffer (``bytearray``, ``memoryview``) and copies it.
+        """
+        if type(data) is not bytes:
+            data = bytes(data)
         return cls(data, ts, port, wirelen, linktype, meta)
 
     def __repr__(self) -> str:
