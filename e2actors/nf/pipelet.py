@@ -1,0 +1,161 @@
+"""The Pipelet API: what an NF author subclasses.
+
+A pipelet is the code of one network function. The framework runs each instance of it (in an NF
+instance actor, inside the switch when ``inline``, or alone under :mod:`e2actors.testing`) and
+feeds it batches of packets, or in-order TCP bytes for ``input = "bytestream"``::
+
+    class TTLGuard(Pipelet):
+        ports = ("out", "expired")
+
+        async def setup(self, config):
+            self.min_ttl = config.get("min_ttl", 2)
+
+        async def process(self, batch):
+            for pkt in batch:
+                if pkt.ttl >= 0 and pkt.ttl < self.min_ttl:
+                    self.emit(pkt, "expired")
+                else:
+                    self.emit(pkt)
+
+Each packet goes to one of ``ports`` with :meth:`emit` (the first port by default) or is dropped
+with :meth:`drop` (a reason is counted); a packet that is neither is counted as dropped
+("not emitted"). ``pkt.meta`` is per-packet metadata that travels with the packet to later NFs
+and servers, where conditions can test it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from e2actors.packet.batch import Batch
+from e2actors.packet.flowtable import FlowTable
+from e2actors.packet.packet import Packet
+
+__all__ = ["DROP", "Pipelet", "Verdict"]
+
+Affinity = Literal["none", "flow", "host"]
+InputKind = Literal["packets", "bytestream"]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What a bytestream pipelet decides for the packets that carried some stream bytes.
+
+    ``port``: the output port (None: the pipelet's first port); ``drop``: drop them instead;
+    ``meta``: metadata set on each of them; ``sticky``: also apply to the flow's later packets
+    that carry no new bytes (pure ACKs, retransmissions, the FIN) until another verdict.
+    """
+
+    port: str | None = None
+    drop: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+    sticky: bool = True
+
+
+DROP = Verdict(drop=True, reason="dropped by verdict")
+
+
+class Pipelet:
+    """Base class of every NF. Override :meth:`setup`, :meth:`process` and, for bytestream NFs,
+    :meth:`on_stream`. Class attributes describe the NF to the manager and the switch."""
+
+    #: Output port names; the first is the default for :meth:`emit`.
+    ports: ClassVar[tuple[str, ...]] = ("out",)
+    #: ``none``: any instance may take any packet; ``flow``: every packet of a connection (both
+    #: directions) reaches the same instance; ``host``: every packet of a source host does.
+    affinity: ClassVar[Affinity] = "none"
+    #: ``packets``, or ``bytestream`` to get in-order TCP payload through :meth:`on_stream`.
+    input: ClassVar[InputKind] = "packets"
+    #: Packets per second one instance (one core) sustains: the sizing default.
+    cost_pps: ClassVar[int] = 100_000
+    #: Seconds after which an idle flow's state in :attr:`flows` expires.
+    flow_timeout: ClassVar[float] = 60.0
+    #: Bound on the flows kept in :attr:`flows` (least recently used evicted past it).
+    max_flows: ClassVar[int] = 1_000_000
+
+    def __init__(self) -> None:
+        self.config: dict[str, Any] = {}
+        #: Per-flow state keyed by the symmetric flow key, with idle expiry.
+        self.flows: FlowTable[Any] = FlowTable(self.flow_timeout, self.max_flows)
+        #: Free-form counters (exported as metrics; shown in summaries).
+        self.counters: collections.Counter[str] = collections.Counter()
+        #: Why packets were dropped: reason -> count.
+        self.drops: collections.Counter[str] = collections.Counter()
+        #: The instance's name once it runs (``nf#index``).
+        self.name = type(self).__name__
+        self._out: dict[str, list[Packet]] = {p: [] for p in self.ports}
+        self._default_out: list[Packet] = self._out[self.ports[0]]
+        self._dropped = 0
+
+    # --- the NF author's hooks ------------------------------------------------------------------
+    async def setup(self, config: dict[str, Any]) -> None:
+        """Called once before any packet, with the NF's ``config`` from the policy."""
+
+    async def process(self, batch: Batch) -> None:
+        """Handle a batch: :meth:`emit` or :meth:`drop` each packet. Default: pass everything."""
+        out = self._default_out
+        for pkt in batch.packets:
+            out.append(pkt)
+
+    def on_stream(self, flow: Hashable, direction: int, data: bytes) -> Verdict | str | None:
+        """Bytestream NFs: ``data`` is the next in-order TCP payload of ``flow`` in ``direction``
+        (0: from the flow key's low end, 1: the other way); ``b""`` after a gap the reassembler
+        gave up on (see :meth:`on_gap`). Return a :class:`Verdict`, a port name, or None (keep
+        the flow's current verdict, initially the first port) for the packets that carried it."""
+        return None
+
+    def on_gap(self, flow: Hashable, direction: int, missing: int) -> Verdict | str | None:
+        """Bytestream NFs: ``missing`` bytes of ``flow`` never arrived in time; the stream goes on
+        after them. Return a verdict as :meth:`on_stream` does (default: keep the current one)."""
+        return None
+
+    def on_flow_end(self, flow: Hashable, state: Any) -> None:
+        """A flow's state left :attr:`flows` (idle expiry, eviction, or the connection ended)."""
+
+    async def teardown(self) -> None:
+        """Called once when the instance stops: close files, flush buffers."""
+
+    # --- moving an instance with its state ------------------------------------------------------
+    def export_state(self) -> dict[str, Any]:
+        """Everything needed to carry on elsewhere (msgpack-safe). Default: :attr:`flows` and
+        :attr:`counters`. Override (calling super) if the pipelet keeps other state."""
+        return {"flows": self.flows.export(), "counters": dict(self.counters)}
+
+    def import_state(self, data: dict[str, Any]) -> None:
+        """Take over state from :meth:`export_state` of another instance (of this or an older
+        version of the class)."""
+        self.flows.load(data.get("flows", ()))
+        self.counters.update(data.get("counters", {}))
+
+    # --- called from process --------------------------------------------------------------------
+    def emit(self, pkt: Packet, port: str | None = None) -> None:
+        """Send ``pkt`` out of ``port`` (default: the first port)."""
+        if port is None:
+            self._default_out.append(pkt)
+        else:
+            try:
+                self._out[port].append(pkt)
+            except KeyError:
+                raise ValueError(f"{type(self).__name__} has no port {port!r} (ports: {self.ports})") from None
+
+    def drop(self, pkt: Packet, reason: str = "dropped") -> None:
+        """Drop ``pkt``, counting ``reason``."""
+        self.drops[reason] += 1
+        self._dropped += 1
+
+    # --- for the runner -------------------------------------------------------------------------
+    def _take_outputs(self) -> dict[str, list[Packet]]:
+        """Hand over what was emitted since the last call and start empty lists."""
+        out = self._out
+        self._out = {p: [] for p in self.ports}
+        self._default_out = self._out[self.ports[0]]
+        return out
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The NF description defaults this class gives the manager."""
+        return {"ports": list(cls.ports), "affinity": cls.affinity, "input": cls.input, "cost_pps": cls.cost_pps}
