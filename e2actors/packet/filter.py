@@ -45,6 +45,14 @@ def match(d, w):
     except _ERRORS:
         return False
 
+def evaluate(d, w):
+    try:
+        if {expr}:
+            return True
+        return False
+    except _ERRORS:
+        return None
+
 def select(packets):
     out = []
     add = out.append
@@ -65,7 +73,7 @@ class Filter:
     ``expression`` is the source text; ``source`` the generated Python (for the curious).
     """
 
-    __slots__ = ("expression", "source", "match", "select", "_uses_len")
+    __slots__ = ("expression", "source", "match", "select", "evaluate", "_uses_len")
 
     def __init__(self, expression: str, python_expr: str) -> None:
         self.expression = expression
@@ -76,6 +84,10 @@ class Filter:
         exec(compile(self.source, f"<filter {expression!r}>", "exec"), ns)
         self.match = ns["match"]
         self.select = ns["select"]
+        #: ``evaluate(data, wirelen) -> True | False | None``: like ``match`` but None when the
+        #: program aborted (a load past the captured bytes, or a division by zero), which
+        #: ``match`` reports as False, as BPF does.
+        self.evaluate = ns["evaluate"]
 
     def __call__(self, packet: Any) -> bool:
         """True if ``packet`` matches. ``packet`` has ``.data`` and ``.wirelen``, or is bytes
