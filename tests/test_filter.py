@@ -477,3 +477,13 @@ def test_cli_is_registered():
     from e2actors.cli import COMMANDS
 
     assert "filter" in COMMANDS
+
+
+def test_benchmark_filters_reports_rates():
+    from filter_frames import generated_frames
+
+    from e2actors.packet.filter import BENCH_EXPRESSIONS, benchmark_filters
+
+    rates = benchmark_filters(generated_frames(), repeat=1)
+    assert set(rates) == set(BENCH_EXPRESSIONS)
+    assert all(r > 0 for r in rates.values())

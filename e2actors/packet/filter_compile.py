@@ -690,64 +690,98 @@ def compile_to_ir(expr: str, netmask: int = 0) -> tuple:
 
 
 # --- IR -> Python ----------------------------------------------------------------------------------
-def _val(v: tuple) -> str:
-    t = v[0]
-    if t == "k":
-        return str(v[1])
-    if t == "len":
-        return "w"
-    if t == "ihl":
-        return f"((d[{v[1]}]&15)<<2)"
-    if t == "off":
-        return f"({_val(v[1])}+{v[2]})"
-    if t == "neg":
-        return f"(-{_val(v[1])}&0xffffffff)"
-    if t == "ld":
-        size, off = v[1], v[2]
-        if off[0] == "k":
-            o = off[1]
+class _Gen:
+    """IR -> Python source. A 2- or 4-byte load at a constant offset (and the IPv4 header length)
+    is computed once and kept in a local (``:=``) for the code that runs after it on every path:
+    the right side of an ``and``/``or`` may reuse what its left side always computes."""
+
+    def __init__(self, reused: Optional[set] = None) -> None:
+        self.n = 0
+        self.reused = reused  # values worth a local (None: first pass, finding them)
+        self.hits: set = set()
+
+    def val(self, v: tuple, av: dict) -> str:
+        t = v[0]
+        if t == "k":
+            return str(v[1])
+        if t == "len":
+            return "w"
+        cacheable = t == "ihl" or (t == "ld" and v[1] > 1 and v[2][0] == "k")
+        if cacheable and self.reused is not None:
+            cacheable = v in self.reused
+        if cacheable and v in av:
+            self.hits.add(v)
+            return av[v]
+        code = self._val(v, av)
+        if cacheable:
+            self.n += 1
+            name = f"_v{self.n}"
+            av[v] = name
+            return f"({name}:={code})"
+        return code
+
+    def _val(self, v: tuple, av: dict) -> str:
+        t = v[0]
+        if t == "ihl":
+            return f"((d[{v[1]}]&15)<<2)"
+        if t == "off":
+            return f"({self.val(v[1], av)}+{v[2]})"
+        if t == "neg":
+            return f"(-{self.val(v[1], av)}&0xffffffff)"
+        if t == "ld":
+            size, off = v[1], v[2]
+            if off[0] == "k":
+                o = off[1]
+                if size == 1:
+                    return f"d[{o}]"
+                if size == 2:
+                    return f"(d[{o}]<<8|d[{o + 1}])"
+                return f"_u32(d,{o})[0]"
+            o = self.val(off, av)
             if size == 1:
                 return f"d[{o}]"
             if size == 2:
-                return f"(d[{o}]<<8|d[{o + 1}])"
+                return f"_u16(d,{o})[0]"
             return f"_u32(d,{o})[0]"
-        o = _val(off)
-        if size == 1:
-            return f"d[{o}]"
-        if size == 2:
-            return f"_u16(d,{o})[0]"
-        return f"_u32(d,{o})[0]"
-    if t == "bin":
-        op, a, b = v[1], _val(v[2]), _val(v[3])
-        if op in ("+", "-", "*"):
-            return f"(({a}{op}{b})&0xffffffff)"
-        if op == "/":
-            return f"({a}//{b})"
-        if op == "<<":
-            if v[3][0] == "k":
-                return f"(({a}<<{b})&0xffffffff)"
-            return f"_lsh({a},{b})"
-        return f"({a}{op}{b})"
-    raise AssertionError(v)
+        if t == "bin":
+            op = v[1]
+            a = self.val(v[2], av)
+            b = self.val(v[3], av)
+            if op in ("+", "-", "*"):
+                return f"(({a}{op}{b})&0xffffffff)"
+            if op == "/":
+                return f"({a}//{b})"
+            if op == "<<":
+                if v[3][0] == "k":
+                    return f"(({a}<<{b})&0xffffffff)"
+                return f"_lsh({a},{b})"
+            return f"({a}{op}{b})"
+        raise AssertionError(v)
+
+    def bool(self, ir: tuple, av: dict) -> str:
+        """Code for ``ir``; ``av`` gains what is computed on every path through it."""
+        t = ir[0]
+        if t == "T":
+            return "True"
+        if t == "F":
+            return "False"
+        if t in ("and", "or"):
+            left = self.bool(ir[1], av)
+            right = self.bool(ir[2], dict(av))
+            return f"({left} {t} {right})"
+        if t == "not":
+            return f"(not {self.bool(ir[1], av)})"
+        if t == "cmp":
+            a = self.val(ir[2], av)
+            b = self.val(ir[3], av)
+            return f"({a}{ir[1]}{b})"
+        if t == "jset":
+            return f"({self.val(ir[1], av)}&{ir[2]})"
+        raise AssertionError(ir)
 
 
 def ir_to_python(ir: tuple) -> str:
     """A Python expression over ``d`` (frame bytes) and ``w`` (wire length) for the IR."""
-    t = ir[0]
-    if t == "T":
-        return "True"
-    if t == "F":
-        return "False"
-    if t == "and":
-        return f"({ir_to_python(ir[1])} and {ir_to_python(ir[2])})"
-    if t == "or":
-        return f"({ir_to_python(ir[1])} or {ir_to_python(ir[2])})"
-    if t == "not":
-        return f"(not {ir_to_python(ir[1])})"
-    if t == "cmp":
-        return f"({_val(ir[2])}{ir[1]}{_val(ir[3])})"
-    if t == "jset":
-        return f"({_val(ir[1])}&{ir[2]})"
-    raise AssertionError(ir)
-
-
+    first = _Gen()
+    first.bool(ir, {})
+    return _Gen(first.hits).bool(ir, {})
