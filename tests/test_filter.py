@@ -6,7 +6,6 @@ frames we match must equal the set tcpdump matches."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 
 import pytest
