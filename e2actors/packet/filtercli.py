@@ -1,0 +1,62 @@
+"""``e2actors filter EXPR IN.pcap [-w OUT.pcap]``: apply a pcap-filter expression to a capture.
+
+Without ``-w`` it prints the 1-based numbers of the matching frames, one per line; with ``-w`` it
+writes the matching frames to OUT.pcap instead. Exit status 0 on success, 2 on a bad expression
+or an unreadable file (the message goes to stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from e2actors.cli import command
+from e2actors.errors import FilterError, PcapError
+from e2actors.packet import _pcapmini as pcapio  # TEMPORARY: switch to e2actors.packet.pcap
+from e2actors.packet.filter import compile_filter
+
+__all__ = ["run", "add_arguments"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``e2actors filter``."""
+    p.add_argument("expression", help="pcap-filter expression, as tcpdump takes it")
+    p.add_argument("input", help="input capture (classic pcap, Ethernet)")
+    p.add_argument("-w", "--write", metavar="OUT.pcap",
+                   help="write the matching frames here instead of printing their numbers")
+
+
+@command("filter", "print the numbers of the frames matching a pcap-filter expression "
+         "(or write them with -w)", add_arguments)
+def run(args: argparse.Namespace) -> int:
+    """Run ``e2actors filter``; return the exit status."""
+    try:
+        f = compile_filter(args.expression)
+    except FilterError as e:
+        print(f"e2actors filter: {e}", file=sys.stderr)
+        if e.column:
+            print(f"  {e.expression}\n  {' ' * (e.column - 1)}^", file=sys.stderr)
+        return 2
+    try:
+        hdr, records = pcapio.read_pcap(args.input)
+        if hdr.linktype != 1:
+            print(f"e2actors filter: {args.input}: link type {hdr.linktype} is not supported "
+                  "(only Ethernet)", file=sys.stderr)
+            return 2
+        match = f.match
+        if args.write:
+            selected = (p for p in records if match(p.data, p.wirelen))
+            pcapio.write_pcap(args.write, selected, linktype=hdr.linktype,
+                              snaplen=hdr.snaplen, nanosecond=hdr.nanosecond)
+        else:
+            out = sys.stdout
+            for n, p in enumerate(records, 1):
+                if match(p.data, p.wirelen):
+                    out.write(f"{n}\n")
+    except BrokenPipeError:  # e.g. piped into ``head``
+        sys.stdout = None  # type: ignore[assignment]
+        return 0
+    except (PcapError, OSError) as e:
+        print(f"e2actors filter: {args.input}: {e}", file=sys.stderr)
+        return 2
+    return 0
