@@ -36,7 +36,7 @@ def _load_commands() -> None:
     # Each module registers its subcommands on import; a module that does not exist yet is skipped.
     import importlib
 
-    for mod in ("e2actors.packet.cli",):
+    for mod in ("e2actors.packet.filtercli", "e2actors.packet.gencli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

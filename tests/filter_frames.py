@@ -15,7 +15,18 @@ import struct
 import subprocess
 from collections.abc import Iterable
 
-from e2actors.packet._pcapmini import MiniPacket, read_pcap, write_pcap
+import warnings
+from dataclasses import dataclass
+
+from e2actors.packet.pcap import PcapWriter, open_capture
+
+
+@dataclass(slots=True)
+class MiniPacket:
+    """A test frame: captured bytes and the length on the wire (what a filter reads)."""
+
+    data: bytes
+    wirelen: int
 
 BCAST = b"\xff" * 6
 MAC_A = bytes.fromhex("001122334455")
@@ -239,24 +250,25 @@ def ethernet_frames_of(path: str, tmpdir: str, tcpdump: str) -> list[MiniPacket]
         r = subprocess.run([tcpdump, "-r", path, "-w", src], capture_output=True)
         if r.returncode != 0 or not os.path.exists(src):
             return []
-    try:
-        hdr, recs = read_pcap(src)
-    except Exception:
-        return []
-    if hdr.linktype != 1:
-        return []
     out: list[MiniPacket] = []
     try:
-        for rec in recs:
-            out.append(rec)
-    except Exception:  # a truncated last record: keep the complete ones (as tcpdump does)
+        with warnings.catch_warnings(), open_capture(src) as r:
+            warnings.simplefilter("ignore")  # a truncated last record warns; tcpdump too
+            if r.linktype != 1:
+                return []
+            for _ts, data, wirelen, _lt, _if in r:
+                out.append(MiniPacket(data, wirelen))
+    except Exception:  # unreadable, or a truncated last record: keep the complete ones (as tcpdump)
         pass
     return out
 
 
 def write_numbered(path: str, frames: Iterable[MiniPacket]) -> int:
     """Write ``frames`` with timestamp = 1-based frame number."""
-    return write_pcap(path, (MiniPacket(p.data, p.wirelen, i, 0) for i, p in enumerate(frames, 1)))
+    with PcapWriter(path) as w:
+        for i, p in enumerate(frames, 1):
+            w.write(p.data, float(i), p.wirelen)
+        return w.count
 
 
 class TcpdumpError(Exception):

@@ -12,8 +12,8 @@ import sys
 
 from e2actors.cli import command
 from e2actors.errors import FilterError, PcapError
-from e2actors.packet import _pcapmini as pcapio  # TEMPORARY: switch to e2actors.packet.pcap
 from e2actors.packet.filter import compile_filter
+from e2actors.packet.pcap import PcapWriter, open_capture
 
 __all__ = ["run", "add_arguments"]
 
@@ -21,7 +21,7 @@ __all__ = ["run", "add_arguments"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``e2actors filter``."""
     p.add_argument("expression", help="pcap-filter expression, as tcpdump takes it")
-    p.add_argument("input", help="input capture (classic pcap, Ethernet)")
+    p.add_argument("input", help="input capture (pcap or pcapng, Ethernet)")
     p.add_argument("-w", "--write", metavar="OUT.pcap",
                    help="write the matching frames here instead of printing their numbers")
 
@@ -38,21 +38,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {e.expression}\n  {' ' * (e.column - 1)}^", file=sys.stderr)
         return 2
     try:
-        hdr, records = pcapio.read_pcap(args.input)
-        if hdr.linktype != 1:
-            print(f"e2actors filter: {args.input}: link type {hdr.linktype} is not supported "
-                  "(only Ethernet)", file=sys.stderr)
-            return 2
-        match = f.match
-        if args.write:
-            selected = (p for p in records if match(p.data, p.wirelen))
-            pcapio.write_pcap(args.write, selected, linktype=hdr.linktype,
-                              snaplen=hdr.snaplen, nanosecond=hdr.nanosecond)
-        else:
-            out = sys.stdout
-            for n, p in enumerate(records, 1):
-                if match(p.data, p.wirelen):
-                    out.write(f"{n}\n")
+        with open_capture(args.input) as reader:
+            if reader.linktype != 1:
+                print(f"e2actors filter: {args.input}: link type {reader.linktype} is not supported "
+                      "(only Ethernet)", file=sys.stderr)
+                return 2
+            match = f.match
+            if args.write:
+                with PcapWriter(args.write, linktype=reader.linktype) as w:
+                    for ts, data, wirelen, _lt, _if in reader:
+                        if match(data, wirelen):
+                            w.write(data, ts, wirelen)
+            else:
+                out = sys.stdout
+                for n, (_ts, data, wirelen, _lt, _if) in enumerate(reader, 1):
+                    if match(data, wirelen):
+                        out.write(f"{n}\n")
     except BrokenPipeError:  # e.g. piped into ``head``
         sys.stdout = None  # type: ignore[assignment]
         return 0
