@@ -76,6 +76,9 @@ class Pipelet:
     flow_timeout: ClassVar[float] = 60.0
     #: Bound on the flows kept in :attr:`flows` (least recently used evicted past it).
     max_flows: ClassVar[int] = 1_000_000
+    #: Seconds between :meth:`on_timer` calls (None: no timer). Time-driven NFs (a shaper
+    #: releasing queued packets) use it.
+    timer_interval: ClassVar[float | None] = None
 
     def __init__(self) -> None:
         self.config: dict[str, Any] = {}
@@ -87,6 +90,9 @@ class Pipelet:
         self.drops: collections.Counter[str] = collections.Counter()
         #: The instance's name once it runs (``nf#index``).
         self.name = type(self).__name__
+        #: The current time as the runner sees it: packet timestamps when replaying a capture
+        #: (so tests are deterministic), the wall clock live. Set before each call.
+        self.now = 0.0
         self._out: dict[str, list[Packet]] = {p: [] for p in self.ports}
         self._default_out: list[Packet] = self._out[self.ports[0]]
         self._dropped = 0
@@ -112,6 +118,13 @@ class Pipelet:
         """Bytestream NFs: ``missing`` bytes of ``flow`` never arrived in time; the stream goes on
         after them. Return a verdict as :meth:`on_stream` does (default: keep the current one)."""
         return None
+
+    def on_timer(self) -> None:
+        """Called every :attr:`timer_interval` seconds (of :attr:`now`); may :meth:`emit`."""
+
+    def pending(self) -> int:
+        """Packets the pipelet holds (e.g. a shaper's queue); the runner drains them at the end."""
+        return 0
 
     def on_flow_end(self, flow: Hashable, state: Any) -> None:
         """A flow's state left :attr:`flows` (idle expiry, eviction, or the connection ended)."""

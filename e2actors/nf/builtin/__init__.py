@@ -1,0 +1,9 @@
+"""Built-in NFs that behave like the real thing on real traffic."""
+
+from e2actors.nf.builtin.counter import Counter
+from e2actors.nf.builtin.firewall import Firewall
+from e2actors.nf.builtin.logger import Logger
+from e2actors.nf.builtin.nat import NAT
+from e2actors.nf.builtin.shaper import Shaper, parse_rate
+
+__all__ = ["NAT", "Counter", "Firewall", "Logger", "Shaper", "parse_rate"]

@@ -1,0 +1,126 @@
+"""``NFInstance``: the actor that runs one instance of an NF.
+
+A thin shell over :class:`~e2actors.nf.runner.PipeletRunner`: batches in (``NFBatch``), what the
+pipelet emitted out to the instance's output (the switch) as ``NFOutput``, load reports to the
+manager, state export/import for moves. Its mailbox drops when full, like a NIC ring: the switch
+sees the refused send and counts the packets as dropped with reason ``queue full``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from e2actors.nf.messages import ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput
+from e2actors.nf.pipelet import Pipelet
+from e2actors.nf.runner import PipeletRunner
+from e2actors.packet.batch import Batch
+from e2actors.runtime.actor import Actor
+from e2actors.runtime.messages import Tick
+from e2actors.runtime.node import load_class
+from e2actors.runtime.ref import ActorRef
+
+__all__ = ["NFInstance", "resolve_pipelet"]
+
+_TIMER = Tick("nf-timer")
+_REPORT = Tick("nf-report")
+
+
+def resolve_pipelet(cls: str | type[Pipelet], allow: tuple[str, ...]) -> type[Pipelet]:
+    """A pipelet class from a class or a ``module:QualName`` path on the allow-list."""
+    c = load_class(cls, allow) if isinstance(cls, str) else cls
+    if not (isinstance(c, type) and issubclass(c, Pipelet)):
+        raise TypeError(f"{cls!r} is not a Pipelet subclass")
+    return c
+
+
+class NFInstance(Actor):
+    """One instance of an NF. Spawn with ``pipelet`` (class or path), ``config``, ``nf`` (the NF's
+    name in the policy), ``output`` (where NFOutput goes), optionally ``monitor`` (LoadReports)."""
+
+    mailbox_size = 512
+    overflow = "drop"
+
+    def __init__(self, pipelet: str | type[Pipelet], config: dict[str, Any] | None = None, nf: str = "",
+                 output: ActorRef | None = None, monitor: ActorRef | None = None,
+                 report_interval: float = 0.25, clock: str = "wall") -> None:
+        self.pipelet_cls = pipelet
+        self.nf_config = dict(config or {})
+        self.nf = nf
+        self.output = output
+        self.monitor = monitor
+        self.report_interval = report_interval
+        self.clock = clock
+
+    async def on_start(self) -> None:
+        cls = resolve_pipelet(self.pipelet_cls, self.node.allow_spawn)
+        p = cls()
+        p.name = self.name
+        self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
+        await self.runner.start(self.nf_config)
+        self._last = (time.monotonic(), 0, 0, 0.0)
+        self._reported_drops = 0
+        self._sent_dropped = 0
+        if p.timer_interval is not None or p.input == "bytestream":
+            self.every(max(p.timer_interval or 0.1, 0.001), _TIMER)
+        else:
+            self.every(1.0, _TIMER)  # idle flow expiry
+        if self.monitor is not None:
+            self.every(self.report_interval, _REPORT)
+
+    async def on_stop(self) -> None:
+        await self.runner.stop()
+
+    async def on_message(self, msg: Any) -> Any:
+        if type(msg) is NFBatch:
+            try:
+                out = await self.runner.run(msg.batch)
+            except Exception as exc:
+                self._send(msg.seq, {}, error=f"{type(exc).__name__}: {exc}", lost=len(msg.batch))
+                raise
+            self._send(msg.seq, out)
+            return None
+        if msg is _TIMER or msg == _TIMER:
+            out = await self.runner.tick()
+            if any(out.values()):
+                self._send(-1, out)
+            return None
+        if msg is _REPORT or msg == _REPORT:
+            self._report()
+            return None
+        if isinstance(msg, ExportState):
+            return self.runner.pipelet.export_state()
+        if isinstance(msg, ImportState):
+            self.runner.pipelet.import_state(dict(msg.data))
+            return True
+        if isinstance(msg, GetStats):
+            return self.stats()
+        return None
+
+    def _send(self, seq: int, out: dict, error: str = "", lost: int = 0) -> None:
+        if self.output is None:
+            return
+        st = self.runner.stats
+        dropped = st.dropped - self._sent_dropped
+        self._sent_dropped = st.dropped
+        outputs = tuple((port, Batch(pkts)) for port, pkts in out.items() if pkts)
+        self.send(self.output, NFOutput(self.name, seq, outputs, dropped, lost, error))
+
+    def _report(self) -> None:
+        st = self.runner.stats
+        now = time.monotonic()
+        t0, pk0, by0, busy0 = self._last
+        dt = max(now - t0, 1e-9)
+        mb = self._cell.mailbox
+        rep = LoadReport(
+            instance=self.name, nf=self.nf, pps=(st.packets_in - pk0) / dt, bps=(st.bytes_in - by0) * 8 / dt,
+            queue=len(mb), drops=mb.dropped + st.dropped, busy=min(1.0, (st.busy_seconds - busy0) / dt),
+            flows=len(self.runner.pipelet.flows), held=self.runner.held, packets=st.packets_in, ts=time.time())
+        self._last = (now, st.packets_in, st.bytes_in, st.busy_seconds)
+        self.send(self.monitor, rep)  # type: ignore[arg-type]
+
+    def stats(self) -> dict[str, Any]:
+        p = self.runner.pipelet
+        return {"instance": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
+                "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
+                "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held}

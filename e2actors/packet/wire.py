@@ -1,0 +1,44 @@
+"""Packets and batches on the wire between nodes (codec tags 100-199).
+
+A batch crossing to another node becomes one array of per-packet arrays
+``[data, ts, wirelen, port, meta, linktype]``: the frame bytes travel as msgpack binary, the
+metadata as a map, and the receiving node parses each frame again (parsing is cheaper than
+shipping the parsed fields, and it keeps a hostile peer from handing us inconsistent ones).
+Local delivery never comes here: in-process batches are passed as objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from e2actors.errors import CodecError
+from e2actors.packet.batch import Batch
+from e2actors.packet.packet import Packet
+from e2actors.runtime.codec import register
+
+__all__ = ["decode_packet", "encode_packet"]
+
+
+def encode_packet(p: Packet) -> tuple:
+    return (p.data, p.ts, p.wirelen, p.port, p._meta or None, p.linktype)
+
+
+def decode_packet(f: Any) -> Packet:
+    if len(f) != 6 or type(f[0]) is not bytes:
+        raise CodecError("malformed packet on the wire")
+    data, ts, wirelen, port, meta, linktype = f
+    if meta is not None and type(meta) is not dict:
+        raise CodecError("malformed packet metadata on the wire")
+    return Packet(data, ts, port, wirelen, linktype, meta)
+
+
+def _encode_batch(b: Batch) -> tuple:
+    return tuple(encode_packet(p) for p in b.packets)
+
+
+def _decode_batch(fields: Any) -> Batch:
+    return Batch([decode_packet(f) for f in fields])
+
+
+register(Packet, 100, encode=encode_packet, decode=decode_packet)
+register(Batch, 101, encode=_encode_batch, decode=_decode_batch)
