@@ -200,3 +200,16 @@ def test_tcpdump_and_tshark_read_our_files(tmp_path: Path, ns: bool) -> None:
     # the hex dump of the first frame contains its bytes
     first_row = " ".join(f"{b:02x}" for b in FRAMES[0][:16])
     assert first_row in hexes
+
+
+def test_open_capture_reads_pipes() -> None:
+    import os
+
+    for blob in (_pcap([(1, 0, FRAMES[0], len(FRAMES[0]))]), _pcapng("<")):
+        r, w = os.pipe()
+        os.write(w, blob)
+        os.close(w)
+        with open(r, "rb") as f:
+            assert not f.seekable()
+            recs = list(read_records(f))
+        assert recs[0][1] == FRAMES[0]

@@ -320,9 +320,11 @@ class Packet:
                 if doff < 0x50 or pay > end:  # data offset below 5 words, or past the captured end
                     if doff < 0x50:
                         reason = "bad tcp data offset"
+                        pay = -1
                         break
                     if pay > lend:
                         reason = "tcp data offset past end"
+                        pay = -1
                         break
                     pay = end  # options cut by the snap length: not the sender's fault
                 paylen = end - pay
@@ -331,13 +333,13 @@ class Packet:
                     reason = "truncated udp header"
                     break
                 sport, dport, ulen = _udp_hdr(data, off)
-                pay = off + 8
                 if ulen < 8:
                     reason = "bad udp length"
                     break
                 if off + ulen > lend:
                     reason = "udp length beyond ip payload"
                     break
+                pay = off + 8
                 if off + ulen < end:
                     end = off + ulen  # bytes after the UDP length are not payload
                 paylen = end - pay

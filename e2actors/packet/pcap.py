@@ -337,10 +337,13 @@ def open_capture(src: str | os.PathLike | BinaryIO) -> PcapReader | PcapngReader
     """Open a pcap or pcapng file, whichever it is (decided by the magic number)."""
     f, owned = _open(src)
     try:
-        if not f.seekable():
-            f = io.BufferedReader(f)  # type: ignore[arg-type]
-        magic = f.read(4)
-        f.seek(-len(magic), 1)
+        if f.seekable():
+            magic = f.read(4)
+            f.seek(-len(magic), 1)
+        else:  # a pipe: look at the magic without consuming it
+            if not hasattr(f, "peek"):
+                f = io.BufferedReader(f)  # type: ignore[arg-type]
+            magic = f.peek(4)[:4]  # type: ignore[attr-defined]
     except Exception:
         if owned:
             f.close()
