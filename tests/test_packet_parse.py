@@ -231,8 +231,23 @@ _LINKTYPES = st.sampled_from([1, 1, 1, 0, 101, 108, 113, 276])
 def _check(p: Packet) -> None:
     assert p.reason is None or (isinstance(p.reason, str) and p.reason)
     # every accessor works on whatever came out
-    for name in ("flow_key", "direction", "tcp_seq", "tcp_ack", "tcp_window", "icmp_type", "icmp_code",
-                 "arp_op", "arp_sha", "arp_tha", "payload", "ttl", "ip_id", "eth_src", "ip_version"):
+    for name in (
+        "flow_key",
+        "direction",
+        "tcp_seq",
+        "tcp_ack",
+        "tcp_window",
+        "icmp_type",
+        "icmp_code",
+        "arp_op",
+        "arp_sha",
+        "arp_tha",
+        "payload",
+        "ttl",
+        "ip_id",
+        "eth_src",
+        "ip_version",
+    ):
         getattr(p, name)
     repr(p)
     if p.reason is None and p.payload_offset >= 0:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
-import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import need_tool
+
 from e2actors.errors import PcapError
 from e2actors.packet.build import ether, ipv4, ipv6, tcp, udp
 from e2actors.packet.packet import Packet
@@ -26,8 +25,7 @@ from e2actors.packet.pcap import (
 
 A, B = "198.18.0.1", "198.19.0.2"
 FRAMES = [
-    ether(ipv4(A, B, 6, tcp(A, B, 1000 + i, 80, flags="PA", payload=b"x" * (i * 37 % 300))))
-    for i in range(20)
+    ether(ipv4(A, B, 6, tcp(A, B, 1000 + i, 80, flags="PA", payload=b"x" * (i * 37 % 300)))) for i in range(20)
 ] + [ether(ipv6("2001:db8::1", "2001:db8::2", 17, udp("2001:db8::1", "2001:db8::2", 5, 6, b"u" * 50)))]
 
 
@@ -91,10 +89,16 @@ def _opt(bo: str, code: int, val: bytes) -> bytes:
 
 def _pcapng(bo: str) -> bytes:
     shb = _block(bo, 0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1))
-    idb0 = _block(bo, 1, struct.pack(bo + "HHI", 1, 0, 0) + _opt(bo, 2, b"eth0") + _opt(bo, 9, b"\x09") + _opt(bo, 0, b""))
-    idb1 = _block(bo, 1, struct.pack(bo + "HHI", 101, 0, 64) + _opt(bo, 9, b"\x83") + _opt(bo, 14, struct.pack(bo + "q", 100)))
+    idb0 = _block(
+        bo, 1, struct.pack(bo + "HHI", 1, 0, 0) + _opt(bo, 2, b"eth0") + _opt(bo, 9, b"\x09") + _opt(bo, 0, b"")
+    )
+    idb1 = _block(
+        bo, 1, struct.pack(bo + "HHI", 101, 0, 64) + _opt(bo, 9, b"\x83") + _opt(bo, 14, struct.pack(bo + "q", 100))
+    )
     t0 = 1_500_000_000_123_456_789  # nanoseconds on interface 0
-    epb0 = _block(bo, 6, struct.pack(bo + "IIIII", 0, t0 >> 32, t0 & 0xFFFFFFFF, len(FRAMES[0]), len(FRAMES[0])) + FRAMES[0])
+    epb0 = _block(
+        bo, 6, struct.pack(bo + "IIIII", 0, t0 >> 32, t0 & 0xFFFFFFFF, len(FRAMES[0]), len(FRAMES[0])) + FRAMES[0]
+    )
     raw = FRAMES[2][14:]
     t1 = 8 * 5 + 3  # 2^-3 s units on interface 1: 5.375 s, plus the 100 s offset
     epb1 = _block(bo, 6, struct.pack(bo + "IIIII", 1, 0, t1, len(raw), len(raw) + 10) + raw)
@@ -115,7 +119,9 @@ def test_pcapng_interfaces_resolutions_and_block_kinds(bo: str) -> None:
     assert recs[0][0] == pytest.approx(1_500_000_000.123456789, abs=1e-6) and recs[0][1] == FRAMES[0]
     assert recs[1][0] == pytest.approx(105.375) and recs[1][2] == len(FRAMES[2]) - 14 + 10
     assert recs[2][1] == FRAMES[3] and recs[2][0] == 0.0  # simple packet block: no timestamp
-    assert recs[3][1] == FRAMES[4] and recs[3][0] == pytest.approx(0.001)  # obsolete packet block, interface 0 counts in ns
+    assert recs[3][1] == FRAMES[4] and recs[3][0] == pytest.approx(
+        0.001
+    )  # obsolete packet block, interface 0 counts in ns
     assert r.interfaces == [(1, 0, "eth0"), (101, 64, "")]
     pk = Packet(recs[1][1], linktype=recs[1][3])
     assert pk.sport == 1002 and pk.l3_offset == 0
@@ -163,7 +169,7 @@ def test_writer_cuts_at_snaplen(tmp_path: Path) -> None:
     path = tmp_path / "snap.pcap"
     with PcapWriter(path, snaplen=64) as w:
         w.write(FRAMES[10], 1.0)
-    (_ts, data, wirelen, _lt, _i), = read_records(path)
+    ((_ts, data, wirelen, _lt, _i),) = read_records(path)
     assert data == FRAMES[10][:64] and wirelen == len(FRAMES[10])
 
 

@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import need_path, need_tool
+
 from e2actors.errors import PcapError
 from e2actors.packet.checksum import verify_checksums
 from e2actors.packet.packet import Packet, format_addr
@@ -87,11 +87,14 @@ def _tshark_frames(paths: list[str], tmp: Path) -> list[tuple[int, int]]:
     Frames without an encapsulation are pcapng custom blocks that tshark shows as frames.
     """
     merged = tmp / "merged.pcapng"
-    subprocess.run([need_tool("mergecap"), "-a", "-w", str(merged), *paths], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [need_tool("mergecap"), "-a", "-w", str(merged), *paths], check=True, timeout=60, capture_output=True
+    )
     out = subprocess.run(
         [need_tool("tshark"), "-n", "-r", str(merged), "-T", "fields", "-e", "frame.encap_type", "-e", "frame.cap_len"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     rows = [ln.split("\t") for ln in out.stdout.splitlines()]
     return [(int(e), int(c)) for e, c in rows if e]
@@ -142,8 +145,21 @@ def test_sip_tester_captures() -> None:
 
 
 # --- field by field against tshark ---------------------------------------------------------------
-FIELDS = ["ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "tcp.srcport", "tcp.dstport", "udp.srcport",
-          "udp.dstport", "tcp.flags", "tcp.seq_raw", "vlan.id", "ip.proto", "frame.len"]
+FIELDS = [
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "tcp.srcport",
+    "tcp.dstport",
+    "udp.srcport",
+    "udp.dstport",
+    "tcp.flags",
+    "tcp.seq_raw",
+    "vlan.id",
+    "ip.proto",
+    "frame.len",
+]
 
 
 def tshark_fields(path: str | Path) -> list[dict[str, str]]:
@@ -186,8 +202,14 @@ def compare_with_tshark(path: str | Path) -> int:
 
 @pytest.mark.parametrize(
     "path",
-    [f"{DPKT}/http.pcap", f"{DPKT}/dns_icmp.pcap", f"{GOPACKET}/pcap/test_ethernet.pcap",
-     f"{GOPACKET}/pcap/test_dns.pcap", f"{GOPACKET}/pcap/test_loopback.pcap", f"{SIPP}/g711a.pcap"],
+    [
+        f"{DPKT}/http.pcap",
+        f"{DPKT}/dns_icmp.pcap",
+        f"{GOPACKET}/pcap/test_ethernet.pcap",
+        f"{GOPACKET}/pcap/test_dns.pcap",
+        f"{GOPACKET}/pcap/test_loopback.pcap",
+        f"{SIPP}/g711a.pcap",
+    ],
 )
 def test_fields_match_tshark_on_real_captures(path: str) -> None:
     need_path(path, "a real capture")

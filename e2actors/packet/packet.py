@@ -564,7 +564,9 @@ class Packet:
         return self.data[o + 14] << 8 | self.data[o + 15]
 
     def _icmp_ok(self) -> bool:
-        return (self.proto == PROTO_ICMP or self.proto == PROTO_ICMP6) and self.payload_offset >= 0 and self.l4_offset >= 0
+        return (
+            (self.proto == PROTO_ICMP or self.proto == PROTO_ICMP6) and self.payload_offset >= 0 and self.l4_offset >= 0
+        )
 
     @property
     def icmp_type(self) -> int:
