@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import struct
 import subprocess
+import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from conftest import need_tool
 
 from e2actors.errors import PcapError
@@ -219,3 +222,28 @@ def test_open_capture_reads_pipes() -> None:
             assert not f.seekable()
             recs = list(read_records(f))
         assert recs[0][1] == FRAMES[0]
+
+
+_BLOBS = [_pcapng("<"), _pcapng(">"), _pcap([(1, 0, f, len(f)) for f in FRAMES[:4]], ">", True)]
+
+
+@settings(derandomize=True, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_BLOBS),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 2000),
+)
+def test_corrupt_files_raise_pcap_error_or_warn(blob: bytes, flips, cut: int) -> None:
+    """Whatever the damage, a reader yields records, warns about a truncated end, or raises PcapError."""
+    buf = bytearray(blob)
+    for pos, val in flips:
+        buf[pos % len(buf)] = val
+    data = bytes(buf[: max(0, len(buf) - cut)]) if cut % 3 == 0 else bytes(buf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            for ts, frame, wirelen, lt, _if in open_capture(io.BytesIO(data)):
+                assert isinstance(frame, bytes) and wirelen >= len(frame)
+                Packet(frame, ts, "", wirelen, lt).flow_key  # noqa: B018
+        except PcapError as e:
+            assert str(e)

@@ -170,9 +170,12 @@ class PcapngReader:
         self._bo = "<"
         self._pos = 0
         head = self._f.read(12)
-        if len(head) < 12 or struct.unpack("<I", head[:4])[0] != PCAPNG_MAGIC:
+        if len(head) < 4 or struct.unpack("<I", head[:4])[0] != PCAPNG_MAGIC:
             self.close()
             raise PcapError(f"{self.name}: not a pcapng file: bad magic 0x{head[:4].hex()}")
+        if len(head) < 12:
+            self.close()
+            raise PcapError(f"{self.name}: truncated pcapng section header ({len(head)} bytes)")
         self._pending = head  # the first SHB is parsed by the iterator like any other
 
     @property
