@@ -316,3 +316,44 @@ def test_parse_accepts_buffers() -> None:
     for buf in (bytearray(f), memoryview(f)):
         p = Packet.parse(buf, ts=2.0, port="x")
         assert type(p.data) is bytes and p.payload == b"abc" and hash(p.flow_key) == hash(Packet(f).flow_key)
+
+
+def _fields(p: Packet) -> tuple:
+    return tuple(getattr(p, k) for k in Packet.__slots__ if k != "_meta")
+
+
+def _general(data: bytes, **kw) -> Packet:
+    from e2actors.packet import packet as mod
+
+    mod._FAST = False
+    try:
+        return Packet(data, **kw)
+    finally:
+        mod._FAST = True
+
+
+def test_fast_paths_agree_with_general_parser() -> None:
+    from e2actors.packet.traffic import frames
+
+    n = 0
+    for _ts, f in frames(150, seed=4) + frames(60, seed=5, profile="ipv6"):
+        assert _fields(Packet(f)) == _fields(_general(f)), Packet(f)
+        n += 1
+    assert n > 1000
+
+
+@settings(derandomize=True, max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_SEEDS),
+    st.lists(st.tuples(st.integers(0, 90), st.integers(0, 255)), max_size=3),
+    st.integers(0, 40),
+    st.integers(0, 50),
+)
+def test_fast_paths_agree_on_damaged_frames(frame: bytes, flips, cut: int, extra: int) -> None:
+    buf = bytearray(frame)
+    for pos, val in flips:
+        if pos < len(buf):
+            buf[pos] = val
+    data = bytes(buf[: max(0, len(buf) - cut)]) + b"\0" * (extra if cut == 0 else 0)
+    for wl in (None, len(data) + extra):
+        assert _fields(Packet(data, wirelen=wl)) == _fields(_general(data, wirelen=wl))
