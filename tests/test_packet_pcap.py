@@ -9,9 +9,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from conftest import need_tool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import need_tool
 
 from e2actors.errors import PcapError
 from e2actors.packet.build import ether, ipv4, ipv6, tcp, udp
