@@ -80,8 +80,8 @@ def test_gopacket_pcaps() -> None:
     assert loop[0].linktype == 0 and all(p.ip_version in (4, 6) for p in loop)
 
 
-def _tshark_frames(paths: list[str], tmp: Path) -> list[tuple[int, int]]:
-    """(encapsulation, captured length) of the packet frames tshark sees in ``paths``, in order.
+def _tshark_frames(paths: list[str], tmp: Path) -> list[tuple[int, int, float]]:
+    """(encapsulation, captured length, time) of the packet frames tshark sees in ``paths``, in order.
 
     One mergecap + one tshark run for all files (a tshark start costs a third of a second).
     Frames without an encapsulation are pcapng custom blocks that tshark shows as frames.
@@ -91,13 +91,26 @@ def _tshark_frames(paths: list[str], tmp: Path) -> list[tuple[int, int]]:
         [need_tool("mergecap"), "-a", "-w", str(merged), *paths], check=True, timeout=60, capture_output=True
     )
     out = subprocess.run(
-        [need_tool("tshark"), "-n", "-r", str(merged), "-T", "fields", "-e", "frame.encap_type", "-e", "frame.cap_len"],
+        [
+            need_tool("tshark"),
+            "-n",
+            "-r",
+            str(merged),
+            "-T",
+            "fields",
+            "-e",
+            "frame.encap_type",
+            "-e",
+            "frame.cap_len",
+            "-e",
+            "frame.time_epoch",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     rows = [ln.split("\t") for ln in out.stdout.splitlines()]
-    return [(int(e), int(c)) for e, c in rows if e]
+    return [(int(e), int(c), float(t or 0)) for e, c, t in rows if e]
 
 
 @pytest.mark.parametrize("order", ["le", "be"])
@@ -124,10 +137,13 @@ def test_gopacket_pcapng_suite(order: str, tmp_path: Path) -> None:
         assert warn is None, (name, warn)
         _check_all(pkts)
         # wireshark's encapsulation numbers: 1 = Ethernet, 15 = null/loopback
-        ours += [({1: 1, 0: 15}[p.linktype], len(p.data)) for p in pkts]
+        ours += [({1: 1, 0: 15}[p.linktype], len(p.data), p.ts) for p in pkts]
         good.append(f)
     assert len(ours) > 50
-    assert ours == _tshark_frames(good, tmp_path)
+    theirs = _tshark_frames(good, tmp_path)
+    assert [o[:2] for o in ours] == [t[:2] for t in theirs]
+    # timestamps: per-interface if_tsresol (decimal and binary) and if_tsoffset, as tshark reads them
+    assert all(abs(o[2] - t[2]) < 2e-6 for o, t in zip(ours, theirs))
 
 
 def test_sip_tester_captures() -> None:
