@@ -225,3 +225,26 @@ def test_gen_traffic_through_main(tmp_path: Path) -> None:
     out = tmp_path / "m.pcap"
     assert main(["gen-traffic", str(out), "--flows", "10", "--seed", "2", "--profile", "mixed"]) == 0
     assert len(list(read_records(out))) == len(frames(10, 2))
+
+
+def test_same_bytes_across_processes() -> None:
+    """No dependence on hash randomization or anything else per process."""
+    import os
+    import sys
+
+    code = (
+        "import hashlib\nfrom e2actors.packet.traffic import frames\nh = hashlib.sha256()\n"
+        "for t, f in frames(60, seed=42):\n    h.update(repr(t).encode() + f)\nprint(h.hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(s)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+        for s in (1, 2)
+    }
+    assert digests == {_digest(frames(60, seed=42))}

@@ -34,7 +34,7 @@ from e2actors.packet.build import echo_rest, ether, icmp, icmp6, ipv4, ipv6, tcp
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import PcapWriter
 
-__all__ = ["PROFILES", "Profile", "frames", "generate", "write_pcap"]
+__all__ = ["PROFILES", "Profile", "frames", "generate", "iter_packets", "write_pcap"]
 
 WEB_HOSTS = (
     "youtube.com",
