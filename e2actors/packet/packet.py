@@ -17,7 +17,12 @@ counts and drops it. A frame cut short by the capture's snap length (``wirelen >
 malformed as long as its headers up to layer 4 were captured: ``truncated`` tells it apart.
 
 Sentinels: absent offsets and ports are ``-1``, absent addresses ``b""``, ``proto`` is ``-1`` when
-there is no IP layer, ``ethertype`` is ``-1`` when the link layer gives none.
+there is no IP layer, ``ethertype`` is ``-1`` when the link layer gives none (an 802.3 length field
+below 0x600 is kept as is: no network layer is parsed behind it). ``frag`` packs the fragment offset
+in bytes with the more-fragments flag in bit 0 (``frag_offset``/``more_fragments`` unpack it); a
+non-first fragment has ``l4_offset == -1`` and its ``payload_offset`` at the fragment's data.
+Offsets index ``data`` directly, so the filter language's ``ip[...]``/``tcp[...]`` byte access
+is ``data[l3_offset + i]`` / ``data[l4_offset + i]``; ``wirelen`` is what ``less``/``greater`` test.
 """
 
 from __future__ import annotations
