@@ -55,8 +55,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     trace = frames(args.flows, seed=args.seed)
-    print(f"trace: {len(trace)} frames of {args.flows} flows (seed {args.seed}), "
-          f"{sum(len(f) for _t, f in trace) / len(trace):.0f} bytes on average")
+    print(
+        f"trace: {len(trace)} frames of {args.flows} flows (seed {args.seed}), "
+        f"{sum(len(f) for _t, f in trace) / len(trace):.0f} bytes on average"
+    )
     # This machine shares its CPUs; a slice of time stolen by a neighbour would land on whichever
     # side happened to run. So both sides run on the same chunks, alternating, several rounds, and
     # each chunk counts with its best time: the sum is the undisturbed cost of the whole trace.

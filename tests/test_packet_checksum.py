@@ -7,10 +7,10 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from conftest import need_tool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import need_tool
 from e2actors.packet.build import echo_rest, ether, icmp, icmp6, ipv4, ipv6, tcp, udp
 from e2actors.packet.checksum import (
     fix_checksums,
@@ -37,6 +37,7 @@ def naive_checksum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
+@settings(derandomize=True)
 @given(st.binary(max_size=300))
 def test_internet_checksum_matches_naive_and_dpkt(data: bytes) -> None:
     c = internet_checksum(data)
@@ -97,7 +98,7 @@ def test_fix_checksums_repairs_zeroed_fields(frame: bytes) -> None:
 V4 = [f for f in FRAMES if Packet(f).ethertype == 0x0800]
 
 
-@settings(max_examples=200)
+@settings(derandomize=True, max_examples=200)
 @given(
     st.sampled_from(V4),
     st.binary(min_size=4, max_size=4),
@@ -118,8 +119,12 @@ def test_incremental_rewrite_equals_full_recompute(frame: bytes, s: bytes, d: by
     assert fix_checksums(q) == out
 
 
-@settings(max_examples=100)
-@given(st.sampled_from([f for f in FRAMES if Packet(f).ethertype == 0x86DD]), st.binary(min_size=16, max_size=16), st.integers(0, 65535))
+@settings(derandomize=True, max_examples=100)
+@given(
+    st.sampled_from([f for f in FRAMES if Packet(f).ethertype == 0x86DD]),
+    st.binary(min_size=16, max_size=16),
+    st.integers(0, 65535),
+)
 def test_rewrite_ipv6(frame: bytes, s: bytes, sp: int) -> None:
     p = Packet(frame)
     out = rewrite(p, src=s, sport=sp if p.sport >= 0 else None)
@@ -153,15 +158,41 @@ def test_tshark_finds_no_bad_checksum(tmp_path: Path) -> None:
     for f in FRAMES:
         p = Packet(f)
         alen = len(p.src)
-        frames.append(rewrite(p, src=bytes(range(1, alen + 1)), dst=bytes(range(50, 50 + alen)),
-                              sport=12345 if p.sport >= 0 else None))
+        frames.append(
+            rewrite(
+                p, src=bytes(range(1, alen + 1)), dst=bytes(range(50, 50 + alen)), sport=12345 if p.sport >= 0 else None
+            )
+        )
     path = tmp_path / "sums.pcap"
     with PcapWriter(path) as w:
         for i, f in enumerate(frames):
             w.write(f, ts=float(i))
-    args = [tshark, "-n", "-r", str(path), "-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
-            "-o", "udp.check_checksum:TRUE", "-T", "fields", "-e", "ip.checksum.status", "-e", "tcp.checksum.status",
-            "-e", "udp.checksum.status", "-e", "icmp.checksum.status", "-e", "icmpv6.checksum.status", "-e", "_ws.expert"]
+    args = [
+        tshark,
+        "-n",
+        "-r",
+        str(path),
+        "-o",
+        "ip.check_checksum:TRUE",
+        "-o",
+        "tcp.check_checksum:TRUE",
+        "-o",
+        "udp.check_checksum:TRUE",
+        "-T",
+        "fields",
+        "-e",
+        "ip.checksum.status",
+        "-e",
+        "tcp.checksum.status",
+        "-e",
+        "udp.checksum.status",
+        "-e",
+        "icmp.checksum.status",
+        "-e",
+        "icmpv6.checksum.status",
+        "-e",
+        "_ws.expert",
+    ]
     out = subprocess.run(args, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     rows = out.stdout.splitlines()
@@ -171,9 +202,22 @@ def test_tshark_finds_no_bad_checksum(tmp_path: Path) -> None:
         statuses = [v for v in row.split("\t")[:5] if v]
         assert statuses and all(v == "1" for v in statuses), (i, row)
         assert "Bad checksum" not in row and "bad" not in row.lower(), (i, row)
-    bad = subprocess.run(args[:4] + ["-o", "ip.check_checksum:TRUE", "-o", "tcp.check_checksum:TRUE",
-                                     "-o", "udp.check_checksum:TRUE", "-Y", "ip.checksum.status == 0 or "
-                                     "tcp.checksum.status == 0 or udp.checksum.status == 0 or icmp.checksum.status == 0 "
-                                     "or icmpv6.checksum.status == 0"],
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        args[:4]
+        + [
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "udp.check_checksum:TRUE",
+            "-Y",
+            "ip.checksum.status == 0 or "
+            "tcp.checksum.status == 0 or udp.checksum.status == 0 or icmp.checksum.status == 0 "
+            "or icmpv6.checksum.status == 0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 0 and bad.stdout.strip() == ""

@@ -9,8 +9,10 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import need_tool
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from e2actors.errors import PcapError
 from e2actors.packet.build import ether, ipv4, ipv6, tcp, udp
 from e2actors.packet.packet import Packet
@@ -26,8 +28,7 @@ from e2actors.packet.pcap import (
 
 A, B = "198.18.0.1", "198.19.0.2"
 FRAMES = [
-    ether(ipv4(A, B, 6, tcp(A, B, 1000 + i, 80, flags="PA", payload=b"x" * (i * 37 % 300))))
-    for i in range(20)
+    ether(ipv4(A, B, 6, tcp(A, B, 1000 + i, 80, flags="PA", payload=b"x" * (i * 37 % 300)))) for i in range(20)
 ] + [ether(ipv6("2001:db8::1", "2001:db8::2", 17, udp("2001:db8::1", "2001:db8::2", 5, 6, b"u" * 50)))]
 
 
@@ -91,10 +92,16 @@ def _opt(bo: str, code: int, val: bytes) -> bytes:
 
 def _pcapng(bo: str) -> bytes:
     shb = _block(bo, 0x0A0D0D0A, struct.pack(bo + "IHHq", 0x1A2B3C4D, 1, 0, -1))
-    idb0 = _block(bo, 1, struct.pack(bo + "HHI", 1, 0, 0) + _opt(bo, 2, b"eth0") + _opt(bo, 9, b"\x09") + _opt(bo, 0, b""))
-    idb1 = _block(bo, 1, struct.pack(bo + "HHI", 101, 0, 64) + _opt(bo, 9, b"\x83") + _opt(bo, 14, struct.pack(bo + "q", 100)))
+    idb0 = _block(
+        bo, 1, struct.pack(bo + "HHI", 1, 0, 0) + _opt(bo, 2, b"eth0") + _opt(bo, 9, b"\x09") + _opt(bo, 0, b"")
+    )
+    idb1 = _block(
+        bo, 1, struct.pack(bo + "HHI", 101, 0, 64) + _opt(bo, 9, b"\x83") + _opt(bo, 14, struct.pack(bo + "q", 100))
+    )
     t0 = 1_500_000_000_123_456_789  # nanoseconds on interface 0
-    epb0 = _block(bo, 6, struct.pack(bo + "IIIII", 0, t0 >> 32, t0 & 0xFFFFFFFF, len(FRAMES[0]), len(FRAMES[0])) + FRAMES[0])
+    epb0 = _block(
+        bo, 6, struct.pack(bo + "IIIII", 0, t0 >> 32, t0 & 0xFFFFFFFF, len(FRAMES[0]), len(FRAMES[0])) + FRAMES[0]
+    )
     raw = FRAMES[2][14:]
     t1 = 8 * 5 + 3  # 2^-3 s units on interface 1: 5.375 s, plus the 100 s offset
     epb1 = _block(bo, 6, struct.pack(bo + "IIIII", 1, 0, t1, len(raw), len(raw) + 10) + raw)
@@ -115,7 +122,9 @@ def test_pcapng_interfaces_resolutions_and_block_kinds(bo: str) -> None:
     assert recs[0][0] == pytest.approx(1_500_000_000.123456789, abs=1e-6) and recs[0][1] == FRAMES[0]
     assert recs[1][0] == pytest.approx(105.375) and recs[1][2] == len(FRAMES[2]) - 14 + 10
     assert recs[2][1] == FRAMES[3] and recs[2][0] == 0.0  # simple packet block: no timestamp
-    assert recs[3][1] == FRAMES[4] and recs[3][0] == pytest.approx(0.001)  # obsolete packet block, interface 0 counts in ns
+    assert recs[3][1] == FRAMES[4] and recs[3][0] == pytest.approx(
+        0.001
+    )  # obsolete packet block, interface 0 counts in ns
     assert r.interfaces == [(1, 0, "eth0"), (101, 64, "")]
     pk = Packet(recs[1][1], linktype=recs[1][3])
     assert pk.sport == 1002 and pk.l3_offset == 0
@@ -163,7 +172,7 @@ def test_writer_cuts_at_snaplen(tmp_path: Path) -> None:
     path = tmp_path / "snap.pcap"
     with PcapWriter(path, snaplen=64) as w:
         w.write(FRAMES[10], 1.0)
-    (_ts, data, wirelen, _lt, _i), = read_records(path)
+    ((_ts, data, wirelen, _lt, _i),) = read_records(path)
     assert data == FRAMES[10][:64] and wirelen == len(FRAMES[10])
 
 
@@ -200,3 +209,41 @@ def test_tcpdump_and_tshark_read_our_files(tmp_path: Path, ns: bool) -> None:
     # the hex dump of the first frame contains its bytes
     first_row = " ".join(f"{b:02x}" for b in FRAMES[0][:16])
     assert first_row in hexes
+
+
+def test_open_capture_reads_pipes() -> None:
+    import os
+
+    for blob in (_pcap([(1, 0, FRAMES[0], len(FRAMES[0]))]), _pcapng("<")):
+        r, w = os.pipe()
+        os.write(w, blob)
+        os.close(w)
+        with open(r, "rb") as f:
+            assert not f.seekable()
+            recs = list(read_records(f))
+        assert recs[0][1] == FRAMES[0]
+
+
+_BLOBS = [_pcapng("<"), _pcapng(">"), _pcap([(1, 0, f, len(f)) for f in FRAMES[:4]], ">", True)]
+
+
+@settings(derandomize=True, max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from(_BLOBS),
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 2000),
+)
+def test_corrupt_files_raise_pcap_error_or_warn(blob: bytes, flips, cut: int) -> None:
+    """Whatever the damage, a reader yields records, warns about a truncated end, or raises PcapError."""
+    buf = bytearray(blob)
+    for pos, val in flips:
+        buf[pos % len(buf)] = val
+    data = bytes(buf[: max(0, len(buf) - cut)]) if cut % 3 == 0 else bytes(buf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            for ts, frame, wirelen, lt, _if in open_capture(io.BytesIO(data)):
+                assert isinstance(frame, bytes) and wirelen >= len(frame)
+                Packet(frame, ts, "", wirelen, lt).flow_key  # noqa: B018
+        except PcapError as e:
+            assert str(e)

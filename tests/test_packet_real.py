@@ -10,8 +10,8 @@ import warnings
 from pathlib import Path
 
 import pytest
-
 from conftest import need_path, need_tool
+
 from e2actors.errors import PcapError
 from e2actors.packet.checksum import verify_checksums
 from e2actors.packet.packet import Packet, format_addr
@@ -80,21 +80,37 @@ def test_gopacket_pcaps() -> None:
     assert loop[0].linktype == 0 and all(p.ip_version in (4, 6) for p in loop)
 
 
-def _tshark_frames(paths: list[str], tmp: Path) -> list[tuple[int, int]]:
-    """(encapsulation, captured length) of the packet frames tshark sees in ``paths``, in order.
+def _tshark_frames(paths: list[str], tmp: Path) -> list[tuple[int, int, float]]:
+    """(encapsulation, captured length, time) of the packet frames tshark sees in ``paths``, in order.
 
     One mergecap + one tshark run for all files (a tshark start costs a third of a second).
     Frames without an encapsulation are pcapng custom blocks that tshark shows as frames.
     """
     merged = tmp / "merged.pcapng"
-    subprocess.run([need_tool("mergecap"), "-a", "-w", str(merged), *paths], check=True, timeout=60,
-                   capture_output=True)
+    subprocess.run(
+        [need_tool("mergecap"), "-a", "-w", str(merged), *paths], check=True, timeout=60, capture_output=True
+    )
     out = subprocess.run(
-        [need_tool("tshark"), "-n", "-r", str(merged), "-T", "fields", "-e", "frame.encap_type", "-e", "frame.cap_len"],
-        capture_output=True, text=True, timeout=60,
+        [
+            need_tool("tshark"),
+            "-n",
+            "-r",
+            str(merged),
+            "-T",
+            "fields",
+            "-e",
+            "frame.encap_type",
+            "-e",
+            "frame.cap_len",
+            "-e",
+            "frame.time_epoch",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     rows = [ln.split("\t") for ln in out.stdout.splitlines()]
-    return [(int(e), int(c)) for e, c in rows if e]
+    return [(int(e), int(c), float(t or 0)) for e, c, t in rows if e]
 
 
 @pytest.mark.parametrize("order", ["le", "be"])
@@ -121,10 +137,13 @@ def test_gopacket_pcapng_suite(order: str, tmp_path: Path) -> None:
         assert warn is None, (name, warn)
         _check_all(pkts)
         # wireshark's encapsulation numbers: 1 = Ethernet, 15 = null/loopback
-        ours += [({1: 1, 0: 15}[p.linktype], len(p.data)) for p in pkts]
+        ours += [({1: 1, 0: 15}[p.linktype], len(p.data), p.ts) for p in pkts]
         good.append(f)
     assert len(ours) > 50
-    assert ours == _tshark_frames(good, tmp_path)
+    theirs = _tshark_frames(good, tmp_path)
+    assert [o[:2] for o in ours] == [t[:2] for t in theirs]
+    # timestamps: per-interface if_tsresol (decimal and binary) and if_tsoffset, as tshark reads them
+    assert all(abs(o[2] - t[2]) < 2e-6 for o, t in zip(ours, theirs))
 
 
 def test_sip_tester_captures() -> None:
@@ -142,8 +161,21 @@ def test_sip_tester_captures() -> None:
 
 
 # --- field by field against tshark ---------------------------------------------------------------
-FIELDS = ["ip.src", "ip.dst", "ipv6.src", "ipv6.dst", "tcp.srcport", "tcp.dstport", "udp.srcport",
-          "udp.dstport", "tcp.flags", "tcp.seq_raw", "vlan.id", "ip.proto", "frame.len"]
+FIELDS = [
+    "ip.src",
+    "ip.dst",
+    "ipv6.src",
+    "ipv6.dst",
+    "tcp.srcport",
+    "tcp.dstport",
+    "udp.srcport",
+    "udp.dstport",
+    "tcp.flags",
+    "tcp.seq_raw",
+    "vlan.id",
+    "ip.proto",
+    "frame.len",
+]
 
 
 def tshark_fields(path: str | Path) -> list[dict[str, str]]:
@@ -186,8 +218,14 @@ def compare_with_tshark(path: str | Path) -> int:
 
 @pytest.mark.parametrize(
     "path",
-    [f"{DPKT}/http.pcap", f"{DPKT}/dns_icmp.pcap", f"{GOPACKET}/pcap/test_ethernet.pcap",
-     f"{GOPACKET}/pcap/test_dns.pcap", f"{GOPACKET}/pcap/test_loopback.pcap", f"{SIPP}/g711a.pcap"],
+    [
+        f"{DPKT}/http.pcap",
+        f"{DPKT}/dns_icmp.pcap",
+        f"{GOPACKET}/pcap/test_ethernet.pcap",
+        f"{GOPACKET}/pcap/test_dns.pcap",
+        f"{GOPACKET}/pcap/test_loopback.pcap",
+        f"{SIPP}/g711a.pcap",
+    ],
 )
 def test_fields_match_tshark_on_real_captures(path: str) -> None:
     need_path(path, "a real capture")

@@ -10,12 +10,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import need_tool
+from test_packet_real import compare_with_tshark
+
 from e2actors.packet.checksum import verify_checksums
 from e2actors.packet.pcap import read_records
-from e2actors.packet.traffic import PROFILES, SIGNATURES, frames, generate, write_pcap
-from test_packet_real import compare_with_tshark
+from e2actors.packet.traffic import PROFILES, SIGNATURES, WEB_HOSTS, frames, generate, write_pcap
 
 
 @pytest.fixture(scope="module")
@@ -138,21 +138,70 @@ def test_tshark_agrees_on_fields_hosts_and_sni(tmp_path: Path) -> None:
     assert compare_with_tshark(path) > n * 0.9
     tshark = need_tool("tshark")
     ours = [p for p in generate(150, seed=3)]
-    sni = subprocess.run([tshark, "-n", "-r", str(path), "-Y", "tls.handshake.type == 1", "-T", "fields",
-                          "-e", "tls.handshake.extensions_server_name"], capture_output=True, text=True, timeout=60)
+    sni = subprocess.run(
+        [
+            tshark,
+            "-n",
+            "-r",
+            str(path),
+            "-Y",
+            "tls.handshake.type == 1",
+            "-T",
+            "fields",
+            "-e",
+            "tls.handshake.extensions_server_name",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     names = sni.stdout.split()
     client_hellos = [p for p in ours if p.dport == 443 and p.payload[:1] == b"\x16" and p.payload[5:6] == b"\x01"]
     assert len(names) == len(client_hellos) > 0
     assert "www.youtube.com" in names or "youtube.com" in names
-    hosts = subprocess.run([tshark, "-n", "-r", str(path), "-Y", "http.request", "-T", "fields", "-e", "http.host"],
-                           capture_output=True, text=True, timeout=60).stdout.split()
-    assert hosts and set(hosts) <= set(__import__("e2actors.packet.traffic", fromlist=["x"]).WEB_HOSTS)
-    dns = subprocess.run([tshark, "-n", "-r", str(path), "-Y", "dns.flags.response == 1 and dns.count.answers == 1",
-                          "-T", "fields", "-e", "dns.qry.name"], capture_output=True, text=True, timeout=60).stdout.split()
+    hosts = subprocess.run(
+        [tshark, "-n", "-r", str(path), "-Y", "http.request", "-T", "fields", "-e", "http.host"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
+    assert hosts and set(hosts) <= set(WEB_HOSTS)
+    dns = subprocess.run(
+        [
+            tshark,
+            "-n",
+            "-r",
+            str(path),
+            "-Y",
+            "dns.flags.response == 1 and dns.count.answers == 1",
+            "-T",
+            "fields",
+            "-e",
+            "dns.qry.name",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
     assert len(dns) == sum(1 for p in ours if p.sport == 53 and not p.malformed)
     # malformed frames are exactly the ones tshark calls malformed or bogus
-    expert = subprocess.run([tshark, "-n", "-r", str(path), "-Y", "_ws.malformed or _ws.expert.severity == error",
-                             "-T", "fields", "-e", "frame.number"], capture_output=True, text=True, timeout=60)
+    expert = subprocess.run(
+        [
+            tshark,
+            "-n",
+            "-r",
+            str(path),
+            "-Y",
+            "_ws.malformed or _ws.expert.severity == error",
+            "-T",
+            "fields",
+            "-e",
+            "frame.number",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     bad_theirs = {int(x) for x in expert.stdout.split()}
     bad_ours = {i for i, p in enumerate(ours, 1) if p.malformed}
     assert bad_ours and bad_ours <= bad_theirs | {i for i, p in enumerate(ours, 1) if p.reason and "ipv6" in p.reason}
@@ -176,3 +225,26 @@ def test_gen_traffic_through_main(tmp_path: Path) -> None:
     out = tmp_path / "m.pcap"
     assert main(["gen-traffic", str(out), "--flows", "10", "--seed", "2", "--profile", "mixed"]) == 0
     assert len(list(read_records(out))) == len(frames(10, 2))
+
+
+def test_same_bytes_across_processes() -> None:
+    """No dependence on hash randomization or anything else per process."""
+    import os
+    import sys
+
+    code = (
+        "import hashlib\nfrom e2actors.packet.traffic import frames\nh = hashlib.sha256()\n"
+        "for t, f in frames(60, seed=42):\n    h.update(repr(t).encode() + f)\nprint(h.hexdigest())"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": str(s)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+        for s in (1, 2)
+    }
+    assert digests == {_digest(frames(60, seed=42))}

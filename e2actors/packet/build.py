@@ -172,9 +172,21 @@ def tcp(
     if len(options) % 4:
         options += b"\x01" * (4 - len(options) % 4)  # NOP padding
     doff = 5 + len(options) // 4
-    hdr = struct.pack(
-        "!HHIIBBHHH", sport, dport, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, doff << 4, tcp_flags(flags), window, 0, urgent
-    ) + options
+    hdr = (
+        struct.pack(
+            "!HHIIBBHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            doff << 4,
+            tcp_flags(flags),
+            window,
+            0,
+            urgent,
+        )
+        + options
+    )
     seg = hdr + payload
     c = l4_checksum(_addr(src), _addr(dst), 6, seg) if checksum is None else checksum
     return seg[:16] + struct.pack("!H", c) + seg[18:]
@@ -222,7 +234,9 @@ def arp(
     return struct.pack("!HHBBH", 1, ETH_IPV4, 6, 4, op) + _addr(sha) + _addr(spa) + _addr(tha) + _addr(tpa)
 
 
-def arp_frame(op: int, sha: str | bytes, spa: str | bytes, tha: str | bytes = b"\xff" * 6, tpa: str | bytes = b"\0" * 4) -> bytes:
+def arp_frame(
+    op: int, sha: str | bytes, spa: str | bytes, tha: str | bytes = b"\xff" * 6, tpa: str | bytes = b"\0" * 4
+) -> bytes:
     """A complete ARP frame (broadcast for requests)."""
     dst = b"\xff" * 6 if op == 1 else _addr(tha)
     return ether(arp(op, sha, spa, b"\0" * 6 if op == 1 else tha, tpa), ETH_ARP, src=sha, dst=dst)

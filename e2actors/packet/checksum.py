@@ -186,9 +186,7 @@ def rewrite(
         return bytes(buf)
     old_l4 = bytes(buf[l4 : l4 + 4])
     if pkt.sport >= 0:
-        struct.pack_into(
-            "!HH", buf, l4, pkt.sport if sport is None else sport, pkt.dport if dport is None else dport
-        )
+        struct.pack_into("!HH", buf, l4, pkt.sport if sport is None else sport, pkt.dport if dport is None else dport)
     at = _CSUM_AT.get(pkt.proto)
     # The checksum field must be inside the captured bytes; SCTP uses CRC32c, out of scope here.
     if at is None or pkt.proto == 1 or l4 + at + 2 > len(buf):

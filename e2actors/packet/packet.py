@@ -17,7 +17,12 @@ counts and drops it. A frame cut short by the capture's snap length (``wirelen >
 malformed as long as its headers up to layer 4 were captured: ``truncated`` tells it apart.
 
 Sentinels: absent offsets and ports are ``-1``, absent addresses ``b""``, ``proto`` is ``-1`` when
-there is no IP layer, ``ethertype`` is ``-1`` when the link layer gives none.
+there is no IP layer, ``ethertype`` is ``-1`` when the link layer gives none (an 802.3 length field
+below 0x600 is kept as is: no network layer is parsed behind it). ``frag`` packs the fragment offset
+in bytes with the more-fragments flag in bit 0 (``frag_offset``/``more_fragments`` unpack it); a
+non-first fragment has ``l4_offset == -1`` and its ``payload_offset`` at the fragment's data.
+Offsets index ``data`` directly, so the filter language's ``ip[...]``/``tcp[...]`` byte access
+is ``data[l3_offset + i]`` / ``data[l4_offset + i]``; ``wirelen`` is what ``less``/``greater`` test.
 """
 
 from __future__ import annotations
@@ -85,6 +90,14 @@ TCP_CWR = 0x80
 # Literal numbers (0x0800, 6, ...) in Packet.__init__ avoid global lookups in the hot path.
 _ip4_hdr = struct.Struct("!BxH2xH1xB2x4s4s").unpack_from  # ver/ihl, total length, flags/frag, proto, src, dst
 _tcp_hdr = struct.Struct("!HH8xBB").unpack_from  # ports, data offset byte, flags
+# The fast paths: Ethernet type + IPv4 (no options) + the first 14 bytes of TCP/UDP, in one call:
+# ethertype, ver/ihl, total length, flags/frag, proto, src, dst, sport, dport, UDP length (the top
+# of the TCP sequence number for TCP), TCP data offset byte and flags (UDP payload for UDP).
+_fast4 = struct.Struct("!12xHBxH2xH1xB2x4s4sHHH6xBB").unpack_from
+# The same for IPv6 without extension headers: ethertype, version/class byte, payload length,
+# next header, src, dst, then the same layer-4 fields at offset 54.
+_fast6 = struct.Struct("!12xHB3xHBx16s16sHHH6xBB").unpack_from
+_FAST = True  # tests turn the fast paths off to check they agree with the general parser
 _udp_hdr = struct.Struct("!HHH").unpack_from  # ports, length
 _ip6_hdr = struct.Struct("!HH16s16s").unpack_from  # at +4: payload length, next header/hlim, src, dst
 _ports = struct.Struct("!HH").unpack_from
@@ -142,7 +155,91 @@ class Packet:
         self.wirelen = n if wirelen is None else wirelen
         self.linktype = linktype
         self._meta = meta
-        # Defaults for every field; the parser below overwrites what it finds.
+
+        # Fast path: most frames are untagged Ethernet + IPv4 without options (or IPv6 without
+        # extension headers) + TCP/UDP, unfragmented and whole. One precompiled unpack reads every
+        # field of all three headers at once; a few tests confirm the guess and every length. Any
+        # other frame (and every faulty one) falls through to the general parser below, which
+        # parses it from scratch and names the fault.
+        if linktype == 1 and n >= 48 and _FAST:
+            et, vihl, tot, fragw, proto, src, dst, sport, dport, ulen, doff, flags = _fast4(data)
+            if et == 0x0800:
+                if vihl == 0x45 and not fragw & 0x3FFF and tot + 14 <= n:
+                    end = tot + 14
+                    if proto == 6:
+                        pay = 34 + (doff >> 4) * 4
+                        if doff >= 0x50 and pay <= end:
+                            self.reason = None
+                            self.vlans = ()
+                            self.ethertype = 0x0800
+                            self.l3_offset = 14
+                            self.l4_offset = 34
+                            self.payload_offset = pay
+                            self.payload_len = end - pay
+                            self.proto = 6
+                            self.src = src
+                            self.dst = dst
+                            self.sport = sport
+                            self.dport = dport
+                            self.tcp_flags = flags
+                            self.frag = 0
+                            return
+                    elif proto == 17 and ulen >= 8 and ulen + 34 <= end:
+                        self.reason = None
+                        self.vlans = ()
+                        self.ethertype = 0x0800
+                        self.l3_offset = 14
+                        self.l4_offset = 34
+                        self.payload_offset = 42
+                        self.payload_len = ulen - 8
+                        self.proto = 17
+                        self.src = src
+                        self.dst = dst
+                        self.sport = sport
+                        self.dport = dport
+                        self.tcp_flags = 0
+                        self.frag = 0
+                        return
+            elif et == 0x86DD and n >= 68:
+                et, vtc, plen, proto, src, dst, sport, dport, ulen, doff, flags = _fast6(data)
+                end = plen + 54
+                if vtc >> 4 == 6 and end <= n:
+                    if proto == 6:
+                        pay = 54 + (doff >> 4) * 4
+                        if doff >= 0x50 and pay <= end:
+                            self.reason = None
+                            self.vlans = ()
+                            self.ethertype = 0x86DD
+                            self.l3_offset = 14
+                            self.l4_offset = 54
+                            self.payload_offset = pay
+                            self.payload_len = end - pay
+                            self.proto = 6
+                            self.src = src
+                            self.dst = dst
+                            self.sport = sport
+                            self.dport = dport
+                            self.tcp_flags = flags
+                            self.frag = 0
+                            return
+                    elif proto == 17 and ulen >= 8 and ulen + 54 <= end:
+                        self.reason = None
+                        self.vlans = ()
+                        self.ethertype = 0x86DD
+                        self.l3_offset = 14
+                        self.l4_offset = 54
+                        self.payload_offset = 62
+                        self.payload_len = ulen - 8
+                        self.proto = 17
+                        self.src = src
+                        self.dst = dst
+                        self.sport = sport
+                        self.dport = dport
+                        self.tcp_flags = 0
+                        self.frag = 0
+                        return
+
+        # General parser. Defaults for every field; it overwrites what it finds.
         reason = None
         vlans: tuple[int, ...] = ()
         ethertype = -1
@@ -320,9 +417,11 @@ class Packet:
                 if doff < 0x50 or pay > end:  # data offset below 5 words, or past the captured end
                     if doff < 0x50:
                         reason = "bad tcp data offset"
+                        pay = -1
                         break
                     if pay > lend:
                         reason = "tcp data offset past end"
+                        pay = -1
                         break
                     pay = end  # options cut by the snap length: not the sender's fault
                 paylen = end - pay
@@ -331,13 +430,13 @@ class Packet:
                     reason = "truncated udp header"
                     break
                 sport, dport, ulen = _udp_hdr(data, off)
-                pay = off + 8
                 if ulen < 8:
                     reason = "bad udp length"
                     break
                 if off + ulen > lend:
                     reason = "udp length beyond ip payload"
                     break
+                pay = off + 8
                 if off + ulen < end:
                     end = off + ulen  # bytes after the UDP length are not payload
                 paylen = end - pay
@@ -562,7 +661,9 @@ class Packet:
         return self.data[o + 14] << 8 | self.data[o + 15]
 
     def _icmp_ok(self) -> bool:
-        return (self.proto == PROTO_ICMP or self.proto == PROTO_ICMP6) and self.payload_offset >= 0 and self.l4_offset >= 0
+        return (
+            (self.proto == PROTO_ICMP or self.proto == PROTO_ICMP6) and self.payload_offset >= 0 and self.l4_offset >= 0
+        )
 
     @property
     def icmp_type(self) -> int:

@@ -170,9 +170,12 @@ class PcapngReader:
         self._bo = "<"
         self._pos = 0
         head = self._f.read(12)
-        if len(head) < 12 or struct.unpack("<I", head[:4])[0] != PCAPNG_MAGIC:
+        if len(head) < 4 or struct.unpack("<I", head[:4])[0] != PCAPNG_MAGIC:
             self.close()
             raise PcapError(f"{self.name}: not a pcapng file: bad magic 0x{head[:4].hex()}")
+        if len(head) < 12:
+            self.close()
+            raise PcapError(f"{self.name}: truncated pcapng section header ({len(head)} bytes)")
         self._pending = head  # the first SHB is parsed by the iterator like any other
 
     @property
@@ -337,10 +340,13 @@ def open_capture(src: str | os.PathLike | BinaryIO) -> PcapReader | PcapngReader
     """Open a pcap or pcapng file, whichever it is (decided by the magic number)."""
     f, owned = _open(src)
     try:
-        if not f.seekable():
-            f = io.BufferedReader(f)  # type: ignore[arg-type]
-        magic = f.read(4)
-        f.seek(-len(magic), 1)
+        if f.seekable():
+            magic = f.read(4)
+            f.seek(-len(magic), 1)
+        else:  # a pipe: look at the magic without consuming it
+            if not hasattr(f, "peek"):
+                f = io.BufferedReader(f)  # type: ignore[arg-type]
+            magic = f.peek(4)[:4]  # type: ignore[attr-defined]
     except Exception:
         if owned:
             f.close()

@@ -34,10 +34,20 @@ from e2actors.packet.build import echo_rest, ether, icmp, icmp6, ipv4, ipv6, tcp
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import PcapWriter
 
-__all__ = ["PROFILES", "Profile", "frames", "generate", "write_pcap"]
+__all__ = ["PROFILES", "Profile", "frames", "generate", "iter_packets", "write_pcap"]
 
-WEB_HOSTS = ("youtube.com", "www.youtube.com", "example.com", "www.example.org", "news.example.net",
-             "cdn.example.com", "api.example.org", "m.youtube.com", "shop.example.net", "mail.example.com")
+WEB_HOSTS = (
+    "youtube.com",
+    "www.youtube.com",
+    "example.com",
+    "www.example.org",
+    "news.example.net",
+    "cdn.example.com",
+    "api.example.org",
+    "m.youtube.com",
+    "shop.example.net",
+    "mail.example.com",
+)
 SIGNATURES = (b"/etc/passwd", b"uid=0(root)", b"cmd.exe")
 ROUTER_MAC = b"\x02\x00\x5e\x00\x00\x01"
 MSS = 1460
@@ -138,8 +148,18 @@ class _Tcp(_L3):
         src, dst = (self.c, self.s) if from_client else (self.s, self.c)
         sp, dp = (self.sport, self.dport) if from_client else (self.dport, self.sport)
         ack = self.seq[not from_client] if "A" in flags else 0
-        seg = tcp(src, dst, sp, dp, seq=self.seq[from_client], ack=ack, flags=flags, payload=payload,
-                  options=options, window=64240)
+        seg = tcp(
+            src,
+            dst,
+            sp,
+            dp,
+            seq=self.seq[from_client],
+            ack=ack,
+            flags=flags,
+            payload=payload,
+            options=options,
+            window=64240,
+        )
         self.out.append((t, self.frame(from_client, 6, seg)))
         self.seq[from_client] = (self.seq[from_client] + len(payload) + ("S" in flags) + ("F" in flags)) & 0xFFFFFFFF
 
@@ -188,18 +208,25 @@ class _Tcp(_L3):
 
 # --- application payloads ----------------------------------------------------------------------
 _PATHS = ("/", "/index.html", "/watch?v=dQw4w9WgXcQ", "/api/v1/items", "/static/app.js", "/images/logo.png")
-_AGENTS = ("Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0", "curl/8.5.0",
-           "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36")
+_AGENTS = (
+    "Mozilla/5.0 (X11; Linux x86_64; rv:120.0) Gecko/20100101 Firefox/120.0",
+    "curl/8.5.0",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/120.0 Safari/537.36",
+)
 
 
 def _http_request(r: random.Random, host: str, path: str) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {r.choice(_AGENTS)}\r\n"
-            f"Accept: */*\r\nConnection: close\r\n\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {r.choice(_AGENTS)}\r\n"
+        f"Accept: */*\r\nConnection: close\r\n\r\n"
+    ).encode()
 
 
 def _http_response(r: random.Random, body: bytes, ctype: str = "text/html") -> bytes:
-    return (f"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: {ctype}\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: {ctype}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
 
 
 def _body(r: random.Random, n: int) -> bytes:
@@ -222,8 +249,17 @@ def _tls_client_hello(r: random.Random, sni: str) -> bytes:
     exts = sni_ext + groups + versions + sigalgs + alpn
     ciphers = struct.pack("!7H", 0x1301, 0x1302, 0x1303, 0xC02B, 0xC02F, 0xC02C, 0xC030)
     sid = r.randbytes(32)
-    body = (struct.pack("!H", 0x0303) + r.randbytes(32) + bytes([len(sid)]) + sid
-            + struct.pack("!H", len(ciphers)) + ciphers + b"\x01\x00" + struct.pack("!H", len(exts)) + exts)
+    body = (
+        struct.pack("!H", 0x0303)
+        + r.randbytes(32)
+        + bytes([len(sid)])
+        + sid
+        + struct.pack("!H", len(ciphers))
+        + ciphers
+        + b"\x01\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
     return b"\x16\x03\x01" + struct.pack("!H", len(hs)) + hs
 
@@ -314,8 +350,11 @@ def _flow_dns(ctx: _Ctx, t: float) -> list[tuple[float, bytes]]:
     sport = ctx.client_port(f.c)
     name = r.choice(WEB_HOSTS)
     qtype = 28 if f.v6 or r.random() < 0.3 else 1
-    answer = (b"\x20\x01\x0d\xb8\x00\x05" + bytes(9) + bytes([r.randrange(1, 64)])) if qtype == 28 else \
-        bytes((198, 19, 0, r.randrange(1, 64)))
+    answer = (
+        (b"\x20\x01\x0d\xb8\x00\x05" + bytes(9) + bytes([r.randrange(1, 64)]))
+        if qtype == 28
+        else bytes((198, 19, 0, r.randrange(1, 64)))
+    )
     qid = r.randrange(65536)
     src, dst = f.c, f.s
     out = [(t, f.frame(True, 17, udp(src, dst, sport, 53, _dns(r, name, qtype, None, qid))))]
@@ -336,8 +375,10 @@ def _flow_icmp(ctx: _Ctx, t: float) -> list[tuple[float, bytes]]:
             rep = icmp6(f.s, f.c, 129, 0, echo_rest(ident, seq), data)
             out += [(t, f.frame(True, 58, req)), (t + rtt, f.frame(False, 58, rep))]
         else:
-            out += [(t, f.frame(True, 1, icmp(8, 0, echo_rest(ident, seq), data))),
-                    (t + rtt, f.frame(False, 1, icmp(0, 0, echo_rest(ident, seq), data)))]
+            out += [
+                (t, f.frame(True, 1, icmp(8, 0, echo_rest(ident, seq), data))),
+                (t + rtt, f.frame(False, 1, icmp(0, 0, echo_rest(ident, seq), data))),
+            ]
         t += 1.0
     return out
 
