@@ -19,6 +19,11 @@ from e2actors.errors import (
     SpawnRefused,
     TransportError,
 )
+from e2actors.nf.pipelet import DROP, Pipelet, Verdict
+from e2actors.packet.batch import Batch
+from e2actors.packet.filter import Filter, compile_filter
+from e2actors.packet.packet import Packet
+from e2actors.packet.pcap import PcapWriter, open_capture, read_packets, write_pcap
 from e2actors.runtime import (
     Actor,
     ActorRef,
@@ -41,6 +46,8 @@ from e2actors.runtime import (
 )
 
 __all__ = [
+    "DROP", "Batch", "Filter", "Packet", "PcapWriter", "Pipelet", "Verdict", "compile_filter", "open_capture",
+    "read_packets", "write_pcap",
     "Actor", "ActorRef", "ActorStopped", "AskTimeout", "AuthError", "CodecError", "E2Error", "FilterError",
     "GetNodeInfo", "Mailbox", "MailboxFull", "MailboxStats", "Node", "NodeInfo", "NodeLost", "NodeUp",
     "PcapError", "RemoteError", "RestartPolicy", "Spawn", "SpawnRefused", "StopActor", "TLSConfig",
