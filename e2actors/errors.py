@@ -56,3 +56,11 @@ class FilterError(E2Error):
 
 class SpawnRefused(E2Error):
     """A node refused to start an actor (class not on its allow-list, or not importable)."""
+
+
+class RuleError(E2Error):
+    """An IDS rule is malformed. ``source`` is ``file:line`` (or ``<rules>:N`` for in-memory text)."""
+
+    def __init__(self, message: str, source: str = "") -> None:
+        self.source = source
+        super().__init__(f"{source}: {message}" if source else message)

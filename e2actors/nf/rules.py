@@ -52,7 +52,7 @@ from typing import Any
 
 import ahocorasick_rs
 
-from e2actors.errors import E2Error
+from e2actors.errors import E2Error, RuleError
 
 __all__ = [
     "Content",
@@ -70,12 +70,6 @@ __all__ = [
 log = logging.getLogger("e2actors.nf.rules")
 
 
-class RuleError(E2Error):
-    """A rule is malformed. ``source`` is ``file:line`` (or ``<rules>:N`` for in-memory text)."""
-
-    def __init__(self, message: str, source: str = "") -> None:
-        self.source = source
-        super().__init__(f"{source}: {message}" if source else message)
 
 
 # --- the rule model --------------------------------------------------------------------------------

@@ -35,7 +35,6 @@ Non-TCP packets reaching :meth:`process` go to ``out`` unchanged.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -106,7 +105,6 @@ class HostFilter(Pipelet):
         self.action_default = "pass"
         self.on_block = "drop"
         self.max_buffer = 8192
-        self.clock = time.monotonic  #: the time source for idle expiry of flows
         self._new = 0
 
     async def setup(self, config: dict[str, Any]) -> None:
@@ -170,7 +168,7 @@ class HostFilter(Pipelet):
     # --- streams ---------------------------------------------------------------------------------
     # Flow state (msgpack-safe): [decided, client direction or -1, buffered client bytes]
     def on_stream(self, flow: Hashable, direction: int, data: bytes) -> Verdict | None:
-        now = self.clock()
+        now = self.now  # the runner's clock: packet time in replays, wall time live
         st = self.flows.touch(flow, now)
         if st is None:
             self._new += 1

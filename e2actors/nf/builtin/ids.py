@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections.abc import Hashable
 from typing import Any
 
@@ -81,7 +80,6 @@ class IDS(Pipelet):
         self._pm: Matcher | None = None
         self._fingerprint = ""
         self._by_sid: dict[int, Rule] = {}
-        self.clock = time.monotonic  #: the time source for idle expiry of flows
         self._calls = 0
 
     # --- setup -----------------------------------------------------------------------------------
@@ -131,7 +129,7 @@ class IDS(Pipelet):
 
     # --- streams ---------------------------------------------------------------------------------
     def _state(self, flow: Hashable) -> list[Any]:
-        now = self.clock()
+        now = self.now  # the runner's clock: packet time in replays, wall time live
         st = self.flows.touch(flow, now)
         if st is None:
             self._calls += 1
