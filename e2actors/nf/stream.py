@@ -81,13 +81,21 @@ class StreamDriver:
         self._touched: list[_FlowState] = []
         self._pushed = 0
         self._nreleased = 0
-        #: Counters: packets, released, chunks, gaps, ends, errors, max_held, max_pending.
-        self.stats: dict[str, int] = dict.fromkeys(
-            ("packets", "released", "chunks", "gaps", "ends", "errors", "max_held", "max_pending"), 0)
+        self._max_held = 0
+        self._max_pending = 0
+        self._counts: dict[str, int] = dict.fromkeys(("chunks", "gaps", "ends", "errors"), 0)
         #: The latest exceptions from the pipelet: ``(flow, repr(exc))``.
         self.errors: deque[tuple[Hashable, str]] = deque(maxlen=32)
 
     # --- counters ----------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters: packets (pushed), released, held and pending (now), max_held, max_pending,
+        chunks, gaps, ends, errors (the pipelet raised)."""
+        return {"packets": self._pushed, "released": self._nreleased, "held": len(self._held),
+                "pending": self._pushed - self._nreleased, "max_held": self._max_held,
+                "max_pending": self._max_pending, **self._counts}
+
     @property
     def held(self) -> int:
         """Packets waiting now for their bytes to become in order."""
@@ -107,7 +115,6 @@ class StreamDriver:
         events = r.feed(pkt, now)
         key = r.last_key
         self._pushed += 1
-        self.stats["packets"] += 1
         fs = self._flows.get(key) if key is not None else None
         if fs is None or fs.ended:
             if key is None or not r.tracks(key):
@@ -115,13 +122,20 @@ class StreamDriver:
                     # Not reassembled (not TCP, malformed, a stray ACK): nothing to wait for.
                     self._released.append((pkt, self.default))
                     self._nreleased += 1
-                    self.stats["released"] += 1
                     return
             else:
                 # A new flow, or a new connection (SYN) on an ended flow's addresses.
                 if fs is not None:
                     self._ended.pop(key, None)
                 fs = self._flows[key] = _FlowState(self.default)
+        if not events and not fs.queue and not r.last_held:
+            # The common case (a pure ACK, ...): nothing waits in its flow, no bytes to judge.
+            v = fs.current
+            if v.meta:
+                pkt.meta.update(v.meta)
+            self._released.append((pkt, v))
+            self._nreleased += 1
+            return
         entry = [pkt, None]
         fs.queue.append(entry)
         if events:
@@ -129,16 +143,16 @@ class StreamDriver:
         if r.last_held:
             self._held[id(pkt)] = entry
             n = len(self._held)
-            if n > self.stats["max_held"]:
-                self.stats["max_held"] = n
+            if n > self._max_held:
+                self._max_held = n
         elif entry[1] is None:
             entry[1] = _LAZY
         self._drain(fs)
         if self._touched:
             self._drain_touched()
         n = self._pushed - self._nreleased
-        if n > self.stats["max_pending"]:
-            self.stats["max_pending"] = n
+        if n > self._max_pending:
+            self._max_pending = n
 
     def advance(self, now: float) -> None:
         """Apply the timeouts up to ``now`` (gaps, idle flows) and forget ended flows after linger."""
@@ -188,7 +202,7 @@ class StreamDriver:
         raise TypeError(f"a verdict must be None, a port name or a Verdict, not {type(v).__name__}")
 
     def _error(self, flow: Hashable, exc: BaseException) -> None:
-        self.stats["errors"] += 1
+        self._counts["errors"] += 1
         self.errors.append((flow, repr(exc)))
 
     def _handle(self, events: list[Event], pkt: Packet | None, entry: list | None, own: _FlowState | None,
@@ -197,7 +211,7 @@ class StreamDriver:
         flows = self._flows
         held = self._held
         touched = self._touched
-        st = self.stats
+        st = self._counts
         for ev in events:
             fs = flows.get(ev.flow)
             if fs is None:  # cannot happen for flows the reassembler tracks; be safe
@@ -265,9 +279,7 @@ class StreamDriver:
                 e[0].meta.update(v.meta)
             out.append((e[0], v))
             n += 1
-        if n:
-            self._nreleased += n
-            self.stats["released"] += n
+        self._nreleased += n
 
     def _drain_touched(self) -> None:
         t = self._touched

@@ -225,7 +225,8 @@ class Reassembler:
         st["segments"] += 1
         flags = pkt.tcp_flags
         plen = pkt.payload_len
-        st["bytes"] += plen
+        if plen:
+            st["bytes"] += plen
         fl = self._flows.get(key)
         if fl is None:
             if key in self._closed:
@@ -241,6 +242,8 @@ class Reassembler:
         else:
             fl.last_seen = now
             self._flows.move_to_end(key)
+            if not (plen or flags & 0x07):
+                return []  # a pure ACK (most packets): only keeps the flow alive
         events: list[Event] = []
         dr = fl.dirs[pkt.direction]
         seq = pkt.tcp_seq
