@@ -37,7 +37,7 @@ from typing import Any
 
 from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.packet.packet import Packet
-from e2actors.packet.reassembly import Chunk, End, Event, Gap, Reassembler
+from e2actors.packet.reassembly import Chunk, Event, Gap, Reassembler
 
 __all__ = ["StreamDriver"]
 
