@@ -109,10 +109,14 @@ class Pipelet:
 
     def on_stream(self, flow: Hashable, direction: int, data: bytes) -> Verdict | str | None:
         """Bytestream NFs: ``data`` is the next in-order TCP payload of ``flow`` in ``direction``
-        (0: from the flow key's low end, 1: the other way); ``b""`` after a gap the reassembler
-        gave up on (see :meth:`on_gap`). Return a :class:`Verdict`, a port name, or None (keep
-        the flow's current verdict, initially the first port) for the packets that carried it."""
+        (0: from the flow key's low end, 1: the other way). Return a :class:`Verdict`, a port name,
+        or None (keep the flow's current verdict, initially the first port) for the packets that
+        carried it. Bytes that never arrived are reported through :meth:`on_gap` instead."""
         return None
+
+    def set_client(self, flow: Hashable, direction: int) -> None:
+        """Bytestream NFs: the runner saw ``flow`` open (a SYN without ACK) from ``direction``,
+        which is therefore the client's side."""
 
     def on_gap(self, flow: Hashable, direction: int, missing: int) -> Verdict | str | None:
         """Bytestream NFs: ``missing`` bytes of ``flow`` never arrived in time; the stream goes on

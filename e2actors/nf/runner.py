@@ -115,6 +115,8 @@ class PipeletRunner:
         now = p.now
         for pkt in batch.packets:
             if pkt.proto == 6 and pkt.reason is None and pkt.l4_offset >= 0:
+                if pkt.tcp_flags & 0x12 == 0x02:  # a SYN opens the flow: its sender is the client
+                    p.set_client(pkt.flow_key, pkt.direction)
                 drv.push(pkt, now)  # type: ignore[union-attr]
             else:
                 other.append(pkt)
@@ -176,7 +178,7 @@ class PipeletRunner:
         p = self.pipelet
         out: dict[str, list[Packet]] = collections.defaultdict(list)
         if self._stream is not None:
-            self._stream.advance(p.now + 1e9)
+            self._stream.flush(p.now)
             self._release(self._stream.take_released())
         step = p.timer_interval or 1.0
         end = p.now + max_seconds
