@@ -113,15 +113,10 @@ def best(fn, *args, rounds: int) -> float:
     return t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--patterns", type=int, default=1000)
-    ap.add_argument("--mb", type=float, default=4.0)
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
-
-    data = stream_bytes(args.mb)
-    pats = make_patterns(args.patterns, data)
+def measure(patterns: int = 1000, mb_target: float = 4.0, rounds: int = 3, verbose: bool = True) -> dict:
+    """Run the comparison; return the figures (see the module docstring)."""
+    data = stream_bytes(mb_target)
+    pats = make_patterns(patterns, data)
     rules = [Rule(sid=i + 1, contents=(Content(p, nocase=nc),)) for i, (p, nc) in enumerate(pats)]
     m = Matcher(rules)
     chunks = [data[i:i + MSS] for i in range(0, len(data), MSS)]
@@ -138,24 +133,34 @@ def main() -> None:
 
     assert ours(m, chunks) == 0 == naive(cs, ci, m.keep, chunks)  # same answer: nothing occurs
 
-    t_ours = best(ours, m, chunks, rounds=args.rounds)
-    t_naive = best(naive, cs, ci, m.keep, chunks, rounds=args.rounds)
-    t_pyaho = best(pyaho, a, ai, m.keep, chunks, rounds=args.rounds)
-    t_ours_whole = best(ours, m, [data], rounds=args.rounds)
-    t_naive_whole = best(naive, cs, ci, m.keep, [data], rounds=args.rounds)
+    t_ours = best(ours, m, chunks, rounds=rounds)
+    t_naive = best(naive, cs, ci, m.keep, chunks, rounds=rounds)
+    t_pyaho = best(pyaho, a, ai, m.keep, chunks, rounds=rounds)
+    t_ours_whole = best(ours, m, [data], rounds=rounds)
+    t_naive_whole = best(naive, cs, ci, m.keep, [data], rounds=rounds)
 
     r_ours, r_naive, r_pyaho = mb / t_ours, mb / t_naive, mb / t_pyaho
-    print(f"stream: {mb:.1f} MB of generated TCP payload in {len(chunks)} chunks of {MSS} bytes; "
-          f"{len(pats)} patterns ({len(ci)} nocase), longest {m.longest}")
-    print(f"ours (ahocorasick_rs, per chunk):  {r_ours:8.1f} MB/s")
-    print(f"naive bytes.find loop (per chunk): {r_naive:8.1f} MB/s")
-    print(f"pyahocorasick (per chunk, latin-1): {r_pyaho:7.1f} MB/s")
-    print(f"ours, whole stream in one call:    {mb / t_ours_whole:8.1f} MB/s")
-    print(f"naive, whole stream in one call:   {mb / t_naive_whole:8.1f} MB/s")
-    print(f"ratio ours/naive: {r_ours / r_naive:.1f}x (target >= 20x); ours/pyahocorasick: {r_ours / r_pyaho:.1f}x")
-    print(json.dumps({"ids_mb_per_s": round(r_ours, 1), "ids_naive_mb_per_s": round(r_naive, 2),
-                      "ids_pyahocorasick_mb_per_s": round(r_pyaho, 1), "ids_patterns": len(pats),
-                      "ids_ratio": round(r_ours / r_naive, 1)}))
+    if verbose:
+        print(f"stream: {mb:.1f} MB of generated TCP payload in {len(chunks)} chunks of {MSS} bytes; "
+              f"{len(pats)} patterns ({len(ci)} nocase), longest {m.longest}")
+        print(f"ours (ahocorasick_rs, per chunk):  {r_ours:8.1f} MB/s")
+        print(f"naive bytes.find loop (per chunk): {r_naive:8.1f} MB/s")
+        print(f"pyahocorasick (per chunk, latin-1): {r_pyaho:7.1f} MB/s")
+        print(f"ours, whole stream in one call:    {mb / t_ours_whole:8.1f} MB/s")
+        print(f"naive, whole stream in one call:   {mb / t_naive_whole:8.1f} MB/s")
+        print(f"ratio ours/naive: {r_ours / r_naive:.1f}x (target >= 20x); ours/pyahocorasick: {r_ours / r_pyaho:.1f}x")
+    return {"ids_mb_per_s": round(r_ours, 1), "ids_naive_mb_per_s": round(r_naive, 2),
+            "ids_pyahocorasick_mb_per_s": round(r_pyaho, 1), "ids_patterns": len(pats),
+            "ids_ratio": round(r_ours / r_naive, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--patterns", type=int, default=1000)
+    ap.add_argument("--mb", type=float, default=4.0)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    print(json.dumps(measure(args.patterns, args.mb, args.rounds)))
 
 
 if __name__ == "__main__":
