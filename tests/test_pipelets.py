@@ -298,3 +298,40 @@ def test_shaper_queue_bound_and_classes() -> None:
                                                          "rate": "1Mbit", "queue": 100}]})
     assert res.drops["queue full"] == 50 - 1 - 5
     assert len(res.port("out")) == 1 + 5 + 5  # the default class: 1 sent + 5 queued, drained at the end
+
+
+# --- Legacy -----------------------------------------------------------------------------------------
+def test_legacy_program_in_the_chain() -> None:
+    import sys
+    from pathlib import Path
+
+    prog = str(Path(__file__).parent / "legacy_ttl.py")
+    pkts = connection() + [udp_pkt(C, S, 1000, 9, b"discard me"), udp_pkt(C, S, 1000, 53, b"q")]
+    res = run_pipelet(__import__("e2actors.nf.builtin", fromlist=["Legacy"]).Legacy, pkts,
+                      config={"cmd": [sys.executable, prog]})
+    out = res.port("out")
+    assert len(out) == len(pkts) - 1  # the discard datagram is gone
+    assert [p.ttl for p in out] == [p.ttl - 1 for p in pkts if p.dport != 9]
+    assert all(verify_checksums(p).get("ip", True) for p in out)
+
+
+def test_legacy_unchanged_frames_keep_their_metadata() -> None:
+    import sys
+    from pathlib import Path
+
+    from e2actors.nf.builtin import Legacy
+
+    prog = str(Path(__file__).parent / "legacy_ttl.py")
+    pkts = connection()
+    for i, p in enumerate(pkts):
+        p.meta["n"] = i
+    res = run_pipelet(Legacy, pkts, config={"cmd": [sys.executable, prog, "--passthrough"]})
+    assert [p.meta["n"] for p in res.port("out")] == list(range(len(pkts)))
+
+
+def test_legacy_program_that_dies_fails_the_nf() -> None:
+    from e2actors.nf.builtin import Legacy
+
+    with pytest.raises(E2Error, match="exited"):
+        run_pipelet(Legacy, [udp_pkt(C, S, 1, 2, ts=float(i)) for i in range(100)],
+                    config={"cmd": ["false"]}, batch_size=1)

@@ -133,6 +133,10 @@ class Pipelet:
     def on_flow_end(self, flow: Hashable, state: Any) -> None:
         """A flow's state left :attr:`flows` (idle expiry, eviction, or the connection ended)."""
 
+    async def flush(self) -> None:
+        """End of input (a replay finished): emit whatever the pipelet still holds that only
+        time or its own I/O would release."""
+
     async def teardown(self) -> None:
         """Called once when the instance stops: close files, flush buffers."""
 

@@ -180,6 +180,7 @@ class PipeletRunner:
         if self._stream is not None:
             self._stream.flush(p.now)
             self._release(self._stream.take_released())
+        await p.flush()
         step = p.timer_interval or 1.0
         end = p.now + max_seconds
         while True:
