@@ -52,6 +52,10 @@ class NFInstance(Actor):
         self.report_interval = report_interval
         self.clock = clock
 
+    @classmethod
+    def check_spawn(cls, node: Any, kwargs: dict[str, Any]) -> None:
+        resolve_pipelet(kwargs.get("pipelet", ""), node.allow_spawn)
+
     async def on_start(self) -> None:
         cls = resolve_pipelet(self.pipelet_cls, self.node.allow_spawn)
         p = cls()
@@ -69,7 +73,8 @@ class NFInstance(Actor):
             self.every(self.report_interval, _REPORT)
 
     async def on_stop(self) -> None:
-        await self.runner.stop()
+        if hasattr(self, "runner"):
+            await self.runner.stop()
 
     async def on_message(self, msg: Any) -> Any:
         if type(msg) is NFBatch:

@@ -138,6 +138,11 @@ class Actor:
     _cell: ActorCell
 
     # --- lifecycle hooks ------------------------------------------------------------------------
+    @classmethod
+    def check_spawn(cls, node: Node, kwargs: dict[str, Any]) -> None:
+        """Called before the actor is created: raise to refuse a spawn (bad or unsafe arguments),
+        so the spawner gets the error instead of an actor that fails to start."""
+
     def on_start(self) -> Awaitable[None] | None:
         """Called once in the actor's task before its first message (and after each restart)."""
         return None
