@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from e2actors.errors import FilterError
 
-__all__ = ["Token", "tokenize", "KEYWORDS", "NAMED_CONSTANTS"]
+__all__ = ["Token", "tokenize", "lex_token", "KEYWORDS", "NAMED_CONSTANTS"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,70 +131,71 @@ def _stoul(text: str, expr: str, col: int) -> int:
     return v
 
 
+def lex_token(expr: str, i: int) -> tuple[Token, int]:
+    """The one token that starts at index ``i`` of ``expr`` (not whitespace), and the index just
+    after it; raise FilterError on a bad one. Lets a larger language (the E2 conditions) lex its
+    own tokens and hand every other position to the pcap-filter rules."""
+    c = expr[i]
+    col = i + 1
+    two = expr[i:i + 2]
+    if two in _PUNCT2:
+        return Token(_PUNCT2[two], two, col, two), i + 2
+    if c in _PUNCT1 and not (c == ":" and two == "::"):
+        return Token(c, c, col, c), i + 1
+    if c == "\\":
+        ln = _longest(_RE_ESC_ID, expr, i)
+        if ln == 0:
+            raise FilterError("illegal character '\\'", expr, col)
+        return Token("ID", expr[i + 1:i + ln], col, expr[i:i + ln]), i + ln
+    # candidates in rule order (checked against tcpdump): keywords, MAC, NUM, HID, V6,
+    # bogus MAC, named NUMs, ID
+    l_id = _longest(_RE_ID, expr, i)
+    l_num = _longest(_RE_NUM, expr, i)
+    l_hid = _longest(_RE_HID, expr, i)
+    l_mac = _longest(_RE_MAC, expr, i)
+    l_v6 = _longest(_RE_V6, expr, i)
+    if l_v6:
+        # flex's V6 pattern only matches real IPv6 addresses: shrink to the longest valid one
+        while l_v6 > 0:
+            try:
+                ipaddress.IPv6Address(expr[i:i + l_v6])
+                break
+            except ValueError:
+                l_v6 -= 1
+    l_bogus = _longest(_RE_BOGUS_MAC, expr, i)
+    best = max(l_id, l_num, l_hid, l_mac, l_v6, l_bogus)
+    if best == 0:
+        ln = _longest(_RE_ILLEGAL, expr, i) or 1
+        raise FilterError(f"illegal token: {expr[i:i + ln]}", expr, col)
+    text = expr[i:i + best]
+    if l_id == best and text in KEYWORDS:
+        tok = Token(KEYWORDS[text], text, col, text)
+    elif l_mac == best:
+        tok = Token("EID", text, col, text)
+    elif l_num == best:
+        tok = Token("NUM", _stoul(text, expr, col), col, text)
+    elif l_hid == best:
+        tok = Token("HID", text, col, text)
+    elif l_v6 == best:
+        tok = Token("HID6", text, col, text)
+    elif l_bogus == best:
+        raise FilterError(f"bogus ethernet address {text}", expr, col)
+    elif text in NAMED_CONSTANTS:
+        tok = Token("NUM", NAMED_CONSTANTS[text], col, text)
+    else:
+        tok = Token("ID", text, col, text)
+    return tok, i + best
+
+
 def tokenize(expr: str) -> list[Token]:
     """Split ``expr`` into tokens, ending with an ``EOF`` token; raise FilterError on a bad one."""
     toks: list[Token] = []
     i, n = 0, len(expr)
     while i < n:
-        c = expr[i]
-        col = i + 1
-        if c in " \t\r\n":
+        if expr[i] in " \t\r\n":
             i += 1
             continue
-        two = expr[i:i + 2]
-        if two in _PUNCT2:
-            toks.append(Token(_PUNCT2[two], two, col, two))
-            i += 2
-            continue
-        if c in _PUNCT1 and not (c == ":" and two == "::"):
-            toks.append(Token(c, c, col, c))
-            i += 1
-            continue
-        if c == "\\":
-            ln = _longest(_RE_ESC_ID, expr, i)
-            if ln == 0:
-                raise FilterError("illegal character '\\'", expr, col)
-            toks.append(Token("ID", expr[i + 1:i + ln], col, expr[i:i + ln]))
-            i += ln
-            continue
-        # candidates in rule order (checked against tcpdump): keywords, MAC, NUM, HID, V6,
-        # bogus MAC, named NUMs, ID
-        l_id = _longest(_RE_ID, expr, i)
-        l_num = _longest(_RE_NUM, expr, i)
-        l_hid = _longest(_RE_HID, expr, i)
-        l_mac = _longest(_RE_MAC, expr, i)
-        l_v6 = _longest(_RE_V6, expr, i)
-        if l_v6:
-            # flex's V6 pattern only matches real IPv6 addresses: shrink to the longest valid one
-            while l_v6 > 0:
-                try:
-                    ipaddress.IPv6Address(expr[i:i + l_v6])
-                    break
-                except ValueError:
-                    l_v6 -= 1
-        l_bogus = _longest(_RE_BOGUS_MAC, expr, i)
-        best = max(l_id, l_num, l_hid, l_mac, l_v6, l_bogus)
-        if best == 0:
-            ln = _longest(_RE_ILLEGAL, expr, i) or 1
-            raise FilterError(f"illegal token: {expr[i:i + ln]}", expr, col)
-        text = expr[i:i + best]
-        if l_id == best and text in KEYWORDS:
-            kind = KEYWORDS[text]
-            toks.append(Token(kind, text, col, text))
-        elif l_mac == best:
-            toks.append(Token("EID", text, col, text))
-        elif l_num == best:
-            toks.append(Token("NUM", _stoul(text, expr, col), col, text))
-        elif l_hid == best:
-            toks.append(Token("HID", text, col, text))
-        elif l_v6 == best:
-            toks.append(Token("HID6", text, col, text))
-        elif l_bogus == best:
-            raise FilterError(f"bogus ethernet address {text}", expr, col)
-        elif text in NAMED_CONSTANTS:
-            toks.append(Token("NUM", NAMED_CONSTANTS[text], col, text))
-        else:
-            toks.append(Token("ID", text, col, text))
-        i += best
+        tok, i = lex_token(expr, i)
+        toks.append(tok)
     toks.append(Token("EOF", None, n + 1, ""))
     return toks
