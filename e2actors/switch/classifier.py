@@ -21,7 +21,7 @@ plus the 12 MAC address bytes when some condition of the source reads MACs. The 
   IPv6 no extension headers (libpcap's ``tcp``/``port`` code reads fixed offsets behind the
   fixed header). ARP and other non-IP frames are always classified from scratch.
 
-The cache is bounded (``cache_size`` entries): when full, the oldest quarter is evicted (FIFO on
+The cache is bounded (``cache_size`` entries, 0: no cache): when full, the oldest quarter is evicted (FIFO on
 the dict's insertion order); ``stats()`` counts hits, misses, stores and evictions.
 
 Deferred decisions for ``domain``: the host of a flow (HTTP Host, TLS SNI) arrives after its
@@ -198,7 +198,10 @@ class Classifier:
             if r.condition not in compiled:
                 compiled[r.condition] = compile_condition(r.condition, netmask)
         self._sources = {name: _Source(name, rs, compiled) for name, rs in grouped.items()}
-        self.cache_size = max(4, int(cache_size))
+        self.cache_size = max(0, int(cache_size))
+        if self.cache_size == 0:  # no cache: every packet classified from scratch
+            for src in self._sources.values():
+                src.cache_ok = False
         self._cache: dict[tuple, int] = {}
         self.cache_hits = 0
         self.cache_misses = 0
