@@ -105,11 +105,13 @@ def _score(atoms: frozenset) -> tuple:
     return (min(_atom_score(a) for a in atoms), -len(atoms))
 
 
-def _build_dispatch(conds: tuple) -> Optional[Any]:
+def _build_dispatch(conds: tuple, force: Optional[bool] = None) -> Optional[Any]:
     """A generated ``dispatch(d) -> bitmask`` of the routes that may match (bit i: route i):
-    routes whose necessary atoms all fail are left out; the others keep their order."""
+    routes whose necessary atoms all fail are left out; the others keep their order.
+    ``force``: None builds it for a source with at least INDEX_MIN_ROUTES routes, half of them
+    indexable; True whenever a route is indexable; False never."""
     n = len(conds)
-    if n < INDEX_MIN_ROUTES:
+    if force is False or (force is None and n < INDEX_MIN_ROUTES):
         return None
     always = 0
     tables: dict[tuple, dict[int, int]] = {}
@@ -123,7 +125,7 @@ def _build_dispatch(conds: tuple) -> Optional[Any]:
         for v, const in need:
             t = tables.setdefault(v, {})
             t[const] = t.get(const, 0) | (1 << i)
-    if indexed * 2 < n:
+    if indexed == 0 or (force is None and indexed * 2 < n):
         return None
     lines = ["def dispatch(d):", f"    m = {always}"]
     ns: dict[str, Any] = {"_ERRORS": _ERRORS, "_u16": _u16, "_u32": _u32, "_lsh": _lsh}
@@ -151,7 +153,8 @@ class _Source:
     __slots__ = ("name", "routes", "conds", "fns", "hits", "inv", "dom", "macs", "needs_domain",
                  "first_always", "cache_ok", "pending", "dispatch")
 
-    def __init__(self, name: str, routes: list[Route], compiled: dict[str, Condition]) -> None:
+    def __init__(self, name: str, routes: list[Route], compiled: dict[str, Condition],
+                 index: Optional[bool] = None) -> None:
         self.name = name
         self.routes = tuple(routes)
         self.conds = tuple(compiled[r.condition] for r in routes)
@@ -183,21 +186,25 @@ class _Source:
         self.first_always = n > 0 and self.conds[0].always
         self.cache_ok = n > 0 and inv[0]
         self.pending = 0
-        self.dispatch = _build_dispatch(self.conds)
+        self.dispatch = _build_dispatch(self.conds, index)
 
 
 class Classifier:
     """Routes grouped by source, conditions compiled once, and the flow cache (see the module
     docstring for the caching rule and the deferred ``domain`` decisions)."""
 
-    def __init__(self, routes: Iterable[Route], cache_size: int = 65536, netmask: int = 0) -> None:
+    def __init__(self, routes: Iterable[Route], cache_size: int = 65536, netmask: int = 0,
+                 index: Optional[bool] = None) -> None:
+        """``cache_size``: flow cache entries (0: no cache). ``index``: the candidate index that
+        skips routes which cannot match (None: automatic, for sources with many routes; True:
+        always; False: never). ``netmask``: as for pcap's ``ip broadcast``."""
         grouped: dict[str, list[Route]] = {}
         compiled: dict[str, Condition] = {}
         for r in routes:
             grouped.setdefault(r.source, []).append(r)
             if r.condition not in compiled:
                 compiled[r.condition] = compile_condition(r.condition, netmask)
-        self._sources = {name: _Source(name, rs, compiled) for name, rs in grouped.items()}
+        self._sources = {name: _Source(name, rs, compiled, index) for name, rs in grouped.items()}
         self.cache_size = max(0, int(cache_size))
         if self.cache_size == 0:  # no cache: every packet classified from scratch
             for src in self._sources.values():
