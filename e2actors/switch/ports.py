@@ -1,0 +1,204 @@
+"""Switch ports: where packets enter and leave a switch.
+
+* ``pcap-in``: replays a capture, as fast as the switch takes it (lossless: it waits on the
+  switch's gate, so a replay is reproducible) or timed by the capture's timestamps with a speed
+  factor. ``pcap-out``: writes what leaves.
+* ``memory``: packets injected by code, and what leaves collected in a list (tests, generators).
+* ``afpacket``: a live Linux interface (see :mod:`e2actors.switch.afpacket`).
+
+An input port hands each batch to the switch's ingress callback; an output port takes batches
+with ``send``. Every port counts packets and bytes each way and drops by reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from e2actors.errors import E2Error
+from e2actors.packet.batch import DEFAULT_BATCH
+from e2actors.packet.packet import Packet
+from e2actors.packet.pcap import PcapWriter, open_capture
+
+__all__ = ["MemoryPort", "PcapInPort", "PcapOutPort", "Port", "make_port"]
+
+Ingress = Callable[[str, list[Packet]], None]
+Gate = Callable[[], Awaitable[None]]
+
+
+class Port:
+    """Base of every port: counters and the open/send/close life cycle."""
+
+    kind = "port"
+    is_input = False
+    is_output = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.rx_packets = self.rx_bytes = 0
+        self.tx_packets = self.tx_bytes = 0
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.done = not self.is_input  # an input port is done when it has nothing more to give
+
+    async def open(self, ingress: Ingress, gate: Gate) -> None:
+        """Start delivering input to ``ingress`` (input ports); ``gate()`` waits for room."""
+
+    def send(self, pkts: list[Packet]) -> None:
+        """Take packets leaving the switch (output ports)."""
+        self.drops["not an output port"] += len(pkts)
+
+    async def close(self) -> None:
+        """Stop and release resources."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"kind": self.kind, "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
+                "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes, "drops": dict(self.drops),
+                "done": self.done}
+
+    def _count_tx(self, pkts: list[Packet]) -> None:
+        self.tx_packets += len(pkts)
+        self.tx_bytes += sum(len(p.data) for p in pkts)
+
+
+class PcapInPort(Port):
+    """Replays a pcap/pcapng capture. ``speed=0``: as fast as the switch takes it; ``speed=s``:
+    timed by the capture's timestamps, ``s`` times real time. ``loop``: replay it this many times.
+    Packets get the replay time as their timestamp when timed, the capture's otherwise."""
+
+    kind = "pcap-in"
+    is_input = True
+
+    def __init__(self, name: str, path: str, speed: float = 0.0, loop: int = 1, batch: int = DEFAULT_BATCH) -> None:
+        super().__init__(name)
+        self.path, self.speed, self.loops, self.batch = path, float(speed), int(loop), int(batch)
+        self._task: asyncio.Task | None = None
+        self.finished = asyncio.Event()
+
+    async def open(self, ingress: Ingress, gate: Gate) -> None:
+        open_capture(self.path).close()  # fail now, with the path in the error, if unreadable
+        self._task = asyncio.get_running_loop().create_task(self._replay(ingress, gate), name=f"port:{self.name}")
+
+    async def _replay(self, ingress: Ingress, gate: Gate) -> None:
+        name, size = self.name, self.batch
+        try:
+            for _ in range(self.loops):
+                t_first = None
+                wall0 = time.monotonic()
+                with open_capture(self.path) as reader:
+                    cur: list[Packet] = []
+                    for ts, data, wirelen, lt, _if in reader:
+                        if self.speed > 0:
+                            if t_first is None:
+                                t_first = ts
+                            due = wall0 + (ts - t_first) / self.speed
+                            delay = due - time.monotonic()
+                            if delay > 0.0005:
+                                if cur:
+                                    await self._push(ingress, gate, cur)
+                                    cur = []
+                                await asyncio.sleep(delay)
+                            ts = time.time()
+                        cur.append(Packet(data, ts, name, wirelen, lt))
+                        if len(cur) >= size:
+                            await self._push(ingress, gate, cur)
+                            cur = []
+                    if cur:
+                        await self._push(ingress, gate, cur)
+        finally:
+            self.done = True
+            self.finished.set()
+
+    async def _push(self, ingress: Ingress, gate: Gate, pkts: list[Packet]) -> None:
+        await gate()
+        self.rx_packets += len(pkts)
+        self.rx_bytes += sum(len(p.data) for p in pkts)
+        ingress(self.name, pkts)
+        await asyncio.sleep(0)  # let the rest of the switch run between batches
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+class PcapOutPort(Port):
+    """Writes every packet that leaves through it to a pcap file."""
+
+    kind = "pcap-out"
+    is_output = True
+
+    def __init__(self, name: str, path: str) -> None:
+        super().__init__(name)
+        self.path = path
+        self.writer = PcapWriter(path)
+
+    def send(self, pkts: list[Packet]) -> None:
+        w = self.writer
+        for p in pkts:
+            w.write(p.data, p.ts, p.wirelen)
+        self._count_tx(pkts)
+
+    async def close(self) -> None:
+        self.writer.close()
+
+
+class MemoryPort(Port):
+    """Input injected by code (``inject``); output kept in ``received`` (bounded: ``keep``)."""
+
+    kind = "memory"
+    is_input = True
+    is_output = True
+
+    def __init__(self, name: str, keep: int = 1_000_000) -> None:
+        super().__init__(name)
+        self.keep = keep
+        self.received: list[Packet] = []
+        self._ingress: Ingress | None = None
+        self.done = True
+
+    async def open(self, ingress: Ingress, gate: Gate) -> None:
+        self._ingress = ingress
+
+    def inject(self, pkts: Iterable[Packet]) -> None:
+        """Hand packets to the switch as if they had arrived on this port."""
+        if self._ingress is None:
+            raise E2Error(f"port {self.name} is not open")
+        lst = [p if p.port == self.name else _with_port(p, self.name) for p in pkts]
+        self.rx_packets += len(lst)
+        self.rx_bytes += sum(len(p.data) for p in lst)
+        self._ingress(self.name, lst)
+
+    def send(self, pkts: list[Packet]) -> None:
+        self._count_tx(pkts)
+        room = self.keep - len(self.received)
+        if room < len(pkts):
+            self.drops["memory port full"] += len(pkts) - max(room, 0)
+            pkts = pkts[: max(room, 0)]
+        self.received.extend(pkts)
+
+
+def _with_port(p: Packet, port: str) -> Packet:
+    p.port = port
+    return p
+
+
+def make_port(name: str, kind: str, params: dict[str, Any]) -> Port:
+    """Build a port from a table's ``PortSpec``."""
+    if kind == "pcap-in":
+        return PcapInPort(name, params["path"], params.get("speed", 0.0), params.get("loop", 1),
+                          params.get("batch", DEFAULT_BATCH))
+    if kind == "pcap-out":
+        return PcapOutPort(name, params["path"])
+    if kind == "memory":
+        return MemoryPort(name, params.get("keep", 1_000_000))
+    if kind == "afpacket":
+        from e2actors.switch.afpacket import AfPacketPort
+
+        return AfPacketPort(name, params["iface"], params.get("batch", 256))
+    raise E2Error(f"port {name}: unknown kind {kind!r} (pcap-in, pcap-out, memory, afpacket)")

@@ -1,0 +1,561 @@
+"""``Switch``: the per-server dataplane actor (E2D in the paper).
+
+Packets enter from ports, are classified against the routes of their source (an external port,
+or the output port of the NF that emitted them), and go to their target: an NF group (whose
+balancer picks the instance, local or on another server), an external port (here, or on the
+server that holds it) or a drop with a reason. Every packet is accounted for: it leaves, or it
+is dropped with a reason (malformed, no route, queue full, hold overflow, ...).
+
+The switch is one actor: port input, NF outputs, batches from other switches and table updates
+all arrive as messages and are handled one at a time, so a table swap is atomic with respect to
+the traffic. NFs marked ``inline`` run inside this loop (no actor hop, no mailbox), through the
+same :class:`~e2actors.nf.runner.PipeletRunner` an instance actor uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from e2actors.nf.instance import resolve_pipelet
+from e2actors.nf.messages import NFBatch, NFOutput
+from e2actors.nf.runner import PipeletRunner
+from e2actors.packet.batch import Batch
+from e2actors.packet.packet import Packet
+from e2actors.runtime.actor import Actor
+from e2actors.runtime.messages import Tick
+from e2actors.runtime.ref import ActorRef
+from e2actors.switch.balancer import Balancer, Hold
+from e2actors.switch.classifier import PENDING, Classifier
+from e2actors.switch.hosts import UNKNOWN, HostTracker
+from e2actors.switch.messages import Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
+from e2actors.switch.ports import Port, make_port
+from e2actors.switch.table import GroupSpec, Member, Route, SwitchTable
+
+__all__ = ["Switch"]
+
+log = logging.getLogger("e2actors.switch")
+
+_HOUSEKEEPING = Tick("switch-housekeeping")
+
+
+@dataclass(slots=True)
+class _PortInput:
+    """Packets from a local port (local only: never encoded)."""
+
+    port: str
+    pkts: list[Packet]
+
+
+class _Group:
+    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq")
+
+    def __init__(self, spec: GroupSpec, balancer: Balancer | None, runner: PipeletRunner | None) -> None:
+        self.spec = spec
+        self.balancer = balancer
+        self.members: dict[str, Member] = {m.instance: m for m in spec.members}
+        self.runner = runner
+        self.sent: collections.Counter[str] = collections.Counter()
+        self.seq = 0
+
+
+class Switch(Actor):
+    """One server's switch. Program it with :class:`SetTable`; read it with ``GetSwitchStats``."""
+
+    mailbox_size = 65536
+    overflow = "drop"
+
+    def __init__(self, server: str, manager: ActorRef | None = None, trace_every: int = 0,
+                 hold_packets: int = 64, hold_seconds: float = 0.5, max_inflight: int = 64,
+                 housekeeping: float = 0.05) -> None:
+        self.server = server
+        self.manager = manager
+        self.trace_every = trace_every
+        self.hold_packets = hold_packets
+        self.hold_seconds = hold_seconds
+        self.max_inflight = max_inflight
+        self.housekeeping_interval = housekeeping
+
+    def on_start(self) -> None:
+        self.table: SwitchTable | None = None
+        self.version = 0
+        self.ports: dict[str, Port] = {}
+        self.groups: dict[str, _Group] = {}
+        self.instance_nf: dict[str, str] = {}
+        self.routes: dict[str, list[Route]] = {}
+        self.classifier: Classifier | None = None
+        self.hosts = HostTracker()
+        self.drops: collections.Counter[str] = collections.Counter()
+        self.route_hits: collections.Counter[str] = collections.Counter()
+        self.remote_tx: collections.Counter[str] = collections.Counter()
+        self.remote_rx = 0
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.inflight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        # Flows waiting for their host (domain conditions): (source, flow key) -> [first time, packets]
+        self._pending: dict[tuple[str, Hashable], list] = {}
+        self._later: collections.deque[tuple[str, list[Packet], str]] = collections.deque()
+        # Packets waiting for an instance that is moving: instance -> packets
+        self._held: dict[str, list[Packet]] = {}
+        self._drained_sent: set[str] = set()
+        self._trace_n = 0
+        self.traces: collections.deque = collections.deque(maxlen=1000)
+        self.live = False
+        self.every(self.housekeeping_interval, _HOUSEKEEPING)
+
+    async def on_stop(self) -> None:
+        for p in self.ports.values():
+            await p.close()
+        for g in self.groups.values():
+            if g.runner is not None:
+                await g.runner.stop()
+
+    # --- messages -------------------------------------------------------------------------------
+    async def on_message(self, msg: Any) -> Any:
+        t = type(msg)
+        if t is _PortInput:
+            await self._ingress(msg.port, msg.pkts)
+        elif t is NFOutput:
+            await self._from_nf(msg)
+        elif t is RemoteBatch:
+            await self._from_remote(msg)
+        elif t is Tick:
+            await self._housekeeping()
+        elif t is SetTable:
+            return await self._install(msg.table)
+        elif t is GetSwitchStats:
+            return self.stats()
+        elif t is GetTraces:
+            out = list(self.traces)
+            if msg.clear:
+                self.traces.clear()
+            return out
+        return None
+
+    # --- ingress --------------------------------------------------------------------------------
+    def _port_ingress(self, port: str, pkts: list[Packet]) -> None:
+        """Called by input ports (outside the actor's task): queue it as a message."""
+        if not self._cell.mailbox.put_nowait(_PortInput(port, pkts)):
+            self.drops["switch queue full"] += len(pkts)
+            self.ports[port].drops["switch queue full"] += len(pkts)
+
+    async def _gate(self) -> None:
+        """Lossless replays wait here while too much is in flight."""
+        while self.inflight >= self.max_inflight or len(self._cell.mailbox) > self.max_inflight:
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), 0.05)
+            except asyncio.TimeoutError:
+                pass
+
+    def _update_room(self) -> None:
+        if self.inflight < self.max_inflight and not self._room.is_set():
+            self._room.set()
+
+    async def _ingress(self, port: str, pkts: list[Packet]) -> None:
+        good = []
+        for p in pkts:
+            if p.reason is not None:
+                self.drops["malformed"] += 1
+            else:
+                good.append(p)
+        if self.trace_every:
+            for p in good:
+                self._trace_n += 1
+                if self._trace_n % self.trace_every == 0:
+                    p.meta["_trace"] = [[time.time(), f"in {self.server}:{port}"]]
+        if good:
+            await self._route(f"port:{port}", good)
+
+    # --- classification -------------------------------------------------------------------------
+    async def _route(self, source: str, pkts: list[Packet]) -> None:
+        routes = self.routes.get(source)
+        if not routes:
+            self._drop(pkts, "no route")
+            return
+        cls = self.classifier
+        assert cls is not None
+        domain = cls.needs_domain(source)
+        by_route: dict[int, list[Packet]] = {}
+        now = time.time()
+        for pkt in pkts:
+            if domain:
+                idx = self._classify_domain(source, pkt, now)
+                if idx is None:
+                    continue  # held until its flow's host is known
+            else:
+                idx = cls.classify(source, pkt)
+            if idx < 0:
+                self._drop([pkt], "no route")
+                continue
+            lst = by_route.get(idx)
+            if lst is None:
+                by_route[idx] = [pkt]
+            else:
+                lst.append(pkt)
+        # Flows whose host just became known go first: their held packets came before any later
+        # packet of theirs in this batch.
+        while self._later:
+            t, lst, n = self._later.popleft()
+            await self._deliver(t, lst, n)
+        for idx, lst in by_route.items():
+            r = routes[idx]
+            self.route_hits[r.name] += len(lst)
+            await self._deliver(r.target, lst, r.name)
+
+    def _classify_domain(self, source: str, pkt: Packet, now: float) -> int | None:
+        """Classify where a ``domain`` test may matter: hold the flow while its host is unknown."""
+        cls = self.classifier
+        assert cls is not None
+        key = (source, pkt.flow_key)
+        pend = self._pending.get(key)
+        host = self.hosts.lookup(pkt, now)
+        if pend is not None:
+            pend[1].append(pkt)
+            if host is UNKNOWN and len(pend[1]) < self.hold_packets:
+                return None
+            if host is UNKNOWN:
+                self.hosts.give_up(pkt, now)
+                host = None
+                self.counters["domain hold bound hit"] += 1
+            del self._pending[key]
+            self._release_pending(source, pend[1], host)
+            return None
+        if host is UNKNOWN:
+            idx = cls.try_classify(source, pkt, None)
+            if idx != PENDING:
+                return idx
+            if self.live and pkt.payload_len <= 0:
+                # Live traffic: the host cannot be known before the handshake completes, so
+                # payload-less packets go the host-less way (see the module docs).
+                return cls.classify(source, pkt, None)
+            self._pending[key] = [now, [pkt]]
+            self.counters["flows held for host"] += 1
+            return None
+        return cls.classify(source, pkt, host)  # type: ignore[arg-type]
+
+    def _release_pending(self, source: str, pkts: list[Packet], host: str | None) -> None:
+        cls = self.classifier
+        assert cls is not None
+        routes = self.routes[source]
+        decided: list[tuple[str, list[Packet], str]] = []
+        for pkt in pkts:
+            idx = cls.classify(source, pkt, host)
+            if idx < 0:
+                self._drop([pkt], "no route")
+                continue
+            r = routes[idx]
+            self.route_hits[r.name] += 1
+            if decided and decided[-1][0] == r.target:
+                decided[-1][1].append(pkt)
+            else:
+                decided.append((r.target, [pkt], r.name))
+        # Delivered by the caller (_route or housekeeping) once it is done with its own batch.
+        self._later.extend(decided)
+
+    # --- delivery -------------------------------------------------------------------------------
+    async def _deliver(self, target: str, pkts: list[Packet], why: str = "") -> None:
+        kind, _, name = target.partition(":")
+        if self.trace_every:
+            for p in pkts:
+                tr = p._meta.get("_trace") if p._meta else None
+                if tr is not None:
+                    tr.append([time.time(), f"route {why} -> {target}"])
+        if kind == "nf":
+            await self._to_group(name, pkts)
+        elif kind == "port":
+            self._to_port(name, pkts)
+        elif target == "drop":
+            self._drop(pkts, f"dropped by route {why}" if why else "dropped by policy")
+        else:
+            self._drop(pkts, f"bad target {target}")
+
+    async def _to_group(self, nf: str, pkts: list[Packet]) -> None:
+        g = self.groups.get(nf)
+        if g is None:
+            self._drop(pkts, f"unknown nf {nf}")
+            return
+        if g.runner is not None:
+            await self._run_inline(nf, g, pkts)
+            return
+        bal = g.balancer
+        assert bal is not None
+        now = time.time()
+        per: dict[str, list[Packet]] = {}
+        for pkt in pkts:
+            inst = bal.pick(pkt, now)
+            if inst is None:
+                self._drop([pkt], f"no instance of {nf}")
+                continue
+            if type(inst) is Hold:
+                self._hold(inst.instance, pkt)
+                continue
+            lst = per.get(inst)
+            if lst is None:
+                per[inst] = [pkt]
+            else:
+                lst.append(pkt)
+        for inst, lst in per.items():
+            self._to_instance(g, inst, lst)
+
+    def _to_instance(self, g: _Group, inst: str, pkts: list[Packet]) -> None:
+        m = g.members.get(inst)
+        if m is None:
+            self._drop(pkts, f"unknown instance {inst}")
+            return
+        if self.trace_every:
+            for p in pkts:
+                tr = p._meta.get("_trace") if p._meta else None
+                if tr is not None:
+                    tr.append([time.time(), f"nf {inst} on {m.server}"])
+        if m.server != self.server:
+            self._to_switch(m.server, RemoteBatch(f"inst:{inst}", Batch(pkts)))
+            return
+        if m.ref is None:
+            self._drop(pkts, f"instance {inst} has no actor")
+            return
+        g.seq += 1
+        g.sent[inst] += len(pkts)
+        if self.send(m.ref, NFBatch(Batch(pkts), g.seq)):
+            self.inflight += 1
+        else:
+            self._drop(pkts, "queue full")
+
+    async def _run_inline(self, nf: str, g: _Group, pkts: list[Packet]) -> None:
+        runner = g.runner
+        assert runner is not None
+        g.sent[nf] += len(pkts)
+        try:
+            out = await runner.run(Batch(pkts))
+        except Exception as exc:  # an inline NF that raises loses its batch, counted, never the switch
+            self._drop(pkts, f"nf error in {nf}: {type(exc).__name__}")
+            log.warning("inline NF %s raised %r", nf, exc)
+            return
+        await self._route_outputs(nf, out)
+
+    async def _route_outputs(self, nf: str, out: dict[str, list[Packet]]) -> None:
+        for port, lst in out.items():
+            if lst:
+                await self._route(f"nf:{nf}.{port}", lst)
+
+    def _to_port(self, name: str, pkts: list[Packet]) -> None:
+        port = self.ports.get(name)
+        if self.trace_every:
+            self._finish_traces(pkts, f"out {self.server}:{name}")
+        if port is not None:
+            port.send(pkts)
+            return
+        server = self.table.port_servers.get(name) if self.table else None
+        if server is None or server == self.server:
+            self._drop(pkts, f"no port {name}")
+            return
+        self._to_switch(server, RemoteBatch(f"port:{name}", Batch(pkts)))
+
+    def _to_switch(self, server: str, rb: RemoteBatch) -> None:
+        ref = self.table.switches.get(server) if self.table else None
+        if ref is None:
+            self._drop(rb.batch.packets, f"no switch for server {server}")
+            return
+        n = len(rb.batch.packets)
+        try:
+            ok = self.send(ref, rb)
+        except Exception as exc:
+            log.warning("switch %s: cannot reach %s: %r", self.server, server, exc)
+            ok = False
+        if ok:
+            self.remote_tx[server] += n
+        else:
+            self._drop(rb.batch.packets, f"remote {server} unreachable")
+
+    def _hold(self, inst: str, pkt: Packet) -> None:
+        lst = self._held.setdefault(inst, [])
+        if len(lst) >= 100_000:
+            self._drop([pkt], "hold overflow")
+        else:
+            lst.append(pkt)
+
+    def _drop(self, pkts: list[Packet], reason: str) -> None:
+        self.drops[reason] += len(pkts)
+        if self.trace_every:
+            self._finish_traces(pkts, f"drop {reason}")
+
+    def _finish_traces(self, pkts: list[Packet], last: str) -> None:
+        for p in pkts:
+            tr = p._meta.pop("_trace", None) if p._meta else None
+            if tr is not None:
+                tr.append([time.time(), last])
+                self.traces.append({"flow": _flow_text(p), "meta": dict(p._meta or {}), "hops": tr})
+
+    # --- from NF instances and other switches ---------------------------------------------------
+    async def _from_nf(self, msg: NFOutput) -> None:
+        if msg.seq >= 0:
+            self.inflight = max(0, self.inflight - 1)
+            self._update_room()
+        nf = self.instance_nf.get(msg.instance)
+        if msg.lost:
+            self.drops[f"nf error in {nf or msg.instance}"] += msg.lost
+        if msg.dropped:
+            self.counters[f"dropped by {nf or msg.instance}"] += msg.dropped
+        if nf is None:
+            n = sum(len(b.packets) for _p, b in msg.outputs)
+            if n:
+                self._drop([p for _port, b in msg.outputs for p in b.packets], f"output of unknown instance {msg.instance}")
+            return
+        for port, batch in msg.outputs:
+            await self._route(f"nf:{nf}.{port}", batch.packets)
+
+    async def _from_remote(self, msg: RemoteBatch) -> None:
+        pkts = msg.batch.packets
+        self.remote_rx += len(pkts)
+        kind, _, name = msg.target.partition(":")
+        if kind == "inst":
+            nf = self.instance_nf.get(name)
+            g = self.groups.get(nf) if nf else None
+            if g is None:
+                self._drop(pkts, f"unknown instance {name}")
+                return
+            if g.members.get(name) is not None and g.members[name].state == "moving":
+                for p in pkts:
+                    self._hold(name, p)
+                return
+            self._to_instance(g, name, pkts)
+        elif kind == "port":
+            self._to_port(name, pkts)
+        elif kind == "nf":
+            await self._to_group(name, pkts)
+        else:
+            self._drop(pkts, f"bad remote target {msg.target}")
+
+    # --- tables ---------------------------------------------------------------------------------
+    async def _install(self, table: SwitchTable) -> int:
+        if self.table is not None and table.version <= self.version:
+            return self.version  # an old or repeated table: keep ours
+        # Build everything first, then swap: nothing half-installed is ever seen by traffic.
+        new_ports: dict[str, Port] = {}
+        opened: list[Port] = []
+        for spec in table.ports:
+            old = self.ports.get(spec.name)
+            if old is not None and old.kind == spec.kind:
+                new_ports[spec.name] = old
+                continue
+            p = make_port(spec.name, spec.kind, dict(spec.params))
+            new_ports[spec.name] = p
+            opened.append(p)
+        groups: dict[str, _Group] = {}
+        for gs in table.groups:
+            old_g = self.groups.get(gs.nf)
+            if gs.inline:
+                if old_g is not None and old_g.runner is not None and old_g.spec.pipelet == gs.pipelet \
+                        and old_g.spec.config == gs.config:
+                    g = _Group(gs, None, old_g.runner)
+                else:
+                    cls = resolve_pipelet(gs.pipelet, self.node.allow_spawn)
+                    p = cls()
+                    p.name = f"{gs.nf}@{self.server}"
+                    runner = PipeletRunner(p, clock="wall")
+                    await runner.start(dict(gs.config))
+                    g = _Group(gs, None, runner)
+            else:
+                if old_g is not None and old_g.balancer is not None:
+                    old_g.balancer.update(gs.members, time.time())  # migration avoidance keeps live flows
+                    g = _Group(gs, old_g.balancer, None)
+                    g.sent = old_g.sent
+                    g.seq = old_g.seq
+                else:
+                    g = _Group(gs, Balancer.for_group(gs), None)
+            groups[gs.nf] = g
+        classifier = Classifier(table.routes)
+        routes: dict[str, list[Route]] = {}
+        for r in table.routes:
+            routes.setdefault(r.source, []).append(r)
+        # --- swap
+        for name, p in self.ports.items():
+            if new_ports.get(name) is not p:
+                await p.close()
+        for nf, g in self.groups.items():
+            if g.runner is not None and groups.get(nf, None) is None or (
+                    g.runner is not None and groups[nf].runner is not g.runner):
+                await g.runner.stop()  # type: ignore[union-attr]
+        self.ports = new_ports
+        self.groups = groups
+        self.instance_nf = {m.instance: gs.nf for gs in table.groups for m in gs.members}
+        self.classifier = classifier
+        self.routes = routes
+        self.table = table
+        self.version = table.version
+        self.live = any(p.kind == "afpacket" for p in new_ports.values())
+        for p in opened:
+            await p.open(self._port_ingress, self._gate)
+        await self._release_held()
+        log.debug("switch %s: table v%d installed", self.server, table.version)
+        return table.version
+
+    async def _release_held(self) -> None:
+        for inst in list(self._held):
+            nf = self.instance_nf.get(inst)
+            g = self.groups.get(nf) if nf else None
+            m = g.members.get(inst) if g else None
+            if g is None or m is None:
+                self._drop(self._held.pop(inst), f"held for vanished instance {inst}")
+            elif m.state != "moving":
+                self._to_instance(g, inst, self._held.pop(inst))
+
+    # --- housekeeping ---------------------------------------------------------------------------
+    async def _housekeeping(self) -> None:
+        now = time.time()
+        for key, (t0, pkts) in list(self._pending.items()):
+            if now - t0 >= self.hold_seconds:
+                del self._pending[key]
+                self.hosts.give_up(pkts[0], now)
+                self.counters["domain hold timeouts"] += 1
+                self._release_pending(key[0], pkts, None)
+        while self._later:
+            t, lst, n = self._later.popleft()
+            await self._deliver(t, lst, n)
+        self.hosts.expire(now)
+        for nf, g in self.groups.items():
+            if g.runner is not None:
+                await self._route_outputs(nf, await g.runner.tick())
+            elif g.balancer is not None:
+                for inst in g.balancer.tick(now):
+                    if inst not in self._drained_sent:
+                        self._drained_sent.add(inst)
+                        if self.manager is not None:
+                            self.send(self.manager, Drained(nf, inst, self.server))
+        self._update_room()
+
+    # --- introspection --------------------------------------------------------------------------
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight, held or waiting, and every input port is done."""
+        return (self.inflight == 0 and not self._pending and not any(self._held.values())
+                and all(p.done for p in self.ports.values())
+                and all(g.runner is None or g.runner.held == 0 for g in self.groups.values()))
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "server": self.server, "version": self.version, "idle": self.idle, "inflight": self.inflight,
+            "ports": {n: p.stats() for n, p in self.ports.items()},
+            "drops": dict(self.drops), "routes": dict(self.route_hits), "counters": dict(self.counters),
+            "groups": {nf: {"sent": dict(g.sent), "inline": g.runner is not None,
+                            "balancer": g.balancer.stats() if g.balancer is not None else None,
+                            "runner": g.runner.stats.as_dict() if g.runner is not None else None}
+                       for nf, g in self.groups.items()},
+            "remote_tx": dict(self.remote_tx), "remote_rx": self.remote_rx,
+            "held": {k: len(v) for k, v in self._held.items() if v},
+            "pending_domain_flows": len(self._pending), "hosts_learned": self.hosts.learned,
+            "classifier": self.classifier.stats() if self.classifier is not None else None,
+            "mailbox": {"depth": len(self._cell.mailbox), "dropped": self._cell.mailbox.dropped},
+        }
+
+
+def _flow_text(p: Packet) -> str:
+    if p.proto < 0:
+        return "non-ip"
+    return f"{p.proto} {p.src_str}:{p.sport} -> {p.dst_str}:{p.dport}"
