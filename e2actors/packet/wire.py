@@ -27,9 +27,20 @@ def decode_packet(f: Any) -> Packet:
     if len(f) != 6 or type(f[0]) is not bytes:
         raise CodecError("malformed packet on the wire")
     data, ts, wirelen, port, meta, linktype = f
-    if meta is not None and type(meta) is not dict:
-        raise CodecError("malformed packet metadata on the wire")
+    if meta is not None:
+        if type(meta) is not dict:
+            raise CodecError("malformed packet metadata on the wire")
+        meta = _lists(meta)  # metadata is the NFs' own data: lists stay lists (the codec gives tuples)
     return Packet(data, ts, port, wirelen, linktype, meta)
+
+
+def _lists(x: Any) -> Any:
+    t = type(x)
+    if t is tuple or t is list:
+        return [_lists(i) for i in x]
+    if t is dict:
+        return {k: _lists(v) for k, v in x.items()}
+    return x
 
 
 def _encode_batch(b: Batch) -> tuple:

@@ -112,10 +112,13 @@ class Legacy(Pipelet):
         if self.proc.stdin is not None and not self.proc.stdin.is_closing():
             self.proc.stdin.close()
         try:
-            await asyncio.wait_for(self._reader, 10)
+            await asyncio.wait_for(asyncio.shield(self._reader), 10)
         except asyncio.TimeoutError:
             pass
         self._emit_back()
+        code = await self.proc.wait()
+        if code != 0:
+            raise E2Error(f"legacy NF: program exited (code {code})")
 
     async def teardown(self) -> None:
         if self.proc.returncode is None:
