@@ -32,8 +32,13 @@ its own buckets; changing one weight moves buckets only to or from that member.
 Eligible to own buckets (take new flows): ``running`` and ``moving`` members with weight > 0.
 ``starting`` members get no traffic at all; ``draining`` members get no new flows but keep their
 live ones; a ``moving`` member keeps its buckets and flows, and every packet for it is held.
-Members that leave the table, or turn ``failed``/``stopped``, lose their flows at once (counted as
-cut over: their next packets go to the bucket's current owner).
+Members that leave the table, or turn ``failed``/``stopped`` (or back to ``starting``: a restart
+lost their state), lose their flows at once (counted as cut over: their next packets go to the
+bucket's current owner).
+
+A flow is what ``flow_key`` says it is: IP fragments carry ports -1 in it, so a fragmented
+datagram's pieces form their own flow (all pieces together, but apart from the flow's unfragmented
+packets) unless the switch reassembles first or passes its own key.
 
 Affinity:
 
