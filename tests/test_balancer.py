@@ -13,6 +13,8 @@ from collections import Counter, defaultdict
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from e2actors.packet.build import ether, ipv4, tcp, udp
 from e2actors.packet.packet import Packet
@@ -149,6 +151,23 @@ def test_assignment_does_not_depend_on_history():
     bal.update(members("b", "c", "d"))
     bal.update(members("b", "c", "d", "a"))
     assert bal.owners() == Balancer(members("d", "c", "b", "a")).owners()
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    names=st.lists(st.text("abcdefgh0123456789-", min_size=1, max_size=6), min_size=1, max_size=6, unique=True),
+    weights=st.lists(st.sampled_from([0.5, 1.0, 1.0, 2.0, 3.0]), min_size=7, max_size=7),
+    new=st.text("ijklmn", min_size=1, max_size=4),
+)
+def test_rendezvous_moves_only_what_it_must(names, weights, new):
+    ms = [(n, weights[i]) for i, n in enumerate(names)]
+    before = rendezvous_owners(ms, 256)
+    after = rendezvous_owners([*ms, (new, weights[-1])], 256)
+    assert all(a == b or a == new for a, b in zip(after, before))  # only to the new member
+    gone = names[0]
+    shrunk = rendezvous_owners(ms[1:], 256)
+    assert all(a == b for a, b in zip(shrunk, before) if b != gone)  # only the removed one's
+    assert rendezvous_owners(list(reversed(ms)), 256) == before  # order does not matter
 
 
 # --- migration avoidance -------------------------------------------------------------------------
@@ -322,6 +341,8 @@ def test_removed_or_failed_member_flows_cut_over():
     assert r["cut_over_flows"] == per["b"] + per["c"]
     for i in range(300):
         assert bal.pick(tp("10.0.0.1", "10.0.0.2", 1000 + i, 80, "A", 2), 2) == "a"
+    r = bal.update([Member("a", "s", state="starting"), Member("b", "s")], 3)  # a restarted: state lost
+    assert bal.flows_per_member() == {"a": 0, "b": 0} and r["cut_over_flows"] == 300
 
 
 def test_bad_arguments():

@@ -23,7 +23,7 @@ Bucket assignment: weighted rendezvous (highest random weight) hashing. Member `
 seed ``s_m`` (blake2b of its name); for bucket ``b`` its draw is ``z = splitmix64(s_m ^ (b *
 0x9E3779B97F4A7C15 mod 2**64))``. With equal weights the member with the highest ``z`` owns the
 bucket (integers only: exact everywhere); with unequal weights the highest ``w / -ln(u)`` with
-``u = ((z >> 11) + 0.5) / 2**53`` (ties by ``z``, then name), which gives each member a share of
+``u = ((z >> 11) + 0.5) / 2**53`` (ties to the lower name), which gives each member a share of
 the buckets proportional to its weight. The assignment depends only on the set of (eligible
 member, weight) pairs, never on history, so every switch computes the same table. Adding a member
 moves only the buckets it wins (about ``w_new / W``), all of them to it; removing one moves only
@@ -32,8 +32,13 @@ its own buckets; changing one weight moves buckets only to or from that member.
 Eligible to own buckets (take new flows): ``running`` and ``moving`` members with weight > 0.
 ``starting`` members get no traffic at all; ``draining`` members get no new flows but keep their
 live ones; a ``moving`` member keeps its buckets and flows, and every packet for it is held.
-Members that leave the table, or turn ``failed``/``stopped``, lose their flows at once (counted as
-cut over: their next packets go to the bucket's current owner).
+Members that leave the table, or turn ``failed``/``stopped`` (or back to ``starting``: a restart
+lost their state), lose their flows at once (counted as cut over: their next packets go to the
+bucket's current owner).
+
+A flow is what ``flow_key`` says it is: IP fragments carry ports -1 in it, so a fragmented
+datagram's pieces form their own flow (all pieces together, but apart from the flow's unfragmented
+packets) unless the switch reassembles first or passes its own key.
 
 Affinity:
 
@@ -67,11 +72,23 @@ call, so the switch can tell the manager the instance may stop.
 
 Housekeeping (expiry, grace, drain deadlines) runs in :meth:`Balancer.tick`, which ``pick`` calls
 itself whenever ``tick_every`` seconds of packet time have passed; the switch may also call it
-on a timer when no packets come.
+on a timer when no packets come. Time must not run backwards (a looping pcap replay should offset
+its timestamps on each loop).
+
+How the switch uses it::
+
+    bal = Balancer.for_group(group_spec)          # or Balancer(members, affinity, ...)
+    r = bal.pick(pkt, now, key)                   # key: pkt.flow_key, if the switch has it already
+    if r.__class__ is str: send to instance r
+    elif r is None: drop, reason "no instance"
+    else: hold under r.instance (a Hold) until that member is running again, then send there
+    bal.update(new_group_spec.members, now)       # each new table version
+    for name in bal.take_drained(): tell the manager `name` may stop
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import OrderedDict, deque
@@ -140,8 +157,10 @@ def _member_seed(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
 
 
-def _draws(name: str, buckets: int) -> list[int]:
-    """splitmix64 draws of member ``name`` for buckets ``0 .. buckets-1``."""
+@functools.lru_cache(maxsize=64)
+def _draws(name: str, buckets: int) -> tuple[int, ...]:
+    """splitmix64 draws of member ``name`` for buckets ``0 .. buckets-1`` (cached: a member's
+    draws never change, so a table update only compares them)."""
     s = _member_seed(name)
     out = []
     for b in range(buckets):
@@ -149,37 +168,37 @@ def _draws(name: str, buckets: int) -> list[int]:
         z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
         z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
         out.append(z ^ (z >> 31))
-    return out
+    return tuple(out)
 
 
 def rendezvous_owners(members: Iterable[tuple[str, float]], buckets: int) -> list[str | None]:
     """Weighted rendezvous assignment: ``owners[b]`` is the member owning bucket ``b`` (None when
-    ``members`` is empty). ``members``: ``(name, weight)`` pairs with weight > 0."""
-    ms = sorted(members)
+    ``members`` is empty). ``members``: ``(name, weight)`` pairs with weight > 0. Ties (equal
+    draws: practically never) go to the lower name."""
+    ms = sorted((str(n), float(w)) for n, w in members)
     if not ms:
         return [None] * buckets
     names = [n for n, _w in ms]
-    draws = [_draws(n, buckets) for n in names]
-    weights = [float(w) for _n, w in ms]
-    owners: list[str | None] = [None] * buckets
+    if len(names) != len(set(names)):
+        raise ValueError("member names must be unique")
     if len(ms) == 1:
         return [names[0]] * buckets
+    weights = [w for _n, w in ms]
+    draws = [_draws(n, buckets) for n in names]
+    idx = range(len(names))
     if all(w == weights[0] for w in weights):
-        # Equal weights: the highest draw wins (exact integer comparison; ties by name).
-        for b in range(buckets):
-            best = max(range(len(names)), key=lambda i: (draws[i][b], names[i]))
-            owners[b] = names[best]
-        return owners
+        # Equal weights: the highest draw wins (exact integer comparison).
+        return [names[max(idx, key=col.__getitem__)] for col in zip(*draws)]
     inv = 1.0 / 2**53
     log = math.log
-    for b in range(buckets):
-        best_i, best = -1, None
-        for i, w in enumerate(weights):
-            z = draws[i][b]
-            score = (w / -log(((z >> 11) + 0.5) * inv), z, names[i])
-            if best is None or score > best:
+    owners: list[str | None] = []
+    for col in zip(*draws):
+        best_i, best = 0, -1.0
+        for i in idx:
+            score = weights[i] / -log(((col[i] >> 11) + 0.5) * inv)
+            if score > best:
                 best_i, best = i, score
-        owners[b] = names[best_i]
+        owners.append(names[best_i])
     return owners
 
 
@@ -320,7 +339,7 @@ class Balancer:
         return cls(spec.members, spec.affinity, **kw)
 
     # --- the hot path ----------------------------------------------------------------------------
-    def _pick_none(self, pkt: Any, now: float = 0.0, key: tuple | None = None) -> str | Hold | None:
+    def _pick_none(self, pkt: Any, now: float, key: tuple | None = None) -> str | Hold | None:
         """Affinity none: the flow's bucket owner, no table."""
         proto, a, pa, b, pb, vlans = pkt.flow_key if key is None else key
         h = crc32(b, crc32(a, (pa & 0xFFFF) << 16 | (pb & 0xFFFF)))
@@ -483,8 +502,8 @@ class Balancer:
         cut0, kept0 = self.counters["cut_over_flows"], self.counters["kept_flows"]
         # Members that left (or failed/stopped): their flows start over elsewhere.
         for name in list(self._members):
-            if name not in new or new[name][1] in _GONE:
-                if self._nflows.get(name):
+            if name not in new or new[name][1] in _GONE or new[name][1] == STARTING:
+                if self._nflows.get(name):  # (a member back to starting has lost its state)
                     self._cut_over(name)
         for name in list(self._nflows):
             if name not in new:
