@@ -86,7 +86,7 @@ class PipeletRunner:
         n = len(pkts)
         st.batches += 1
         st.packets_in += n
-        st.bytes_in += sum(len(x.data) for x in pkts)
+        st.bytes_in += sum([len(x.data) for x in pkts])
         if self.clock == "packet":
             if n and pkts[-1].ts > p.now:
                 p.now = pkts[-1].ts

@@ -137,6 +137,7 @@ class Packet:
         "dport",  # TCP/UDP/SCTP destination port, -1 if none
         "tcp_flags",  # TCP flag byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128), 0 if not TCP
         "frag",  # fragment offset in bytes | 1 if more fragments follow; 0 when not a fragment
+        "_fkey",  # the flow key once computed (the classifier, balancer and NFs all ask for it)
     )
 
     def __init__(
@@ -155,6 +156,7 @@ class Packet:
         self.wirelen = n if wirelen is None else wirelen
         self.linktype = linktype
         self._meta = meta
+        self._fkey = None
 
         # Fast path: most frames are untagged Ethernet + IPv4 without options (or IPv6 without
         # extension headers) + TCP/UDP, unfragmented and whole. One precompiled unpack reads every
@@ -685,18 +687,25 @@ class Packet:
         its fragments share one key (only the first one carries ports). Without IP:
         ``(-ethertype - 1, lo_mac, -1, hi_mac, -1, vlans)`` so it cannot collide with an IP key.
         """
+        k = self._fkey
+        if k is not None:
+            return k
         if self.proto >= 0:
             a, b = self.src, self.dst
             pa, pb = self.sport, self.dport
             if self.frag:
                 pa = pb = -1
             if (a, pa) <= (b, pb):
-                return (self.proto, a, pa, b, pb, self.vlans)
-            return (self.proto, b, pb, a, pa, self.vlans)
-        a, b = self.eth_src, self.eth_dst
-        if b < a:
-            a, b = b, a
-        return (-self.ethertype - 1 if self.ethertype >= 0 else -1, a, -1, b, -1, self.vlans)
+                k = (self.proto, a, pa, b, pb, self.vlans)
+            else:
+                k = (self.proto, b, pb, a, pa, self.vlans)
+        else:
+            a, b = self.eth_src, self.eth_dst
+            if b < a:
+                a, b = b, a
+            k = (-self.ethertype - 1 if self.ethertype >= 0 else -1, a, -1, b, -1, self.vlans)
+        self._fkey = k
+        return k
 
     @property
     def direction(self) -> int:

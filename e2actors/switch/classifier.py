@@ -280,6 +280,11 @@ class Classifier:
         s = self._sources.get(source)
         return s.conds if s else ()
 
+    def always(self, source: str) -> bool:
+        """True when the first route of ``source`` matches every packet (no test to run)."""
+        s = self._sources.get(source)
+        return bool(s and s.first_always)
+
     def needs_domain(self, source: str) -> bool:
         """True if some route of ``source`` tests ``domain`` before a route that always matches:
         the switch must learn the host of the flows from that source (and may have to wait)."""
@@ -406,7 +411,11 @@ class Classifier:
         """:meth:`classify` for each packet of a batch (one host for all): the same decisions,
         counts and cache use, in one loop (the switch's path for a batch from one source)."""
         s = self._sources.get(source)
-        if s is None or s.first_always or not s.cache_ok:
+        if s is not None and s.first_always:
+            packets = packets if isinstance(packets, list) else list(packets)
+            s.hits[0] += len(packets)
+            return [0] * len(packets)
+        if s is None or not s.cache_ok:
             c = self._classify
             return [c(source, p, host, False) for p in packets]
         out: list[int] = []

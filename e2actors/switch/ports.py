@@ -60,7 +60,7 @@ class Port:
 
     def _count_tx(self, pkts: list[Packet]) -> None:
         self.tx_packets += len(pkts)
-        self.tx_bytes += sum(len(p.data) for p in pkts)
+        self.tx_bytes += sum([len(p.data) for p in pkts])
 
 
 class PcapInPort(Port):
@@ -114,7 +114,7 @@ class PcapInPort(Port):
     async def _push(self, ingress: Ingress, gate: Gate, pkts: list[Packet]) -> None:
         await gate()
         self.rx_packets += len(pkts)
-        self.rx_bytes += sum(len(p.data) for p in pkts)
+        self.rx_bytes += sum([len(p.data) for p in pkts])
         ingress(self.name, pkts)
         await asyncio.sleep(0)  # let the rest of the switch run between batches
 
@@ -171,7 +171,7 @@ class MemoryPort(Port):
             raise E2Error(f"port {self.name} is not open")
         lst = [p if p.port == self.name else _with_port(p, self.name) for p in pkts]
         self.rx_packets += len(lst)
-        self.rx_bytes += sum(len(p.data) for p in lst)
+        self.rx_bytes += sum([len(p.data) for p in lst])
         self._ingress(self.name, lst)
 
     def send(self, pkts: list[Packet]) -> None:

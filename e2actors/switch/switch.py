@@ -53,7 +53,7 @@ class _PortInput:
 
 
 class _Group:
-    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq")
+    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq", "only")
 
     def __init__(self, spec: GroupSpec, balancer: Balancer | None, runner: PipeletRunner | None) -> None:
         self.spec = spec
@@ -62,6 +62,11 @@ class _Group:
         self.runner = runner
         self.sent: collections.Counter[str] = collections.Counter()
         self.seq = 0
+        # Stateless group with a single running instance (and nothing else in the table): every
+        # packet goes there, so the balancer need not look at each one.
+        self.only: str | None = None
+        if spec.affinity == "none" and len(spec.members) == 1 and spec.members[0].state == "running":
+            self.only = spec.members[0].instance
 
 
 class Switch(Actor):
@@ -181,24 +186,41 @@ class Switch(Actor):
             return
         cls = self.classifier
         assert cls is not None
+        if cls.always(source):  # an unconditional first route: the whole batch takes it
+            r = routes[0]
+            cls.classify_many(source, pkts)  # counts the hits
+            self.route_hits[r.name] += len(pkts)
+            await self._deliver(r.target, pkts, r.name)
+            return
         domain = cls.needs_domain(source)
         by_route: dict[int, list[Packet]] = {}
-        now = time.time()
-        for pkt in pkts:
-            if domain:
-                idx = self._classify_domain(source, pkt, now)
-                if idx is None:
-                    continue  # held until its flow's host is known
-            else:
-                idx = cls.classify(source, pkt)
+        if domain:
+            now = time.time()
+            idxs = [self._classify_domain(source, pkt, now) for pkt in pkts]
+        else:
+            idxs = cls.classify_many(source, pkts)
+        nomatch = 0
+        for pkt, idx in zip(pkts, idxs):
+            if idx is None:
+                continue  # held until its flow's host is known
             if idx < 0:
-                self._drop([pkt], "no route")
+                nomatch += 1
+                if self.trace_every:
+                    self._finish_traces([pkt], "drop no route")
                 continue
             lst = by_route.get(idx)
             if lst is None:
                 by_route[idx] = [pkt]
             else:
                 lst.append(pkt)
+        if nomatch:
+            self.drops["no route"] += nomatch
+        if len(by_route) == 1 and not self._later:  # the common case: one target for the batch
+            idx, lst = by_route.popitem()
+            r = routes[idx]
+            self.route_hits[r.name] += len(lst)
+            await self._deliver(r.target, lst, r.name)
+            return
         # Flows whose host just became known go first: their held packets came before any later
         # packet of theirs in this batch.
         while self._later:
@@ -283,6 +305,9 @@ class Switch(Actor):
             return
         if g.runner is not None:
             await self._run_inline(nf, g, pkts)
+            return
+        if g.only is not None:  # affinity none, one instance: no per-packet choice to make
+            self._to_instance(g, g.only, pkts)
             return
         bal = g.balancer
         assert bal is not None
