@@ -1,0 +1,99 @@
+"""Routing: each server's :class:`~e2actors.switch.table.SwitchTable`, from the policy and a placement.
+
+Every switch gets the same routes and the same NF groups (all members, local and remote, so all
+switches balance a group alike); what differs per server is the external ports it holds.
+
+Routes follow the policy edges in file order, per source, so the first edge whose condition holds
+takes the packet, as the policy reads:
+
+* an edge from ``in`` becomes a route from ``port:in``; its condition is the edge's ``when``
+  and-ed with the entry filter of the classes it serves (all classes unless ``class:`` says), so
+  traffic of no class finds no route and is dropped;
+* an edge from ``NF.PORT`` becomes a route from ``nf:NF.PORT``; from ``NF``, one route per port;
+  a ``class:`` restriction adds those classes' filters to the condition;
+* targets: ``nf:NF``, ``port:out``, ``drop``;
+* an NF port no edge leaves (a sink such as a logger) gets an explicit ``drop`` route named
+  ``NF.PORT->end``, so its packets are counted as ending there rather than as "no route".
+
+Inline NFs have ``GroupSpec.inline = True`` and members without an actor ref.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from e2actors.manager.conditions import any_of, combine
+from e2actors.manager.hardware import Hardware
+from e2actors.manager.policy import DROP, IN, OUT, Edge, Policy
+from e2actors.runtime.ref import ActorRef
+from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
+
+__all__ = ["routes", "groups", "switch_tables"]
+
+
+def _target(e: Edge) -> str:
+    if e.target == OUT:
+        return f"port:{OUT}"
+    if e.target == DROP:
+        return "drop"
+    return f"nf:{e.target}"
+
+
+def routes(policy: Policy) -> tuple[Route, ...]:
+    """The routes of a policy, grouped by source (in order of first appearance), file order within."""
+    by_source: dict[str, list[Route]] = {}
+    all_classes = any_of(*(c.filter for c in policy.classes))
+    for e in policy.edges:
+        if e.classes:
+            cls_cond = any_of(*(policy.class_named(c).filter for c in e.classes))
+        else:
+            cls_cond = all_classes if e.source == IN else ""
+        cond = combine(cls_cond, e.when)
+        if e.source == IN:
+            sources = [f"port:{IN}"]
+        else:
+            ports = [e.port] if e.port else list(policy.nfs[e.source].ports)
+            sources = [f"nf:{e.source}.{p}" for p in ports]
+        for s in sources:
+            by_source.setdefault(s, []).append(Route(s, cond, _target(e), e.label))
+    for n, spec in policy.nfs.items():
+        for p in spec.ports:
+            s = f"nf:{n}.{p}"
+            if s not in by_source:
+                by_source[s] = [Route(s, "", "drop", f"{n}.{p}->end")]
+    return tuple(r for rs in by_source.values() for r in rs)
+
+
+def groups(policy: Policy, placement: Mapping[str, str], refs: Mapping[str, ActorRef] | None = None,
+           states: Mapping[str, str] | None = None, weights: Mapping[str, float] | None = None) -> tuple[GroupSpec, ...]:
+    """One :class:`GroupSpec` per NF with every placed instance as a member."""
+    refs, states, weights = refs or {}, states or {}, weights or {}
+    out = []
+    by_nf: dict[str, list[tuple[int, str, str]]] = {}
+    for inst, server in placement.items():
+        nf, sep, k = inst.partition("#")
+        if sep:
+            by_nf.setdefault(nf, []).append((int(k) if k.isdigit() else 0, inst, server))
+    for n, spec in policy.nfs.items():
+        members = tuple(
+            Member(inst, server, None if spec.inline else refs.get(inst), weights.get(inst, 1.0),
+                   states.get(inst, "running"))
+            for _k, inst, server in sorted(by_nf.get(n, ())))
+        out.append(GroupSpec(n, members, spec.affinity, spec.input, spec.inline, spec.cls, dict(spec.config),
+                             tuple(spec.ports)))
+    return tuple(out)
+
+
+def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardware, version: int = 1,
+                  refs: Mapping[str, ActorRef] | None = None, switches: Mapping[str, ActorRef] | None = None,
+                  states: Mapping[str, str] | None = None) -> dict[str, SwitchTable]:
+    """Each server's switch table (server -> table). ``refs`` gives instances' actors once deployed,
+    ``switches`` each server's switch actor, ``states`` members' states (default ``running``)."""
+    rs = routes(policy)
+    gs = groups(policy, placement, refs, states)
+    port_servers = {p.name: p.server for p in hardware.ports.values()}
+    out = {}
+    for server in hardware.servers:
+        ports = tuple(PortSpec(p.name, p.kind, dict(p.params)) for p in hardware.ports.values() if p.server == server)
+        out[server] = SwitchTable(version, server, ports, gs, rs, dict(switches or {}), dict(port_servers))
+    return out
