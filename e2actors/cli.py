@@ -36,7 +36,8 @@ def _load_commands() -> None:
     # Each module registers its subcommands on import; a module that does not exist yet is skipped.
     import importlib
 
-    for mod in ("e2actors.packet.filtercli", "e2actors.packet.gencli"):
+    for mod in ("e2actors.packet.filtercli", "e2actors.packet.gencli", "e2actors.agent",
+                "e2actors.manager.plancli", "e2actors.manager.runcli"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -128,4 +128,5 @@ class NFInstance(Actor):
         p = self.runner.pipelet
         return {"instance": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
-                "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held}
+                "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
+                "queue": len(self._cell.mailbox)}

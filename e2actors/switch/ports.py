@@ -23,7 +23,7 @@ from e2actors.packet.batch import DEFAULT_BATCH
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import PcapWriter, open_capture
 
-__all__ = ["MemoryPort", "PcapInPort", "PcapOutPort", "Port", "make_port"]
+__all__ = ["MemoryPort", "NullPort", "PcapInPort", "PcapOutPort", "Port", "make_port"]
 
 Ingress = Callable[[str, list[Packet]], None]
 Gate = Callable[[], Awaitable[None]]
@@ -183,6 +183,16 @@ class MemoryPort(Port):
         self.received.extend(pkts)
 
 
+class NullPort(Port):
+    """An output that counts what leaves and keeps nothing (when nobody needs the packets)."""
+
+    kind = "null"
+    is_output = True
+
+    def send(self, pkts: list[Packet]) -> None:
+        self._count_tx(pkts)
+
+
 def _with_port(p: Packet, port: str) -> Packet:
     p.port = port
     return p
@@ -197,8 +207,10 @@ def make_port(name: str, kind: str, params: dict[str, Any]) -> Port:
         return PcapOutPort(name, params["path"])
     if kind == "memory":
         return MemoryPort(name, params.get("keep", 1_000_000))
+    if kind == "null":
+        return NullPort(name)
     if kind == "afpacket":
         from e2actors.switch.afpacket import AfPacketPort
 
         return AfPacketPort(name, params["iface"], params.get("batch", 256))
-    raise E2Error(f"port {name}: unknown kind {kind!r} (pcap-in, pcap-out, memory, afpacket)")
+    raise E2Error(f"port {name}: unknown kind {kind!r} (pcap-in, pcap-out, memory, null, afpacket)")

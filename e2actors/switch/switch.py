@@ -108,7 +108,6 @@ class Switch(Actor):
         self._later: collections.deque[tuple[str, list[Packet], str]] = collections.deque()
         # Packets waiting for an instance that is moving: instance -> packets
         self._held: dict[str, list[Packet]] = {}
-        self._drained_sent: set[str] = set()
         self._trace_n = 0
         self.traces: collections.deque = collections.deque(maxlen=1000)
         self.live = False
@@ -548,11 +547,10 @@ class Switch(Actor):
             if g.runner is not None:
                 await self._route_outputs(nf, await g.runner.tick())
             elif g.balancer is not None:
-                for inst in g.balancer.tick(now):
-                    if inst not in self._drained_sent:
-                        self._drained_sent.add(inst)
-                        if self.manager is not None:
-                            self.send(self.manager, Drained(nf, inst, self.server))
+                g.balancer.tick(now)
+                for inst in g.balancer.take_drained():  # each drain is reported once
+                    if self.manager is not None:
+                        self.send(self.manager, Drained(nf, inst, self.server))
         self._update_room()
 
     # --- introspection --------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""``e2actors agent``: a server's node. It hosts the switch and the NF instances the manager asks
+for (through its ``$system`` actor), and loads only pipelet classes on its allow-list.
+
+    e2actors agent --listen tcp://127.0.0.1:7400 --secret-file /etc/e2actors/secret \\
+                   [--tls-cert C --tls-key K --tls-ca CA] [--cores N] [--name NAME] [--allow PREFIX ...]
+
+It prints ``READY <address>`` when it listens. ``--exit-with-parent`` ends it when its standard
+input closes (how ``e2actors run --workers N`` keeps its worker processes from outliving it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from e2actors.cli import command
+from e2actors.runtime.node import Node, TLSConfig, run
+
+__all__ = ["add_arguments", "serve"]
+
+log = logging.getLogger("e2actors.agent")
+
+DEFAULT_ALLOW = ("e2actors.",)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default="tcp://127.0.0.1:7400", help="tcp://HOST:PORT or unix:///PATH")
+    p.add_argument("--secret-file", required=True, help="file holding the cluster's shared secret")
+    p.add_argument("--tls-cert")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-ca")
+    p.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="cores this server offers for NFs")
+    p.add_argument("--name", default=None, help="server name (default: host name)")
+    p.add_argument("--allow", action="append", default=[],
+                   help="module prefix of pipelet classes this agent may load (repeatable; e2actors. always)")
+    p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0)
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def read_secret(path: str) -> bytes:
+    with open(path, "rb") as f:
+        secret = f.read().strip()
+    if len(secret) < 16:
+        raise SystemExit(f"e2actors agent: the secret in {path} is too short (16 bytes at least)")
+    return secret
+
+
+async def serve(args: argparse.Namespace) -> None:
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise SystemExit("e2actors agent: --tls-cert, --tls-key and --tls-ca go together")
+        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    name = args.name or os.uname().nodename
+    node = Node(name, listen=args.listen, secret=read_secret(args.secret_file), tls=tls, cores=args.cores,
+                allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
+                heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6)
+    await node.start()
+    print("READY", node.address, flush=True)
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    if args.exit_with_parent:
+        def on_stdin() -> None:
+            try:
+                data = os.read(sys.stdin.fileno(), 4096)
+            except OSError:
+                data = b""
+            if not data and not stop.done():
+                stop.set_result(None)
+
+        loop.add_reader(sys.stdin.fileno(), on_stdin)
+    await stop
+    await node.stop()
+
+
+@command("agent", "run a server's node: hosts a switch and NF instances for a manager", add_arguments)
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format=f"%(asctime)s agent {args.name or ''} %(name)s: %(message)s")
+    run(serve(args))
+    return 0

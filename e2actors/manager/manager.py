@@ -1,0 +1,568 @@
+"""``Manager``: deploys a plan, watches it and keeps it sized to the load. Embeddable::
+
+    manager = Manager(workers=2)
+    plan = manager.plan(Policy.load("policy.yaml"), hardware)
+    await manager.deploy(plan, Traffic(pcap="trace.pcap", out="out.pcap"))
+    print(await manager.stats())
+    await manager.scale("ids", 3)
+    await manager.wait_done()
+    print(manager.summary())
+    await manager.stop()
+
+The manager runs on a node of its own process. With ``workers=N`` it starts N agent processes on
+this machine (one node each, on Unix sockets) and places instances on them; with a hardware file
+naming agents by address it uses those. Each server gets a switch; instances send load reports
+to the manager actor, which scales groups out and in (with hysteresis, a cooldown and migration
+avoidance in the switches) and records every decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from e2actors.errors import E2Error
+from e2actors.manager.hardware import Hardware, PortPlace, Server
+from e2actors.manager.instances import nf_of
+from e2actors.manager.plan import Plan, make_plan
+from e2actors.manager.policy import Policy
+from e2actors.manager.scaling import Autoscaler, ScalingPolicy
+from e2actors.nf.messages import GetStats, LoadReport
+from e2actors.runtime.actor import Actor
+from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Tick
+from e2actors.runtime.node import Node
+from e2actors.runtime.ref import ActorRef
+from e2actors.switch.messages import Drained, GetSwitchStats, SetTable
+from e2actors.switch.switch import Switch
+from e2actors.switch.table import SwitchTable
+
+__all__ = ["Manager", "Traffic"]
+
+log = logging.getLogger("e2actors.manager")
+
+MAIN = "main"
+
+
+@dataclass
+class Traffic:
+    """Where traffic enters and leaves: a capture replayed (``pcap``, ``speed`` 0 = as fast as
+    the deployment takes it, ``loop`` times), live interfaces (``iface_in``/``iface_out``), or
+    memory ports (tests inject packets). ``out``: a pcap file for what leaves (pcap input)."""
+
+    pcap: str | None = None
+    speed: float = 0.0
+    loop: int = 1
+    out: str | None = None
+    iface_in: str | None = None
+    iface_out: str | None = None
+
+    def ports(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        if self.iface_in:
+            return {"in": ("afpacket", {"iface": self.iface_in}),
+                    "out": ("afpacket", {"iface": self.iface_out or self.iface_in})}
+        if self.pcap:
+            return {"in": ("pcap-in", {"path": self.pcap, "speed": self.speed, "loop": self.loop}),
+                    "out": ("pcap-out", {"path": self.out}) if self.out else ("null", {})}
+        return {"in": ("memory", {}), "out": ("memory", {})}
+
+
+@dataclass
+class Event:
+    t: float
+    nf: str
+    kind: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t": round(self.t, 3), "nf": self.nf, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class _Server:
+    name: str
+    node_address: str
+    switch: ActorRef | None = None
+    proc: subprocess.Popen | None = None
+
+
+class ManagerActor(Actor):
+    """Receives load reports, drain notices and node losses; decides on a timer."""
+
+    mailbox_size = 100_000
+    overflow = "drop"
+
+    def __init__(self, manager: Manager, tick: float = 0.25) -> None:
+        self.manager = manager
+        self.tick_interval = tick
+
+    def on_start(self) -> None:
+        self.every(self.tick_interval, Tick("manager"))
+
+    async def on_message(self, msg: Any) -> Any:
+        m = self.manager
+        if isinstance(msg, LoadReport):
+            m._on_report(msg)
+        elif isinstance(msg, Drained):
+            m._on_drained(msg)
+        elif isinstance(msg, NodeLost):
+            m._on_node_lost(msg)
+        elif isinstance(msg, Tick):
+            await m._tick()
+        return None
+
+
+class Manager:
+    """Plans, deploys, monitors and scales one deployment (see the module docstring)."""
+
+    def __init__(self, *, workers: int = 0, worker_cores: int = 4, secret: bytes | None = None,
+                 autoscale: bool = True, scaling: ScalingPolicy | None = None, trace_every: int = 0,
+                 allow: tuple[str, ...] = (), report_interval: float = 0.25,
+                 heartbeat_timeout: float = 3.0, max_inflight: int = 64) -> None:
+        self.workers = workers
+        self.worker_cores = worker_cores
+        self.secret = secret or secrets.token_hex(32).encode()
+        self.autoscale = autoscale
+        self.autoscaler = Autoscaler(scaling)
+        self.trace_every = trace_every
+        self.allow = ("e2actors.",) + tuple(allow)
+        self.report_interval = report_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.max_inflight = max_inflight
+        self.node: Node | None = None
+        self.ref: ActorRef | None = None
+        self.plan_: Plan | None = None
+        self.servers: dict[str, _Server] = {}
+        self.instances: dict[str, ActorRef] = {}
+        self.states: dict[str, str] = {}
+        self.version = 0
+        self.events: list[Event] = []
+        self.t0 = time.monotonic()
+        self.traffic = Traffic()
+        self._tmp = tempfile.mkdtemp(prefix="e2actors-")
+        self._lock = asyncio.Lock()
+        self._draining: dict[str, set[str]] = {}  # instance -> servers that have not reported drained
+        self._drain_started: dict[str, float] = {}
+        self._last_stats: dict[str, Any] = {}
+        self._final_instances: dict[str, dict[str, Any]] = {}
+        self.started = False
+        self.deployed = False
+
+    # --- planning -------------------------------------------------------------------------------
+    def hardware_for(self, hardware: Hardware | None) -> Hardware:
+        """The hardware to plan on: the one given, N local workers, or this process alone."""
+        if hardware is not None:
+            return hardware
+        if self.workers:
+            servers = [Server(MAIN, 0)] + [Server(f"w{i}", self.worker_cores) for i in range(1, self.workers + 1)]
+        else:
+            servers = [Server(MAIN, 1 << 20)]
+        return Hardware(servers, {"in": PortPlace("in", MAIN), "out": PortPlace("out", MAIN)})
+
+    def plan(self, policy: Policy, hardware: Hardware | None = None, load: float | None = None,
+             solver: str = "heuristic") -> Plan:
+        """Size and place ``policy`` (pure: nothing starts)."""
+        return make_plan(policy, self.hardware_for(hardware), load=load, solver=solver)
+
+    # --- start / deploy -------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self.started:
+            return
+        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow,
+                         heartbeat_interval=self.heartbeat_timeout / 6, heartbeat_timeout=self.heartbeat_timeout)
+        await self.node.start()
+        self.ref = self.node.spawn(ManagerActor, "manager", manager=self)
+        self.node.subscribe(self.ref)
+        self.started = True
+
+    async def _start_servers(self, hardware: Hardware) -> None:
+        assert self.node is not None
+        for name, srv in hardware.servers.items():
+            if name in self.servers:
+                continue
+            if srv.address:
+                addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
+                await self.node.connect(addr)
+                self.servers[name] = _Server(name, addr)
+            elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
+                self.servers[name] = _Server(name, self.node.address)
+            else:
+                self.servers[name] = await self._start_worker(name, srv.cores)
+
+    async def _start_worker(self, name: str, cores: int) -> _Server:
+        secret_file = os.path.join(self._tmp, "secret")
+        if not os.path.exists(secret_file):
+            with open(secret_file, "wb") as f:
+                f.write(self.secret)
+            os.chmod(secret_file, 0o600)
+        sock = f"unix://{self._tmp}/{name}.sock"
+        cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
+               "--name", name, "--cores", str(cores), "--exit-with-parent",
+               "--heartbeat-timeout", str(self.heartbeat_timeout)]
+        for a in self.allow:
+            cmd += ["--allow", a]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *sys.path[1:], env.get("PYTHONPATH", "")])
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)  # type: ignore[union-attr]
+        if not line.startswith("READY "):
+            proc.kill()
+            raise E2Error(f"worker {name} did not start: {line!r}")
+        addr = line.split()[1]
+        assert self.node is not None
+        await self.node.connect(addr)
+        return _Server(name, addr, proc=proc)
+
+    async def deploy(self, plan: Plan, traffic: Traffic | None = None) -> None:
+        """Start what ``plan`` needs (workers, switches, instances) and install the tables."""
+        await self.start()
+        assert self.node is not None and self.ref is not None
+        self.traffic = traffic or Traffic()
+        ports = self.traffic.ports()
+        hw = plan.hardware
+        hw.ports = {n: dataclasses.replace(p, kind=ports[n][0], params=ports[n][1]) if n in ports else p
+                    for n, p in hw.ports.items()}
+        self.plan_ = plan
+        await self._start_servers(hw)
+        for name, srv in self.servers.items():
+            srv.switch = await self._spawn_on(name, "e2actors.switch.switch:Switch", f"switch-{name}",
+                                              {"server": name, "manager": self.ref, "trace_every": self.trace_every,
+                                               "max_inflight": self.max_inflight})
+        for inst, server in plan.assignment.items():
+            await self._spawn_instance(inst, server)
+        await self._push_tables()
+        self.deployed = True
+        self.t0 = time.monotonic()
+        self._event("*", "deploy", f"{len(self.instances)} instances on {len(self.servers)} servers")
+
+    async def _spawn_on(self, server: str, cls: str, name: str, kwargs: dict[str, Any]) -> ActorRef:
+        assert self.node is not None
+        srv = self.servers[server]
+        if srv.node_address == self.node.address:
+            from e2actors.runtime.node import load_class
+
+            return self.node.spawn(load_class(cls, self.allow), name, **kwargs)
+        return await self.node.ask(self.node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
+
+    async def _spawn_instance(self, inst: str, server: str) -> None:
+        assert self.plan_ is not None
+        nf = nf_of(inst)
+        if nf in ("in", "out"):
+            return
+        spec = self.plan_.policy.nfs[nf]
+        if spec.inline:
+            return
+        sw = self.servers[server].switch
+        ref = await self._spawn_on(server, "e2actors.nf.instance:NFInstance", inst,
+                                   {"pipelet": spec.cls, "config": self._config(spec.config), "nf": nf, "output": sw,
+                                    "monitor": self.ref, "report_interval": self.report_interval})
+        self.instances[inst] = ref
+        self.states[inst] = "running"
+
+    def _config(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Relative paths in an NF's config that name existing files are the policy directory's
+        (rules files); others (outputs such as a logger's pcap) stay relative to the cwd."""
+        base = self.plan_.policy.base_dir if self.plan_ is not None else "."
+
+        def fix(v: Any) -> Any:
+            if isinstance(v, str) and v and not os.path.isabs(v) and "\n" not in v:
+                p = os.path.join(base, v)
+                if os.path.isfile(p):
+                    return os.path.abspath(p)
+            if isinstance(v, list):
+                return [fix(x) for x in v]
+            return v
+
+        return {k: fix(v) for k, v in config.items()}
+
+    def tables(self) -> dict[str, SwitchTable]:
+        assert self.plan_ is not None
+        self.version += 1
+        switches = {n: s.switch for n, s in self.servers.items() if s.switch is not None}
+        return self.plan_.tables(self.version, refs=self.instances, switches=switches, states=self.states)
+
+    async def _push_tables(self) -> None:
+        assert self.node is not None
+        tables = self.tables()
+        await asyncio.gather(*(self.node.ask(self.servers[s].switch, SetTable(t), timeout=10)  # type: ignore[arg-type]
+                               for s, t in tables.items() if self.servers.get(s) and self.servers[s].switch))
+
+    # --- scaling --------------------------------------------------------------------------------
+    async def scale(self, nf: str, n: int, reason: str = "by request") -> None:
+        """Resize ``nf`` to ``n`` instances: new ones are placed incrementally and take new flows;
+        removed ones drain (no new flows; stopped once their flows ended)."""
+        async with self._lock:
+            plan = self.plan_
+            assert plan is not None
+            cur = [i for i in plan.instances_of(nf) if self.states.get(i, "running") != "draining"]
+            if n == len(cur):
+                return
+            if n > len(cur):
+                new_plan = plan.scale(nf, len(plan.instances_of(nf)) + (n - len(cur)))
+                added = [i for i in new_plan.instances_of(nf) if i not in plan.instances_of(nf)]
+                self.plan_ = new_plan
+                for inst in added:
+                    await self._spawn_instance(inst, new_plan.assignment[inst])
+                await self._push_tables()
+                self._event(nf, "scale-out", f"{len(cur)} -> {n} ({reason}); new: "
+                            + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added))
+            else:
+                victims = sorted(cur, key=lambda i: int(i.partition("#")[2]))[n - len(cur):]
+                for v in victims:
+                    self.states[v] = "draining"
+                    self._draining[v] = set(self.servers)
+                    self._drain_started[v] = time.monotonic()
+                await self._push_tables()
+                self._event(nf, "scale-in", f"{len(cur)} -> {n} ({reason}); draining: {', '.join(victims)}")
+            self.autoscaler.changed(nf, time.monotonic())
+
+    def _on_drained(self, msg: Drained) -> None:
+        pending = self._draining.get(msg.instance)
+        if pending is None:
+            return
+        pending.discard(msg.server)
+        if not pending:
+            asyncio.get_running_loop().create_task(self._retire(msg.instance))
+
+    async def _retire(self, inst: str) -> None:
+        async with self._lock:
+            if inst not in self._draining:
+                return
+            del self._draining[inst]
+            self._drain_started.pop(inst, None)
+            plan = self.plan_
+            assert plan is not None and self.node is not None
+            nf = nf_of(inst)
+            keep = [i for i in plan.instances_of(nf) if i != inst]
+            # Plan.scale drops the highest-numbered instances: that is the one draining.
+            self.plan_ = plan.scale(nf, len(keep))
+            if inst in self.plan_.assignment or set(self.plan_.instances_of(nf)) != set(keep):
+                log.warning("retiring %s: the plan removed a different instance", inst)
+            server = plan.assignment[inst]
+            try:
+                stats = await self.node.ask(self.instances[inst], GetStats(), timeout=2)
+                self._final_instances[inst] = {**stats, "server": server, "retired": True}
+            except Exception:
+                pass
+            self.states.pop(inst, None)
+            ref = self.instances.pop(inst, None)
+            await self._push_tables()
+            if ref is not None:
+                try:
+                    await self.node.ask(self.node.system_ref(ref.node), StopActor(ref.name), timeout=5)
+                except Exception as exc:
+                    log.warning("stopping %s: %r", inst, exc)
+            self.autoscaler.forget(nf, inst)
+            self._event(nf, "retired", f"{inst} drained and stopped")
+
+    def _on_report(self, r: LoadReport) -> None:
+        self.autoscaler.report(r.nf, r.instance, r.busy, r.drops, time.monotonic())
+
+    def _on_node_lost(self, msg: NodeLost) -> None:
+        self._event("*", "node-lost", f"{msg.node}: {msg.reason}")
+
+    async def _tick(self) -> None:
+        now = time.monotonic()
+        for inst, t0 in list(self._drain_started.items()):
+            if now - t0 > 30 and inst in self._draining:  # a switch never answered: retire anyway
+                self._draining[inst] = set()
+                asyncio.get_running_loop().create_task(self._retire(inst))
+        if not (self.autoscale and self.deployed and self.plan_ is not None) or self._lock.locked():
+            return
+        for nf, spec in self.plan_.policy.nfs.items():
+            if spec.inline:
+                continue
+            cur = [i for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining"]
+            if any(self.states.get(i) == "draining" for i in self.plan_.instances_of(nf)):
+                continue  # one change at a time per group
+            d = self.autoscaler.decide(nf, len(cur), spec.min_instances, spec.max_instances, now)
+            if d is None:
+                continue
+            try:
+                await self.scale(nf, d.target, reason=d.reason)
+            except E2Error as exc:
+                self._event(nf, "scale-failed", str(exc))
+                self.autoscaler.changed(nf, now)
+
+    def _event(self, nf: str, kind: str, detail: str) -> None:
+        e = Event(time.monotonic() - self.t0, nf, kind, detail)
+        self.events.append(e)
+        log.info("%s %s: %s", nf, kind, detail)
+
+    # --- observing ------------------------------------------------------------------------------
+    async def stats(self) -> dict[str, Any]:
+        """Live counters of every switch and instance (one round of asks)."""
+        assert self.node is not None
+        node = self.node
+
+        async def ask(ref: ActorRef, msg: Any) -> Any:
+            try:
+                return await node.ask(ref, msg, timeout=5)
+            except Exception as exc:
+                return {"error": repr(exc)}
+
+        sw_names = [n for n, s in self.servers.items() if s.switch is not None]
+        sw = await asyncio.gather(*(ask(self.servers[n].switch, GetSwitchStats()) for n in sw_names))  # type: ignore[arg-type]
+        inames = list(self.instances)
+        ins = await asyncio.gather(*(ask(self.instances[i], GetStats()) for i in inames))
+        out = {"switches": dict(zip(sw_names, sw)), "instances": dict(zip(inames, ins)),
+               "t": time.monotonic() - self.t0}
+        self._last_stats = out
+        return out
+
+    async def traces(self) -> list[dict[str, Any]]:
+        """Paths of the sampled packets (``trace_every``), from every switch."""
+        from e2actors.switch.messages import GetTraces
+
+        assert self.node is not None
+        out: list[dict[str, Any]] = []
+        for srv in self.servers.values():
+            if srv.switch is not None:
+                try:
+                    out.extend(await self.node.ask(srv.switch, GetTraces(), timeout=5))
+                except Exception:
+                    pass
+        return out
+
+    def instance_counts(self) -> dict[str, int]:
+        assert self.plan_ is not None
+        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining")
+                for nf in self.plan_.policy.nfs}
+
+    async def wait_done(self, timeout: float | None = None, poll: float = 0.1, on_poll=None) -> bool:
+        """Wait until the input is exhausted and nothing is in flight anywhere (3 quiet polls)."""
+        t_end = None if timeout is None else time.monotonic() + timeout
+        quiet = 0
+        last = None
+        while True:
+            st = await self.stats()
+            if on_poll is not None:
+                on_poll(st)
+            sws = st["switches"].values()
+            done_input = all(isinstance(s, dict) and s.get("ports", {}).get("in", {}).get("done", True) for s in sws)
+            idle = all(isinstance(s, dict) and s.get("idle") and s.get("mailbox", {}).get("depth", 1) == 0 for s in sws)
+            queues = all(isinstance(i, dict) and i.get("queue", 0) == 0 and i.get("held", 0) == 0
+                         for i in st["instances"].values())
+            sig = _progress(st)
+            if done_input and idle and queues and sig == last:
+                quiet += 1
+                if quiet >= 3:
+                    return True
+            else:
+                quiet = 0
+            last = sig
+            if t_end is not None and time.monotonic() > t_end:
+                return False
+            await asyncio.sleep(poll)
+
+    def summary(self, stats: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Per NF instance packets in/out/dropped, per edge packets, drops by reason, verdicts,
+        scaling events: the run's account."""
+        st = stats or self._last_stats
+        plan = self.plan_
+        edges: Counter = Counter()
+        drops: Counter = Counter()
+        ports: dict[str, Any] = {}
+        remote = 0
+        for server, s in st.get("switches", {}).items():
+            if not isinstance(s, dict) or "routes" not in s:
+                continue
+            edges.update(s["routes"])
+            drops.update({f"switch: {k}": v for k, v in s["drops"].items()})
+            for pname, p in s["ports"].items():
+                ports[pname] = {k: p[k] for k in ("kind", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+                if p["drops"]:
+                    drops.update({f"port {pname}: {k}": v for k, v in p["drops"].items()})
+            remote += sum(s.get("remote_tx", {}).values())
+            for nf, g in s.get("groups", {}).items():
+                if g.get("runner"):
+                    r = g["runner"]
+                    ports.setdefault("_inline", {})[f"{nf}@{server}"] = r
+        instances: dict[str, Any] = {}
+        verdicts: Counter = Counter()
+        alerts: Counter = Counter()
+        for inst, i in {**self._final_instances, **st.get("instances", {})}.items():
+            if not isinstance(i, dict) or "packets_in" not in i:
+                continue
+            server = plan.assignment.get(inst, i.get("server", "?")) if plan else "?"
+            instances[inst] = {"nf": nf_of(inst), "server": server, "in": i["packets_in"], "out": i["packets_out"],
+                               "dropped": i["dropped"] + i.get("mailbox_dropped", 0), "lost": i["lost"],
+                               "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
+                               "busy_seconds": round(i["busy_seconds"], 4)}
+            for reason, n in i.get("drops", {}).items():
+                drops[f"{nf_of(inst)}: {reason}"] += n
+            if i.get("mailbox_dropped"):
+                drops[f"{nf_of(inst)}: queue full"] += i["mailbox_dropped"]
+            for k, v in i.get("counters", {}).items():
+                if k.startswith("alert:"):
+                    alerts[k[6:]] += v
+            for port, n in i.get("per_port", {}).items():
+                if nf_of(inst) in _verdict_nfs(plan):
+                    verdicts[port] += n
+        packets_in = ports.get("in", {}).get("rx_packets", 0)
+        packets_out = ports.get("out", {}).get("tx_packets", 0)
+        return {
+            "policy": plan.policy.name if plan else None,
+            "seconds": round(st.get("t", 0.0), 3),
+            "servers": sorted(self.servers),
+            "packets_in": packets_in,
+            "packets_out": packets_out,
+            "ports": {k: v for k, v in ports.items() if not k.startswith("_")},
+            "instances": instances,
+            "instances_per_nf": self.instance_counts() if plan else {},
+            "edges": dict(edges),
+            "inter_server_packets": remote,
+            "drops": dict(drops),
+            "verdicts": dict(verdicts),
+            "alerts": dict(alerts),
+            "scaling_events": [e.as_dict() for e in self.events],
+        }
+
+    # --- stopping -------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop switches, instances and workers."""
+        if self.node is not None:
+            for srv in self.servers.values():
+                if srv.switch is not None and srv.node_address != self.node.address:
+                    try:
+                        await self.node.ask(self.node.system_ref(srv.node_address), StopActor(srv.switch.name), timeout=5)
+                    except Exception:
+                        pass
+            await self.node.stop()
+        for srv in self.servers.values():
+            if srv.proc is not None:
+                try:
+                    srv.proc.stdin.close()  # type: ignore[union-attr]
+                    srv.proc.wait(5)
+                except Exception:
+                    srv.proc.kill()
+        self.started = False
+
+
+def _progress(st: dict[str, Any]) -> tuple:
+    tot = []
+    for s in st.get("switches", {}).values():
+        if isinstance(s, dict) and "ports" in s:
+            tot.append(sum(p["tx_packets"] + p["rx_packets"] for p in s["ports"].values()))
+            tot.append(sum(s["drops"].values()))
+            tot.append(s.get("remote_rx", 0))
+    for i in st.get("instances", {}).values():
+        if isinstance(i, dict):
+            tot.append(i.get("packets_in", 0))
+    return tuple(tot)
+
+
+def _verdict_nfs(plan: Plan | None) -> set[str]:
+    """NFs whose output ports are verdicts (an IDS-like NF: ``safe``/``unsafe`` ports)."""
+    if plan is None:
+        return set()
+    return {n for n, s in plan.policy.nfs.items() if "unsafe" in s.ports}

@@ -1,0 +1,97 @@
+"""Cluster-wide Prometheus metrics, served by the manager's process from the stats it polls.
+
+One scrape target gives the whole deployment: ports, drops by reason, instances, queues, flows,
+instances per NF and scaling events, labelled by server, NF and instance. Names follow Prometheus
+conventions: ``e2_..._total`` counters, bytes and seconds as base units.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from e2actors.manager.instances import nf_of
+from e2actors.runtime.metrics import Metrics, Sample
+
+__all__ = ["ClusterMetrics", "samples_from_stats"]
+
+
+def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], events: list[Any],
+                       assignment: dict[str, str]) -> list[Sample]:
+    out: list[Sample] = []
+    add = out.append
+    for server, s in st.get("switches", {}).items():
+        if not isinstance(s, dict) or "ports" not in s:
+            continue
+        for port, p in s["ports"].items():
+            for d in ("rx", "tx"):
+                add(("e2_port_packets_total", "counter", "Packets through an external port",
+                     {"server": server, "port": port, "direction": d}, p[f"{d}_packets"]))
+                add(("e2_port_bytes_total", "counter", "Bytes through an external port",
+                     {"server": server, "port": port, "direction": d}, p[f"{d}_bytes"]))
+            for reason, n in p["drops"].items():
+                add(("e2_drops_total", "counter", "Packets dropped, by where and why",
+                     {"server": server, "where": f"port {port}", "reason": reason}, n))
+        for reason, n in s["drops"].items():
+            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
+                 {"server": server, "where": "switch", "reason": reason}, n))
+        for edge, n in s["routes"].items():
+            add(("e2_edge_packets_total", "counter", "Packets that took a policy edge",
+                 {"server": server, "edge": edge}, n))
+        add(("e2_remote_packets_total", "counter", "Packets sent to other servers' switches",
+             {"server": server}, sum(s.get("remote_tx", {}).values())))
+        add(("e2_queue_depth", "gauge", "Messages waiting in an actor's mailbox",
+             {"server": server, "actor": "switch"}, s["mailbox"]["depth"]))
+        add(("e2_switch_inflight_batches", "gauge", "Batches sent to local instances, not yet back",
+             {"server": server}, s["inflight"]))
+    for inst, i in st.get("instances", {}).items():
+        if not isinstance(i, dict) or "packets_in" not in i:
+            continue
+        lab = {"nf": nf_of(inst), "instance": inst, "server": assignment.get(inst, "?")}
+        add(("e2_instance_packets_total", "counter", "Packets into and out of an NF instance",
+             {**lab, "direction": "in"}, i["packets_in"]))
+        add(("e2_instance_packets_total", "counter", "Packets into and out of an NF instance",
+             {**lab, "direction": "out"}, i["packets_out"]))
+        add(("e2_instance_bytes_total", "counter", "Bytes into an NF instance", lab, i["bytes_in"]))
+        add(("e2_instance_busy_seconds_total", "counter", "Time an instance spent processing", lab,
+             i["busy_seconds"]))
+        for reason, n in i.get("drops", {}).items():
+            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
+                 {"server": lab["server"], "where": inst, "reason": reason}, n))
+        if i.get("mailbox_dropped"):
+            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
+                 {"server": lab["server"], "where": inst, "reason": "queue full"}, i["mailbox_dropped"]))
+        if i.get("lost"):
+            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
+                 {"server": lab["server"], "where": inst, "reason": "nf error"}, i["lost"]))
+        add(("e2_active_flows", "gauge", "Flows in an instance's flow table", lab, i["flows"]))
+        add(("e2_queue_depth", "gauge", "Messages waiting in an actor's mailbox",
+             {"server": lab["server"], "actor": inst}, i.get("queue", 0)))
+    for nf, n in instances_per_nf.items():
+        add(("e2_nf_instances", "gauge", "Running (not draining) instances of an NF", {"nf": nf}, n))
+    kinds: Counter = Counter((e.nf, e.kind) for e in events)
+    for (nf, kind), n in kinds.items():
+        add(("e2_scaling_events_total", "counter", "Deployment changes: scale-out, scale-in, retire, ...",
+             {"nf": nf, "kind": kind}, n))
+    return out
+
+
+class ClusterMetrics:
+    """Serves :func:`samples_from_stats` of the manager's latest poll."""
+
+    def __init__(self, manager: Any) -> None:
+        self.manager = manager
+        self.metrics = Metrics(interval=0.25)
+        self._samples: list[Sample] = []
+        self.metrics.add_source(lambda: self._samples)
+
+    def update(self, st: dict[str, Any]) -> None:
+        m = self.manager
+        self._samples = samples_from_stats(st, m.instance_counts(), m.events, dict(m.plan_.assignment))
+        self.metrics.snapshot()
+
+    async def start(self, port: int, addr: str = "127.0.0.1") -> int:
+        return await self.metrics.start(port, addr)
+
+    async def stop(self) -> None:
+        await self.metrics.stop()

@@ -1,0 +1,182 @@
+"""``e2actors run``: the main job. Deploy a policy, push traffic through it, scale it, report.
+
+    e2actors run POLICY [--hardware HW] [--traffic PCAP | --gen FLOWS] [--in IFACE --out IFACE]
+                 [--workers N] [--metrics-port P] [--duration S] [--json] [--out-pcap F]
+
+Without a hardware file everything runs in this process (one server); ``--workers N`` starts N
+worker processes on this machine so the policy uses several cores. On a terminal a progress
+line shows packets/s, drops and instances per NF; at the end a summary (``--json``: one JSON
+object on stdout) gives per-instance packets in/out/dropped, per-edge packets, drops by reason,
+verdicts and scaling events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from e2actors.cli import command
+from e2actors.errors import E2Error
+from e2actors.runtime.node import run
+
+__all__ = ["add_arguments", "main", "run_job"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("policy", help="policy file (YAML)")
+    p.add_argument("--hardware", help="hardware file (YAML); default: this machine")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--traffic", metavar="PCAP", help="replay this capture")
+    src.add_argument("--gen", type=int, metavar="FLOWS", help="generate this many flows (seeded) and replay them")
+    p.add_argument("--seed", type=int, default=1, help="seed for --gen")
+    p.add_argument("--profile", default="mixed", help="traffic profile for --gen")
+    p.add_argument("--in", dest="iface_in", metavar="IFACE", help="live input interface (AF_PACKET)")
+    p.add_argument("--out", dest="iface_out", metavar="IFACE", help="live output interface (AF_PACKET)")
+    p.add_argument("--out-pcap", help="write what leaves the policy to this pcap (capture input)")
+    p.add_argument("--speed", type=float, default=0.0, help="replay speed factor (0: as fast as possible)")
+    p.add_argument("--loop", type=int, default=1, help="replay the capture this many times")
+    p.add_argument("--workers", type=int, default=0, help="worker processes on this machine")
+    p.add_argument("--worker-cores", type=int, default=4, help="NF cores each worker offers the planner")
+    p.add_argument("--load", type=float, help="offered load in packets/s (overrides the policy's)")
+    p.add_argument("--solver", default="heuristic")
+    p.add_argument("--no-autoscale", action="store_true", help="keep the planned instance counts")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    p.add_argument("--metrics-addr", default="127.0.0.1")
+    p.add_argument("--linger", type=float, default=0.0, help="keep serving metrics this long after the end")
+    p.add_argument("--duration", type=float, help="stop after this many seconds (live traffic: required)")
+    p.add_argument("--trace", type=int, default=0, metavar="N", help="trace every Nth packet's path")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+async def run_job(args: argparse.Namespace) -> dict[str, Any]:
+    from e2actors.manager.hardware import Hardware
+    from e2actors.manager.manager import Manager, Traffic
+    from e2actors.manager.observe import ClusterMetrics
+    from e2actors.manager.policy import Policy
+
+    policy = Policy.load(args.policy)
+    hardware = Hardware.load(args.hardware) if args.hardware else None
+    pcap = args.traffic
+    if args.gen:
+        from e2actors.packet.traffic import write_pcap
+
+        pcap = os.path.join(tempfile.mkdtemp(prefix="e2gen-"), "gen.pcap")
+        write_pcap(pcap, flows=args.gen, seed=args.seed, profile=args.profile)
+    if not pcap and not args.iface_in:
+        raise E2Error("no traffic: give --traffic PCAP, --gen FLOWS or --in IFACE --out IFACE")
+    if args.iface_in and not args.duration:
+        raise E2Error("live interfaces need --duration SECONDS")
+    traffic = Traffic(pcap=pcap, speed=args.speed, loop=args.loop, out=args.out_pcap,
+                      iface_in=args.iface_in, iface_out=args.iface_out)
+    mods = tuple(sorted({spec.cls.partition(":")[0].rpartition(".")[0] or spec.cls.partition(":")[0]
+                         for spec in policy.nfs.values()}))
+    mgr = Manager(workers=args.workers, worker_cores=args.worker_cores, autoscale=not args.no_autoscale,
+                  trace_every=args.trace, allow=mods)
+    metrics = None
+    progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.json else None
+    try:
+        plan = mgr.plan(policy, hardware, load=args.load, solver=args.solver)
+        await mgr.deploy(plan, traffic)
+        if args.metrics_port is not None:
+            metrics = ClusterMetrics(mgr)
+            port = await metrics.start(args.metrics_port, args.metrics_addr)
+            if not args.json:
+                print(f"metrics: http://{args.metrics_addr}:{port}/metrics", file=sys.stderr)
+
+        def on_poll(st: dict[str, Any]) -> None:
+            if metrics is not None:
+                metrics.update(st)
+            if progress is not None:
+                progress.show(mgr, st)
+
+        done = await mgr.wait_done(timeout=args.duration, on_poll=on_poll)
+        st = await mgr.stats()
+        if metrics is not None:
+            metrics.update(st)
+        if progress is not None:
+            progress.close()
+        summary = mgr.summary(st)
+        summary["completed"] = done
+        if args.trace:
+            summary["traces"] = await mgr.traces()
+        if metrics is not None and args.linger > 0:
+            await asyncio.sleep(args.linger)
+        return summary
+    finally:
+        if metrics is not None:
+            await metrics.stop()
+        await mgr.stop()
+
+
+class Progress:
+    """One status line on a terminal, rewritten in place."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.last = (time.monotonic(), 0)
+
+    def show(self, mgr: Any, st: dict[str, Any]) -> None:
+        now = time.monotonic()
+        rx = sum(p["rx_packets"] for s in st["switches"].values() if isinstance(s, dict)
+                 for n, p in s.get("ports", {}).items() if n == "in")
+        drops = sum(sum(s.get("drops", {}).values()) for s in st["switches"].values() if isinstance(s, dict))
+        t0, r0 = self.last
+        pps = (rx - r0) / max(now - t0, 1e-6)
+        self.last = (now, rx)
+        inst = " ".join(f"{nf}:{n}" for nf, n in mgr.instance_counts().items())
+        self.out.write(f"\r{st['t']:6.1f}s  {rx:>10,} pkts  {pps:>10,.0f} pps  drops {drops:,}  [{inst}]   ")
+        self.out.flush()
+
+    def close(self) -> None:
+        self.out.write("\n")
+        self.out.flush()
+
+
+def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
+    w = out.write
+    w(f"policy {s['policy']}: {s['packets_in']:,} packets in, {s['packets_out']:,} out in {s['seconds']:.2f}s "
+      f"on {len(s['servers'])} server(s){'' if s.get('completed', True) else ' (stopped before the end)'}\n\n")
+    w(f"{'instance':16} {'server':8} {'in':>10} {'out':>10} {'dropped':>8} {'lost':>6} {'flows':>7}  ports\n")
+    for name, i in sorted(s["instances"].items()):
+        ports = ", ".join(f"{p}:{n}" for p, n in sorted(i["per_port"].items()))
+        w(f"{name:16} {i['server']:8} {i['in']:>10,} {i['out']:>10,} {i['dropped']:>8,} {i['lost']:>6,} "
+          f"{i['flows']:>7,}  {ports}\n")
+    w("\nedges (packets):\n")
+    for e, n in sorted(s["edges"].items(), key=lambda x: -x[1]):
+        w(f"  {e:32} {n:>10,}\n")
+    if s["drops"]:
+        w("\ndrops by reason:\n")
+        for r, n in sorted(s["drops"].items(), key=lambda x: -x[1]):
+            w(f"  {r:48} {n:>10,}\n")
+    if s["verdicts"]:
+        w("\nverdicts (packets): " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["verdicts"].items())) + "\n")
+    if s["alerts"]:
+        w("IDS alerts by sid: " + ", ".join(f"{k}: {v}" for k, v in sorted(s["alerts"].items())) + "\n")
+    w("\nscaling events:\n")
+    for e in s["scaling_events"]:
+        w(f"  {e['t']:7.2f}s  {e['nf']:10} {e['kind']:12} {e['detail']}\n")
+    w(f"\ninstances per NF at the end: {s['instances_per_nf']}\n")
+
+
+@command("run", "deploy a policy and push traffic through it (the main job)", add_arguments)
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    try:
+        summary = run(run_job(args))
+    except E2Error as exc:
+        print(f"e2actors run: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        print_summary(summary)
+    return 0
