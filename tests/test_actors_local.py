@@ -393,3 +393,30 @@ async def test_handler_that_tells_itself_during_an_ask() -> None:
         assert await node.ask(r, "go") == "went"
         await asyncio.sleep(0.01)
         assert await node.ask(r, "get") == ["note"]
+
+
+async def test_urgent_messages_skip_the_backlog() -> None:
+    gate = asyncio.Event()
+
+    class Busy(Actor):
+        urgent = frozenset({tuple})
+
+        def on_start(self) -> None:
+            self.order: list[Any] = []
+
+        async def on_message(self, msg: Any) -> Any:
+            await gate.wait()
+            self.order.append(msg)
+            return msg
+
+    async with Node("t") as node:
+        r = node.spawn(Busy)
+        await asyncio.sleep(0)
+        for i in range(5):
+            node.send(r, i)
+        ask = asyncio.ensure_future(node.ask(r, ("control",)))
+        await asyncio.sleep(0.01)
+        gate.set()
+        assert await ask == ("control",)
+        await asyncio.sleep(0.01)
+        assert node.cell(r).actor.order[:2] == [0, ("control",)]  # right after the message in hand

@@ -211,7 +211,8 @@ class Manager:
         for a in self.allow:
             cmd += ["--allow", a]
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *sys.path[1:], env.get("PYTHONPATH", "")])
+        # Workers import the policy's pipelet classes as this process does: same search path.
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *(p for p in sys.path if p), env.get("PYTHONPATH", "")])
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
         line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)  # type: ignore[union-attr]
         if not line.startswith("READY "):
@@ -293,8 +294,13 @@ class Manager:
     async def _push_tables(self) -> None:
         assert self.node is not None
         tables = self.tables()
-        await asyncio.gather(*(self.node.ask(self.servers[s].switch, SetTable(t), timeout=10)  # type: ignore[arg-type]
-                               for s, t in tables.items() if self.servers.get(s) and self.servers[s].switch))
+
+        async def push(server: str, t: SwitchTable) -> None:
+            t0 = time.monotonic()
+            await self.node.ask(self.servers[server].switch, SetTable(t), timeout=10)  # type: ignore[arg-type]
+            log.debug("table v%d on %s in %.1f ms", t.version, server, (time.monotonic() - t0) * 1e3)
+
+        await asyncio.gather(*(push(s, t) for s, t in tables.items() if self.servers.get(s) and self.servers[s].switch))
 
     # --- scaling --------------------------------------------------------------------------------
     async def scale(self, nf: str, n: int, reason: str = "by request") -> None:
@@ -306,6 +312,7 @@ class Manager:
             cur = [i for i in plan.instances_of(nf) if self.states.get(i, "running") != "draining"]
             if n == len(cur):
                 return
+            t_decided = time.monotonic()
             if n > len(cur):
                 new_plan = plan.scale(nf, len(plan.instances_of(nf)) + (n - len(cur)))
                 added = [i for i in new_plan.instances_of(nf) if i not in plan.instances_of(nf)]
@@ -314,7 +321,8 @@ class Manager:
                     await self._spawn_instance(inst, new_plan.assignment[inst])
                 await self._push_tables()
                 self._event(nf, "scale-out", f"{len(cur)} -> {n} ({reason}); new: "
-                            + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added))
+                            + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added)
+                            + f"; in service after {(time.monotonic() - t_decided) * 1e3:.0f} ms", at=t_decided)
             else:
                 victims = sorted(cur, key=lambda i: int(i.partition("#")[2]))[n - len(cur):]
                 for v in victims:
@@ -322,7 +330,8 @@ class Manager:
                     self._draining[v] = set(self.servers)
                     self._drain_started[v] = time.monotonic()
                 await self._push_tables()
-                self._event(nf, "scale-in", f"{len(cur)} -> {n} ({reason}); draining: {', '.join(victims)}")
+                self._event(nf, "scale-in", f"{len(cur)} -> {n} ({reason}); draining: {', '.join(victims)}",
+                            at=t_decided)
             self.autoscaler.changed(nf, time.monotonic())
 
     def _on_drained(self, msg: Drained) -> None:
@@ -393,8 +402,8 @@ class Manager:
                 self._event(nf, "scale-failed", str(exc))
                 self.autoscaler.changed(nf, now)
 
-    def _event(self, nf: str, kind: str, detail: str) -> None:
-        e = Event(time.monotonic() - self.t0, nf, kind, detail)
+    def _event(self, nf: str, kind: str, detail: str, at: float | None = None) -> None:
+        e = Event((at if at is not None else time.monotonic()) - self.t0, nf, kind, detail)
         self.events.append(e)
         log.info("%s %s: %s", nf, kind, detail)
 

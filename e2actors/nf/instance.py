@@ -38,7 +38,9 @@ class NFInstance(Actor):
     """One instance of an NF. Spawn with ``pipelet`` (class or path), ``config``, ``nf`` (the NF's
     name in the policy), ``output`` (where NFOutput goes), optionally ``monitor`` (LoadReports)."""
 
-    mailbox_size = 512
+    # About 2,000 packets of queue (like a NIC ring): enough to absorb bursts, small enough that
+    # an overloaded instance drops (and the autoscaler notices) instead of building latency.
+    mailbox_size = 64
     overflow = "drop"
 
     def __init__(self, pipelet: str | type[Pipelet], config: dict[str, Any] | None = None, nf: str = "",

@@ -129,6 +129,9 @@ class Actor:
     mailbox_size: int = 1000
     overflow: Overflow = "block"
     restart_policy: RestartPolicy = RestartPolicy()
+    #: Message types that skip the queue (control messages that must not wait behind a backlog of
+    #: data, such as a switch's new table). They are never dropped for lack of room.
+    urgent: frozenset[type] = frozenset()
 
     # Set by the runtime before on_start.
     ref: ActorRef
@@ -233,7 +236,7 @@ class ActorCell:
 
     __slots__ = ("node", "ref", "cls", "kwargs", "actor", "mailbox", "parent", "children", "watchers",
                  "timers", "tracker", "task", "alive", "stopping", "current_ask", "stop_reason", "restarts",
-                 "crashes", "parked", "busy", "_busy_waiter", "__weakref__")
+                 "crashes", "parked", "busy", "_busy_waiter", "urgent", "__weakref__")
 
     def __init__(self, node: Node, ref: ActorRef, cls: type[Actor], kwargs: dict[str, Any], parent: ActorCell | None,
                  policy: RestartPolicy, mailbox: Mailbox) -> None:
@@ -255,6 +258,7 @@ class ActorCell:
         self.stop_reason = "stopped"
         self.restarts = 0
         self.crashes = 0
+        self.urgent = cls.urgent
         self.parked = False   # the actor's task waits on an empty mailbox
         self.busy = False     # an ask is being handled in the asker's task (see ask_inline)
         self._busy_waiter: asyncio.Future[None] | None = None

@@ -269,6 +269,9 @@ class Node:
                     self.counters["dead_letters"] += 1
                     return False
                 return self._send_remote(ref.node, encode_frame(TELL, ref.name, None, msg, self.max_frame))
+        if cell.urgent and type(msg) in cell.urgent:
+            cell.mailbox.put_front(msg)
+            return True
         return cell.mailbox.put_nowait(msg)
 
     async def tell(self, ref: ActorRef, msg: Any) -> bool:
@@ -297,6 +300,19 @@ class Node:
                 pass
         return True
 
+    def congested(self, ref: ActorRef) -> bool:
+        """True when the link to ``ref``'s node is backed up (the kernel and our write buffer are
+        past their high-water mark): a dataplane sender drops and counts instead of queueing."""
+        if ref.node == self.address:
+            return False
+        peer = self._peers.get(ref.node)
+        if peer is None:
+            return False
+        conn = peer.conn
+        if conn is None:
+            return peer.pending_bytes > self.max_pending_bytes // 2
+        return conn._paused
+
     async def ask(self, ref: ActorRef, msg: Any, timeout: float | None = 5.0) -> Any:
         """Request/reply with a local or remote actor."""
         loop = self.loop or asyncio.get_running_loop()
@@ -313,7 +329,9 @@ class Node:
             fut = loop.create_future()
             item = Ask(msg, fut)
             mb = cell.mailbox
-            if mb.overflow == "drop":
+            if cell.urgent and type(msg) in cell.urgent:
+                mb.put_front(item)
+            elif mb.overflow == "drop":
                 if not mb.put_nowait(item):
                     raise MailboxFull(f"{ref}: mailbox full, ask dropped")
             elif len(mb) < mb.capacity:
@@ -532,6 +550,9 @@ class Node:
             if cell is None:
                 self.counters["dead_letters"] += 1
                 return None
+            if cell.urgent and type(msg) in cell.urgent:
+                cell.mailbox.put_front(msg)
+                return None
             try:
                 cell.mailbox.put_nowait(msg)
             except MailboxFull:
@@ -544,6 +565,9 @@ class Node:
                 self._reply(addr, b, False, ("ActorStopped", f"no actor {a!r} on {self.address}"))
                 return None
             item = Ask(msg, None, lambda ok, v, _addr=addr, _req=b: self._reply(_addr, _req, ok, v))
+            if cell.urgent and type(msg) in cell.urgent:
+                cell.mailbox.put_front(item)
+                return None
             try:
                 if not cell.mailbox.put_nowait(item):
                     self._reply(addr, b, False, ("MailboxFull", f"{a}: mailbox full, ask dropped"))

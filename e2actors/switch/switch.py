@@ -72,8 +72,9 @@ class _Group:
 class Switch(Actor):
     """One server's switch. Program it with :class:`SetTable`; read it with ``GetSwitchStats``."""
 
-    mailbox_size = 65536
+    mailbox_size = 8192
     overflow = "drop"
+    urgent = frozenset({SetTable, GetSwitchStats, GetTraces})
 
     def __init__(self, server: str, manager: ActorRef | None = None, trace_every: int = 0,
                  hold_packets: int = 64, hold_seconds: float = 0.5, max_inflight: int = 64,
@@ -387,6 +388,11 @@ class Switch(Actor):
             self._drop(rb.batch.packets, f"no switch for server {server}")
             return
         n = len(rb.batch.packets)
+        if self.node.congested(ref):
+            # The link to that server is backed up: drop here (counted) rather than let the
+            # backlog grow without bound and delay everything behind it, tables included.
+            self._drop(rb.batch.packets, f"link to {server} congested")
+            return
         try:
             ok = self.send(ref, rb)
         except Exception as exc:
