@@ -464,7 +464,7 @@ def heuristic(p: Problem, *, seed: int = 0, time_limit: float = 10.0) -> tuple[l
     # small problems: iterated local search from perturbed copies of the best (a few ms each)
     if p.n <= 200 and best is not None:
         rng = _random.Random(seed)
-        rounds = 60 if p.n <= 60 else 15
+        rounds = 200 if p.n <= 60 else 15
         budget = min(deadline, start + 1.0)
         for _ in range(rounds):
             if time.perf_counter() > budget:
