@@ -40,6 +40,9 @@ class Plan:
     #: With ``solver="all"``: name -> {inter_server_pps, seconds, optimal, feasible}.
     solvers: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: NF -> the next instance number :meth:`scale` hands out (numbers are never reused, so a
+    #: draining instance and a new one never share a name).
+    next_index: dict[str, int] = field(default_factory=dict)
 
     # --- views -----------------------------------------------------------------------------------
     @property
@@ -89,7 +92,7 @@ class Plan:
         counts = {k: [int(i.partition('#')[2]) for i in self.graph.of(k)] for k in self.policy.nfs}
         have = counts[nf]
         if n > len(have):
-            top = max(have, default=0)
+            top = max([*have, self.next_index.get(nf, 1) - 1])
             counts[nf] = have + list(range(top + 1, top + 1 + n - len(have)))
         else:
             counts[nf] = have[:n]
@@ -98,7 +101,9 @@ class Plan:
         new = [instance_name(nf, k) for k in counts[nf] if k not in have]
         kept = {i: s for i, s in self.assignment.items() if i in set(graph.instances)}
         placement = place_incremental(graph, self.hardware, kept, new)
-        return Plan(self.policy, self.hardware, sizing, graph, placement, {}, list(self.notes))
+        nxt = dict(self.next_index)
+        nxt[nf] = max([*counts[nf], *have, nxt.get(nf, 1) - 1]) + 1
+        return Plan(self.policy, self.hardware, sizing, graph, placement, {}, list(self.notes), nxt)
 
     # --- output ----------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
