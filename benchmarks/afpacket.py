@@ -191,9 +191,44 @@ async def port(mode):
     await a.close(); await b.close()
     return n, t
 
+async def switch(mode):
+    from e2actors import Node
+    from e2actors.switch.messages import SetTable
+    from e2actors.switch.switch import Switch
+    from e2actors.switch.table import PortSpec, Route, SwitchTable
+    async with Node("drain") as node:
+        sw = node.spawn(Switch, "switch", server="s1")
+        await node.ask(sw, SetTable(SwitchTable(1, "s1", (
+            PortSpec("a", "afpacket", {"iface": a0, "mode": mode}),
+            PortSpec("b", "afpacket", {"iface": b0, "mode": mode})), (), (Route("port:a", "", "port:b", "a->b"),))))
+        ports = node.cell(sw).actor.ports
+        a, b = ports["a"], ports["b"]
+        loop = asyncio.get_running_loop()
+        if mode == "recv":
+            a.sock.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)
+        drain = a._readable_ring if a.mode == "ring" else a._readable
+        t = 0.0
+        for _ in range(rounds):
+            loop.remove_reader(a.sock.fileno())
+            fill()
+            want = b.tx_packets + burst
+            t0 = time.thread_time()
+            loop.add_reader(a.sock.fileno(), drain)
+            while b.tx_packets < want:
+                await asyncio.sleep(0)
+                if time.thread_time() - t0 > 5:
+                    break
+            t += time.thread_time() - t0
+        return b.tx_packets, t
+
 out = {}
 for kind in sys.argv[7].split(","):
-    n, t = naive() if kind == "naive" else asyncio.run(port(kind.split("-")[1]))
+    if kind == "naive":
+        n, t = naive()
+    elif kind.startswith("port"):
+        n, t = asyncio.run(port(kind.split("-")[1]))
+    else:
+        n, t = asyncio.run(switch(kind.split("-")[1]))
     out[kind] = n / t
     print(f"{kind:10s} {n:7d} packets in {t:6.3f} s CPU: {n / t:>10,.0f} pps", file=sys.stderr, flush=True)
 feed.stdin.close(); feed.wait()
@@ -222,6 +257,7 @@ def main() -> None:
                     help="instead: fill a0 with a burst, then time (CPU) draining it to b0; no contention "
                          "with the generator")
     ap.add_argument("--burst", type=int, default=2000)
+    ap.add_argument("--verbose", action="store_true", help="show each forwarder's port counters")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print(json.dumps({"skipped": "needs root"}))
@@ -266,7 +302,9 @@ def main() -> None:
             time.sleep(0.2)
             done = counter(fwd, b0, "tx_packets") - before
             fw.stdout.read()  # type: ignore[union-attr]
-            fw.stderr.read()  # type: ignore[union-attr]
+            err = fw.stderr.read()  # type: ignore[union-attr]
+            if args.verbose:
+                print(err.strip(), file=sys.stderr)
             _pid, _status, ru = os.wait4(fw.pid, 0)
             fw.returncode = 0
             cpu = ru.ru_utime + ru.ru_stime
@@ -283,7 +321,7 @@ def main() -> None:
             try:
                 for _ in range(args.rounds):
                     r = subprocess.run(["ip", "netns", "exec", fwd, sys.executable, "-c", DRAIN, a0, b0,
-                                        "FEED", str(args.burst), "20", ROOT, "naive,port-recv,port-ring"],
+                                        "FEED", str(args.burst), "20", ROOT, args.only],
                                        capture_output=True, text=True, input="",
                                        env=dict(os.environ, E2_FEED=feed))
                     sys.stderr.write(r.stderr)
@@ -292,8 +330,9 @@ def main() -> None:
             finally:
                 os.unlink(f.name)
             out = {f"drain_{k.replace('-', '_')}_pps": round(v) for k, v in res.items()}
-            for k in ("port-recv", "port-ring"):
-                out[f"drain_{k.replace('-', '_')}_vs_naive"] = round(res[k] / res["naive"], 2)
+            for k in res:
+                if k != "naive" and "naive" in res:
+                    out[f"drain_{k.replace('-', '_')}_vs_naive"] = round(res[k] / res["naive"], 2)
             print(json.dumps(out))
             return
         kinds = args.only.split(",")
