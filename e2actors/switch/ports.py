@@ -212,5 +212,6 @@ def make_port(name: str, kind: str, params: dict[str, Any]) -> Port:
     if kind == "afpacket":
         from e2actors.switch.afpacket import AfPacketPort
 
-        return AfPacketPort(name, params["iface"], params.get("batch", 256))
+        return AfPacketPort(name, params["iface"], params.get("batch", 256), params.get("mode", "ring"),
+                            params.get("ring_frames", 4096))
     raise E2Error(f"port {name}: unknown kind {kind!r} (pcap-in, pcap-out, memory, null, afpacket)")
