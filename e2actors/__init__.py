@@ -15,10 +15,17 @@ from e2actors.errors import (
     FilterError,
     MailboxFull,
     PcapError,
+    PlacementError,
+    PolicyError,
     RemoteError,
+    RuleError,
     SpawnRefused,
     TransportError,
 )
+from e2actors.manager.hardware import Hardware
+from e2actors.manager.manager import Manager, Traffic
+from e2actors.manager.plan import Plan, make_plan
+from e2actors.manager.policy import Policy
 from e2actors.nf.pipelet import DROP, Pipelet, Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.filter import Filter, compile_filter
@@ -46,6 +53,7 @@ from e2actors.runtime import (
 )
 
 __all__ = [
+    "Hardware", "Manager", "Plan", "PlacementError", "Policy", "PolicyError", "RuleError", "Traffic", "make_plan",
     "DROP", "Batch", "Filter", "Packet", "PcapWriter", "Pipelet", "Verdict", "compile_filter", "open_capture",
     "read_packets", "write_pcap",
     "Actor", "ActorRef", "ActorStopped", "AskTimeout", "AuthError", "CodecError", "E2Error", "FilterError",

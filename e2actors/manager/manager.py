@@ -504,13 +504,14 @@ class Manager:
                 continue
             server = plan.assignment.get(inst, i.get("server", "?")) if plan else "?"
             instances[inst] = {"nf": nf_of(inst), "server": server, "in": i["packets_in"], "out": i["packets_out"],
-                               "dropped": i["dropped"] + i.get("mailbox_dropped", 0), "lost": i["lost"],
+                               "dropped": i["dropped"], "refused_batches": i.get("mailbox_dropped", 0),
+                               "lost": i["lost"],
                                "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
                                "busy_seconds": round(i["busy_seconds"], 4)}
             for reason, n in i.get("drops", {}).items():
                 drops[f"{nf_of(inst)}: {reason}"] += n
-            if i.get("mailbox_dropped"):
-                drops[f"{nf_of(inst)}: queue full"] += i["mailbox_dropped"]
+            # (batches an instance's full mailbox refused are counted, in packets, by the switch
+            # that sent them: "switch: queue full")
             for k, v in i.get("counters", {}).items():
                 if k.startswith("alert:"):
                     alerts[k[6:]] += v

@@ -58,9 +58,8 @@ def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], eve
         for reason, n in i.get("drops", {}).items():
             add(("e2_drops_total", "counter", "Packets dropped, by where and why",
                  {"server": lab["server"], "where": inst, "reason": reason}, n))
-        if i.get("mailbox_dropped"):
-            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
-                 {"server": lab["server"], "where": inst, "reason": "queue full"}, i["mailbox_dropped"]))
+        add(("e2_instance_refused_batches_total", "counter", "Batches a full instance queue refused "
+             "(their packets are counted by the sending switch as queue full drops)", lab, i.get("mailbox_dropped", 0)))
         if i.get("lost"):
             add(("e2_drops_total", "counter", "Packets dropped, by where and why",
                  {"server": lab["server"], "where": inst, "reason": "nf error"}, i["lost"]))

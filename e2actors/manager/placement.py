@@ -41,7 +41,7 @@ from typing import Any
 
 import networkx as nx
 
-from e2actors.errors import E2Error
+from e2actors.errors import E2Error, PlacementError
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import InstanceGraph
 
@@ -50,9 +50,6 @@ __all__ = ["Placement", "PlacementError", "Problem", "SOLVERS", "place", "place_
 
 EPS = 1e-9
 
-
-class PlacementError(E2Error):
-    """The instances cannot be placed: not enough cores (or NIC bandwidth) on the servers."""
 
 
 @dataclass

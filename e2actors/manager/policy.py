@@ -48,7 +48,7 @@ from typing import Any
 import networkx as nx
 import yaml
 
-from e2actors.errors import E2Error
+from e2actors.errors import E2Error, PolicyError
 from e2actors.manager.conditions import check_condition, error_column
 from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml
 
@@ -60,16 +60,6 @@ RESERVED = frozenset({IN, OUT, DROP})
 AFFINITIES = ("none", "flow", "host")
 INPUTS = ("packets", "bytestream")
 DEFAULT_PACKET_BYTES = 800
-
-
-class PolicyError(E2Error):
-    """A policy or hardware description is invalid: ``file``, ``line`` (1-based; 0 when unknown,
-    e.g. from the builder), ``reason``, and ``column`` (1-based in the file, 0 when unknown)."""
-
-    def __init__(self, file: str, line: int, reason: str, column: int = 0) -> None:
-        self.file, self.line, self.reason, self.column = file, line, reason, column
-        where = file + (f":{line}" if line else "") + (f":{column}" if line and column else "")
-        super().__init__(f"{where}: {reason}")
 
 
 # --- values -----------------------------------------------------------------------------------

@@ -150,9 +150,17 @@ class Switch(Actor):
             self.drops["switch queue full"] += len(pkts)
             self.ports[port].drops["switch queue full"] += len(pkts)
 
+    def _links_congested(self) -> bool:
+        if self.table is None:
+            return False
+        node = self.node
+        return any(node.congested(ref) for server, ref in self.table.switches.items() if server != self.server)
+
     async def _gate(self) -> None:
-        """Lossless replays wait here while too much is in flight."""
-        while self.inflight >= self.max_inflight or len(self._cell.mailbox) > self.max_inflight:
+        """Replays wait here while too much is in flight: batches at local instances, messages in
+        our mailbox, or bytes on a link to another server."""
+        while self.inflight >= self.max_inflight or len(self._cell.mailbox) > self.max_inflight \
+                or self._links_congested():
             self._room.clear()
             try:
                 await asyncio.wait_for(self._room.wait(), 0.05)
