@@ -116,7 +116,7 @@ def test_seed_example_loads():
     assert list(p.nfs) == ["ids", "logger", "parental", "shaper"]
     assert p.nfs["ids"].ports == ("safe", "unsafe") and p.nfs["ids"].input == "bytestream"
     assert p.nfs["ids"].affinity == "flow" and p.nfs["parental"].affinity == "flow"
-    assert p.classes[0].filter == "ip or ip6"
+    assert p.classes[0].filter == "ip or ip6 or vlan"
     assert set(p.graph.successors("ids")) == {"logger", "parental", "shaper"}
     hw = Hardware.load(SEED_HW)
     assert list(hw.servers) == ["s1", "s2"] and hw.port_server("in") == "s1"

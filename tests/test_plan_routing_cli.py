@@ -52,11 +52,12 @@ def test_seed_switch_tables():
     assert t1.port_servers == {"in": "s1", "out": "s1"} == t2.port_servers
     assert t1.routes == t2.routes and t1.groups == t2.groups
     assert list(t1.routes) == [
-        Route("port:in", "ip or ip6", "nf:ids", "in->ids"),
+        Route("port:in", "ip or ip6 or vlan", "nf:ids", "in->ids"),
         Route("nf:ids.unsafe", "", "nf:logger", "ids.unsafe->logger"),
         Route("nf:ids.safe", "domain youtube.com", "nf:parental", "ids.safe->parental"),
         Route("nf:ids.safe", "", "nf:shaper", "ids.safe->shaper"),
         Route("nf:parental.out", "", "port:out", "parental->out"),
+        Route("nf:parental.blocked", "", "port:out", "parental->out"),
         Route("nf:shaper.out", "", "port:out", "shaper->out"),
         Route("nf:logger.out", "", "drop", "logger.out->end"),
     ]
