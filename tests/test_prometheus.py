@@ -82,6 +82,11 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(tmp_path: Path) ->
         assert value(api, 'sum(e2_edge_packets_total{edge="ids.unsafe->logger"})') == s["edges"]["ids.unsafe->logger"]
         for nf, n in s["instances_per_nf"].items():
             assert value(api, f'e2_nf_instances{{nf="{nf}"}}') == n
+        # Batch latency histograms: one observation per batch an instance processed.
+        batches = value(api, 'sum(e2_batch_seconds_count{nf="ids"})')
+        assert batches is not None and batches > 0
+        assert value(api, 'sum(e2_batch_seconds_bucket{nf="ids",le="+Inf"})') == batches
+        assert value(api, 'sum(e2_instance_restarts_total)') == 0
         # The run took more than one scrape: the series has history, not just a last point.
         hist = query(api, 'e2_port_packets_total{port="in",direction="rx"}[30s]')
         assert len(hist[0]["values"]) >= 2

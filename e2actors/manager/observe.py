@@ -13,7 +13,33 @@ from typing import Any
 from e2actors.manager.instances import nf_of
 from e2actors.runtime.metrics import Metrics, Sample
 
-__all__ = ["ClusterMetrics", "samples_from_stats"]
+__all__ = ["ClusterMetrics", "histograms_from_stats", "samples_from_stats"]
+
+
+def histograms_from_stats(st: dict[str, Any]) -> list[tuple]:
+    """Batch processing time histograms per NF (instances of an NF summed), as
+    ``(name, help, labels, [(le, cumulative count)...], sum)``."""
+    from e2actors.nf.runner import BATCH_BUCKETS
+
+    per_nf: dict[str, list[int]] = {}
+    sums: dict[str, float] = {}
+    for inst, i in st.get("instances", {}).items():
+        if not isinstance(i, dict) or "batch_hist" not in i:
+            continue
+        nf = nf_of(inst)
+        h = per_nf.setdefault(nf, [0] * (len(BATCH_BUCKETS) + 1))
+        for k, c in enumerate(i["batch_hist"]):
+            h[k] += c
+        sums[nf] = sums.get(nf, 0.0) + i["busy_seconds"]
+    out = []
+    for nf, h in per_nf.items():
+        cum, buckets = 0, []
+        for le, c in zip(BATCH_BUCKETS, h):
+            cum += c
+            buckets.append((repr(le), float(cum)))
+        buckets.append(("+Inf", float(cum + h[-1])))
+        out.append(("e2_batch_seconds", "Time an NF instance spent on one batch", {"nf": nf}, buckets, sums[nf]))
+    return out
 
 
 def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], events: list[Any],
@@ -64,6 +90,8 @@ def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], eve
             add(("e2_drops_total", "counter", "Packets dropped, by where and why",
                  {"server": lab["server"], "where": inst, "reason": "nf error"}, i["lost"]))
         add(("e2_active_flows", "gauge", "Flows in an instance's flow table", lab, i["flows"]))
+        add(("e2_instance_restarts_total", "counter", "Times the supervisor restarted an instance", lab,
+             i.get("restarts", 0)))
         add(("e2_queue_depth", "gauge", "Messages waiting in an actor's mailbox",
              {"server": lab["server"], "actor": inst}, i.get("queue", 0)))
     for nf, n in instances_per_nf.items():
@@ -87,6 +115,7 @@ class ClusterMetrics:
     def update(self, st: dict[str, Any]) -> None:
         m = self.manager
         self._samples = samples_from_stats(st, m.instance_counts(), m.events, dict(m.plan_.assignment))
+        self.metrics.extra_histograms = histograms_from_stats(st)
         self.metrics.snapshot()
 
     async def start(self, port: int, addr: str = "127.0.0.1") -> int:

@@ -131,4 +131,4 @@ class NFInstance(Actor):
         return {"instance": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
                 "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
-                "queue": len(self._cell.mailbox)}
+                "queue": len(self._cell.mailbox), "restarts": self._cell.restarts}

@@ -10,6 +10,7 @@ waiting for a gap), or is counted lost when the pipelet raises.
 
 from __future__ import annotations
 
+import bisect
 import collections
 import time
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
 
-__all__ = ["PipeletRunner", "RunnerStats"]
+__all__ = ["BATCH_BUCKETS", "PipeletRunner", "RunnerStats"]
 
 Clock = Literal["packet", "wall"]
+
+#: Upper bounds (seconds) of the batch processing time histogram.
+BATCH_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0)
 
 
 @dataclass(slots=True)
@@ -37,12 +41,15 @@ class RunnerStats:
     errors: int = 0
     batches: int = 0
     busy_seconds: float = 0.0
+    #: Batch processing times: counts per bucket of BATCH_BUCKETS (seconds), the last is +Inf.
+    batch_hist: list = field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "packets_in": self.packets_in, "bytes_in": self.bytes_in, "packets_out": self.packets_out,
             "per_port": dict(self.per_port), "dropped": self.dropped, "lost": self.lost,
             "errors": self.errors, "batches": self.batches, "busy_seconds": self.busy_seconds,
+            "batch_hist": list(self.batch_hist),
         }
 
 
@@ -100,12 +107,16 @@ class PipeletRunner:
                 await self._run_stream(batch)
             self._housekeeping()
         except Exception:
-            st.busy_seconds += time.perf_counter() - t0
+            dt = time.perf_counter() - t0
+            st.busy_seconds += dt
+            st.batch_hist[bisect.bisect_left(BATCH_BUCKETS, dt)] += 1
             st.errors += 1
             st.lost += n
             p._take_outputs()  # nothing of a failed batch leaves half-done
             raise
-        st.busy_seconds += time.perf_counter() - t0
+        dt = time.perf_counter() - t0
+        st.busy_seconds += dt
+        st.batch_hist[bisect.bisect_left(BATCH_BUCKETS, dt)] += 1
         return self._collect()
 
     async def _run_stream(self, batch: Batch) -> None:

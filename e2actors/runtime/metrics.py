@@ -91,6 +91,8 @@ class Metrics:
         self.interval = interval
         self.sources: list[Source] = []
         self.histograms: list[Histogram] = []
+        #: Histograms computed elsewhere, already in export form (name, help, labels, buckets, sum).
+        self.extra_histograms: list[tuple] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         self._snapshot: tuple[list[Sample], list[tuple]] = ([], [])
@@ -119,7 +121,7 @@ class Metrics:
                 samples.extend(src())
             except Exception as exc:  # one broken source must not blank the others
                 log.warning("metrics source %r failed: %r", src, exc)
-        hists = []
+        hists = list(self.extra_histograms)
         for h in self.histograms:
             b, s = h.snapshot()
             hists.append((h.name, h.help, h.labels, b, s))
