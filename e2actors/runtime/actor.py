@@ -132,6 +132,9 @@ class Actor:
     #: Message types that skip the queue (control messages that must not wait behind a backlog of
     #: data, such as a switch's new table). They are never dropped for lack of room.
     urgent: frozenset[type] = frozenset()
+    #: Message types never dropped for lack of room, queued in order past the bound: their number
+    #: must be bounded by the protocol (e.g. a switch's NF outputs: one per batch it sent out).
+    lossless: frozenset[type] = frozenset()
 
     # Set by the runtime before on_start.
     ref: ActorRef
@@ -236,7 +239,7 @@ class ActorCell:
 
     __slots__ = ("node", "ref", "cls", "kwargs", "actor", "mailbox", "parent", "children", "watchers",
                  "timers", "tracker", "task", "alive", "stopping", "current_ask", "stop_reason", "restarts",
-                 "crashes", "parked", "busy", "_busy_waiter", "urgent", "__weakref__")
+                 "crashes", "parked", "busy", "_busy_waiter", "urgent", "lossless", "__weakref__")
 
     def __init__(self, node: Node, ref: ActorRef, cls: type[Actor], kwargs: dict[str, Any], parent: ActorCell | None,
                  policy: RestartPolicy, mailbox: Mailbox) -> None:
@@ -259,6 +262,7 @@ class ActorCell:
         self.restarts = 0
         self.crashes = 0
         self.urgent = cls.urgent
+        self.lossless = cls.lossless
         self.parked = False   # the actor's task waits on an empty mailbox
         self.busy = False     # an ask is being handled in the asker's task (see ask_inline)
         self._busy_waiter: asyncio.Future[None] | None = None

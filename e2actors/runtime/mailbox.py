@@ -87,6 +87,16 @@ class Mailbox:
                 raise
         return self.put_nowait(item)
 
+    def put_always(self, item: Any) -> None:
+        """Enqueue at the back ignoring the bound: for messages whose number is bounded elsewhere
+        (replies to requests this actor made) and that must never be dropped."""
+        self._q.append(item)
+        g = self._getter
+        if g is not None:
+            self._getter = None
+            if not g.done():
+                g.set_result(None)
+
     def put_front(self, item: Any) -> None:
         """Put an internal item at the head, ignoring the bound (used for system signals)."""
         self._q.appendleft(item)

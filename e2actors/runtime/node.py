@@ -272,6 +272,9 @@ class Node:
         if cell.urgent and type(msg) in cell.urgent:
             cell.mailbox.put_front(msg)
             return True
+        if cell.lossless and type(msg) in cell.lossless:
+            cell.mailbox.put_always(msg)
+            return True
         return cell.mailbox.put_nowait(msg)
 
     async def tell(self, ref: ActorRef, msg: Any) -> bool:
@@ -312,6 +315,17 @@ class Node:
         if conn is None:
             return peer.pending_bytes > self.max_pending_bytes // 2
         return conn._paused
+
+    async def drain(self, ref: ActorRef, timeout: float | None = None) -> None:
+        """Wait until the link to ``ref``'s node is no longer backed up (or ``timeout``)."""
+        peer = self._peers.get(ref.node)
+        conn = peer.conn if peer is not None else None
+        if conn is None or not conn._paused:
+            return
+        try:
+            await asyncio.wait_for(conn.drain(), timeout)
+        except (asyncio.TimeoutError, TransportError):
+            pass
 
     async def ask(self, ref: ActorRef, msg: Any, timeout: float | None = 5.0) -> Any:
         """Request/reply with a local or remote actor."""
@@ -552,6 +566,9 @@ class Node:
                 return None
             if cell.urgent and type(msg) in cell.urgent:
                 cell.mailbox.put_front(msg)
+                return None
+            if cell.lossless and type(msg) in cell.lossless:
+                cell.mailbox.put_always(msg)
                 return None
             try:
                 cell.mailbox.put_nowait(msg)
