@@ -81,3 +81,48 @@ def test_pick_rebalance_evens_out_servers() -> None:
     # balanced enough: nothing to do
     plan2 = with_assignment(plan, {inst: "w2"})
     assert pick_rebalance(plan2, busy, ["main", "w1", "w2"], {}) is None
+
+
+BURN_POLICY = """
+name: burn2
+nfs:
+  burn: {class: "scaling_nfs:Burner", affinity: flow, cost_pps: 20000, min: 2, max: 2, config: {cost_us: 200}}
+classes:
+  - {name: all, filter: "", load_pps: 2000}
+edges:
+  - {from: in, to: burn}
+  - {from: burn, to: out}
+"""
+
+
+async def _rebalance_run(tmp_path: Path, on: bool) -> dict:
+    from e2actors.packet.traffic import frames
+
+    mgr, inp, out = await deploy(tmp_path, BURN_POLICY, allow=("scaling_nfs",), report_interval=0.2,
+                                 rebalance=on, rebalance_every=0.5)
+    try:
+        for i in mgr.plan_.instances_of("burn"):  # both on w1: one server busy, the other idle
+            if mgr.plan_.assignment[i] != "w1":
+                await mgr.move(i, "w1")
+        mgr.events.clear()
+        trace = [d for _t, d in frames(600, seed=5, profile="web")][:9000]
+        await feed(inp, trace, 3000)
+        await mgr.wait_done(timeout=15)
+        s = mgr.summary(await mgr.stats())
+        s["where"] = dict(mgr.plan_.assignment)
+        return s
+    finally:
+        await mgr.stop()
+
+
+async def test_rebalance_moves_from_the_busy_server_only_when_on(tmp_path: Path) -> None:
+    on = await _rebalance_run(tmp_path, True)
+    moves = [e for e in on["scaling_events"] if e["kind"] == "move"]
+    print("rebalance on:", moves, on["where"])
+    assert moves and "rebalance" in moves[0]["detail"]
+    assert {on["where"]["burn#1"], on["where"]["burn#2"]} == {"w1", "w2"}
+    pin, pout, drops = account(on)
+    assert pin == pout + drops and not any("nf error" in k for k in on["drops"])
+    off = await _rebalance_run(tmp_path, False)
+    assert not [e for e in off["scaling_events"] if e["kind"] == "move"], off["scaling_events"]
+    assert off["where"]["burn#1"] == off["where"]["burn#2"] == "w1"
