@@ -114,3 +114,50 @@ async def test_upgrade_nat_keeps_its_mappings(tmp_path: Path) -> None:
     assert any(p.meta.get("ver") == 2 for p in out.received[n:before])
     pin, pout, drops = account(s)
     assert pin == pout and drops == 0, s["drops"]
+
+
+APPLY = ("import sys, argparse; from e2actors.manager import control; p = argparse.ArgumentParser(); "
+         "control.add_arguments(p); sys.exit(control.main(p.parse_args(sys.argv[1:])))")
+
+
+async def test_apply_against_a_running_manager(tmp_path: Path) -> None:
+    """``e2actors apply POLICY --control ADDR --secret-file F`` (the module the CLI registers)."""
+    import sys
+
+    from e2actors.manager.control import read_or_create_secret, serve_for
+
+    secret_file = str(tmp_path / "secret")
+    secret = read_or_create_secret(secret_file)
+    mgr, inp, out = await deploy(tmp_path, V1, allow=("heal_nfs",), secret=secret)
+    ctl = await serve_for(mgr, f"unix://{tmp_path}/ctl.sock", mgr.secret)
+    try:
+        (tmp_path / "v2.yaml").write_text(V2)
+
+        async def apply(*extra: str) -> tuple[int, str, str]:
+            p = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", APPLY, str(tmp_path / "v2.yaml"), "--control", ctl.address,
+                "--secret-file", secret_file, *extra, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            o, e = await p.communicate()
+            return p.returncode, o.decode(), e.decode()
+
+        rc, o, e = await apply("--dry-run")
+        assert rc == 0 and "+ nf tag" in o and "applied" not in o, (o, e)
+        assert mgr.plan_.policy.name == "v1"
+        rc, o, e = await apply()
+        print(o)
+        assert rc == 0 and "applied: tables v" in o, (o, e)
+        assert mgr.plan_.policy.name == "v2" and "tag#1" in mgr.instances
+        inp.inject(pkts([out_frame(k) for k in range(20)]))
+        assert await wait_for(lambda: len(out.received) >= 20)
+        assert all(p.meta.get("tag") == "v2" for p in out.received)
+        # a wrong secret is refused
+        (tmp_path / "bad").write_bytes(b"x" * 40)
+        p = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", APPLY, str(tmp_path / "v2.yaml"), "--control", ctl.address,
+            "--secret-file", str(tmp_path / "bad"), "--timeout", "3",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        o2, e2 = await p.communicate()
+        assert p.returncode != 0
+    finally:
+        await ctl.stop()
+        await mgr.stop()
