@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from e2actors.nf.builtin.nat import NAT
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
@@ -32,7 +34,7 @@ class Crasher(Pipelet):
 
 
 class Tagger(Pipelet):
-    """Tags each packet with ``meta["tag"] = config["tag"]``."""
+    """Tags each packet with ``meta["tag"] = config["tag"]`` and ``meta["pid"]`` (its process)."""
 
     async def setup(self, config: dict) -> None:
         self.tag = config.get("tag", "t")
@@ -40,4 +42,5 @@ class Tagger(Pipelet):
     async def process(self, batch: Batch) -> None:
         for p in batch.packets:
             p.meta["tag"] = self.tag
+            p.meta["pid"] = os.getpid()
             self.emit(p)
