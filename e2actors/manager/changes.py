@@ -347,7 +347,7 @@ class Transaction:
             refs = {**mgr.instances, **{i: spawned[i] for i in self.add}}
             states = {**mgr.states, **{i: "running" for i in self.add}, **{i: "moving" for i in self.replace}}
             if self.add or self.replace:
-                t_hold = time.monotonic()
+                t_hold = time.monotonic() if self.replace else None
                 pushed = True
                 await push(mgr, build_tables(mgr, policy_routes(old_pol), nfs, {**old_assign, **self.add},
                                              refs, states))
@@ -459,9 +459,10 @@ async def update(mgr: Manager, policy: Policy, dry_run: bool = False) -> PolicyD
             raise
         d.applied, d.version, d.seconds = True, tx.version, time.monotonic() - t0
         summary = "; ".join(x for x in d.text().splitlines() if not x.startswith("applied"))
-        mgr._event("*", "update", f"{summary} (tables v{d.version}, {d.seconds * 1000:.0f} ms, "
-                   f"held {tx.hold_seconds * 1000:.1f} ms)")
-        mgr.autoscaler.changed("*", time.monotonic())
+        held = f", packets of replaced instances held {tx.hold_seconds * 1000:.1f} ms" if tx.replace else ""
+        mgr._event("*", "update", f"{summary} (tables v{d.version}, {d.seconds * 1000:.0f} ms{held})")
+        for n in [*d.nfs_added, *d.nfs_changed]:
+            mgr.autoscaler.changed(n, time.monotonic())
     for n, spec in policy.nfs.items():  # new bounds on kept NFs
         cur = mgr.instance_counts().get(n, 0)
         lo, hi = spec.min_instances, spec.max_instances or cur

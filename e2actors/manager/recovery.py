@@ -27,7 +27,7 @@ import time
 from typing import TYPE_CHECKING
 
 from e2actors.errors import E2Error
-from e2actors.manager.changes import spawn_instance, with_assignment, without_instances
+from e2actors.manager.changes import spawn_instance, without_instances
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import nf_of
 from e2actors.manager.placement import place_incremental
@@ -152,7 +152,6 @@ class Recovery:
                 mgr.states[inst] = "running"
             for inst in failed:
                 mgr.states[inst] = "failed"
-                mgr.plan_ = with_assignment(mgr.plan_, {})
             try:
                 await mgr._push_tables()
             except Exception as exc:
