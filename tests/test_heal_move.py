@@ -39,6 +39,7 @@ async def test_move_nat_keeps_mappings_and_loses_nothing(tmp_path: Path) -> None
         await asyncio.sleep(0.3)
         pause = await mgr.move("nat#1", dst)
         await task
+        await mgr.wait_done(timeout=10)  # everything sent so far is out
         assert mgr.plan_.assignment["nat#1"] == dst
         # replies to every external port reach their internal host: the mappings moved
         before = len(out.received)

@@ -99,6 +99,7 @@ async def test_upgrade_nat_keeps_its_mappings(tmp_path: Path) -> None:
         await asyncio.sleep(0.3)
         d = await mgr.upgrade("nat", "heal_nfs:NAT2")
         await task
+        await mgr.wait_done(timeout=10)  # everything sent so far is out
         assert d.nfs_changed == {"nat": ["class"]} and list(d.instances_replaced) == ["nat#1"]
         before = len(out.received)
         inp.inject(pkts([reply_frame(p) for p in ports]))
