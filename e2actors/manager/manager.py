@@ -39,7 +39,7 @@ from e2actors.manager.policy import Policy
 from e2actors.manager.scaling import Autoscaler, ScalingPolicy
 from e2actors.nf.messages import GetStats, LoadReport
 from e2actors.runtime.actor import Actor
-from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Tick
+from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Terminated, Tick
 from e2actors.runtime.node import Node
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.messages import Drained, GetSwitchStats, SetTable
@@ -116,6 +116,8 @@ class ManagerActor(Actor):
             m._on_drained(msg)
         elif isinstance(msg, NodeLost):
             m._on_node_lost(msg)
+        elif isinstance(msg, Terminated):
+            m.recovery.on_terminated(msg)
         elif isinstance(msg, Tick):
             await m._tick()
         return None
@@ -127,7 +129,8 @@ class Manager:
     def __init__(self, *, workers: int = 0, worker_cores: int = 4, secret: bytes | None = None,
                  autoscale: bool = True, scaling: ScalingPolicy | None = None, trace_every: int = 0,
                  allow: tuple[str, ...] = (), report_interval: float = 0.25,
-                 heartbeat_timeout: float = 3.0, max_inflight: int = 64) -> None:
+                 heartbeat_timeout: float = 3.0, max_inflight: int = 64, rebalance: bool = False,
+                 rebalance_threshold: float = 0.3, rebalance_every: float = 2.0) -> None:
         self.workers = workers
         self.worker_cores = worker_cores
         self.secret = secret or secrets.token_hex(32).encode()
@@ -156,6 +159,18 @@ class Manager:
         self._final_instances: dict[str, dict[str, Any]] = {}
         self.started = False
         self.deployed = False
+        # Keeping the deployment healthy (moves, updates, failures: changes.py, recovery.py)
+        from e2actors.manager.recovery import Recovery
+
+        self.rebalance_enabled = rebalance
+        self.rebalance_threshold = rebalance_threshold
+        self.rebalance_every = rebalance_every
+        self._last_rebalance = 0.0
+        self._busy: dict[str, tuple[float, float]] = {}  # instance -> (busy fraction, when reported)
+        self._gen = 0  # numbers the actors that replace instances (moves, upgrades, recovery)
+        self._lost_procs: list[subprocess.Popen] = []
+        self.last_move_pause = 0.0
+        self.recovery = Recovery(self)
 
     # --- planning -------------------------------------------------------------------------------
     def hardware_for(self, hardware: Hardware | None) -> Hardware:
@@ -268,6 +283,7 @@ class Manager:
                                     "monitor": self.ref, "report_interval": self.report_interval})
         self.instances[inst] = ref
         self.states[inst] = "running"
+        self.node.watch(ref, self.ref)  # type: ignore[union-attr,arg-type]  # Terminated -> recovery
 
     def _config(self, config: dict[str, Any]) -> dict[str, Any]:
         """Relative paths in an NF's config that name existing files are the policy directory's
@@ -375,9 +391,35 @@ class Manager:
 
     def _on_report(self, r: LoadReport) -> None:
         self.autoscaler.report(r.nf, r.instance, r.busy, r.drops, time.monotonic())
+        self._busy[r.instance] = (r.busy, time.monotonic())
 
     def _on_node_lost(self, msg: NodeLost) -> None:
-        self._event("*", "node-lost", f"{msg.node}: {msg.reason}")
+        self.recovery.on_node_lost(msg)
+
+    # --- changing a running deployment (see changes.py) ------------------------------------------
+    async def move(self, instance: str, server: str) -> float:
+        """Move ``instance`` to ``server`` with its state; returns how long its packets were held."""
+        from e2actors.manager.changes import move
+
+        return await move(self, instance, server)
+
+    async def update(self, policy: Policy, dry_run: bool = False) -> Any:
+        """Apply a new policy live as one transaction; returns the :class:`PolicyDiff`."""
+        from e2actors.manager.changes import update
+
+        return await update(self, policy, dry_run=dry_run)
+
+    async def upgrade(self, nf: str, cls: str, config: dict[str, Any] | None = None) -> Any:
+        """Replace ``nf``'s pipelet class live; the new instances take over the old ones' state."""
+        from e2actors.manager.changes import upgrade
+
+        return await upgrade(self, nf, cls, config)
+
+    async def rebalance(self) -> tuple[str, str, str] | None:
+        """One move evening out the servers' load (instance, from, to), or None."""
+        from e2actors.manager.changes import rebalance
+
+        return await rebalance(self, self.rebalance_threshold)
 
     async def _tick(self) -> None:
         now = time.monotonic()
@@ -385,6 +427,10 @@ class Manager:
             if now - t0 > 30 and inst in self._draining:  # a switch never answered: retire anyway
                 self._draining[inst] = set()
                 asyncio.get_running_loop().create_task(self._retire(inst))
+        if self.rebalance_enabled and self.deployed and not self._lock.locked() \
+                and now - self._last_rebalance >= self.rebalance_every:
+            self._last_rebalance = now
+            asyncio.get_running_loop().create_task(self._rebalance_quietly())
         if not (self.autoscale and self.deployed and self.plan_ is not None) or self._lock.locked():
             return
         for nf, spec in self.plan_.policy.nfs.items():
@@ -401,6 +447,13 @@ class Manager:
             except E2Error as exc:
                 self._event(nf, "scale-failed", str(exc))
                 self.autoscaler.changed(nf, now)
+
+    async def _rebalance_quietly(self) -> None:
+        try:
+            await self.rebalance()
+        except Exception as exc:
+            self._event("*", "rebalance-failed", repr(exc))
+        self._last_rebalance = time.monotonic()
 
     def _event(self, nf: str, kind: str, detail: str, at: float | None = None) -> None:
         e = Event((at if at is not None else time.monotonic()) - self.t0, nf, kind, detail)
@@ -535,6 +588,7 @@ class Manager:
             "verdicts": dict(verdicts),
             "alerts": dict(alerts),
             "scaling_events": [e.as_dict() for e in self.events],
+            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS],
         }
 
     # --- stopping -------------------------------------------------------------------------------
@@ -548,6 +602,10 @@ class Manager:
                     except Exception:
                         pass
             await self.node.stop()
+        for proc in self._lost_procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
         for srv in self.servers.values():
             if srv.proc is not None:
                 try:
@@ -556,6 +614,9 @@ class Manager:
                 except Exception:
                     srv.proc.kill()
         self.started = False
+
+
+_ERROR_KINDS = ("failed", "node-lost", "update-failed", "scale-failed", "rebalance-failed")
 
 
 def _progress(st: dict[str, Any]) -> tuple:

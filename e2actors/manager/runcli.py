@@ -53,6 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, help="stop after this many seconds (live traffic: required)")
     p.add_argument("--trace", type=int, default=0, metavar="N", help="trace every Nth packet's path")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--control", metavar="ADDR", help="serve control requests (e2actors apply) at unix:///PATH or tcp://H:P")
+    p.add_argument("--secret-file", help="the cluster's secret (created if absent); e2actors apply needs it")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -78,13 +80,18 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
                       iface_in=args.iface_in, iface_out=args.iface_out)
     mods = tuple(sorted({spec.cls.partition(":")[0].rpartition(".")[0] or spec.cls.partition(":")[0]
                          for spec in policy.nfs.values()}))
+    from e2actors.manager.control import read_or_create_secret, serve_for
+
+    secret = read_or_create_secret(args.secret_file) if getattr(args, "secret_file", None) else None
     mgr = Manager(workers=args.workers, worker_cores=args.worker_cores, autoscale=not args.no_autoscale,
-                  trace_every=args.trace, allow=mods)
+                  trace_every=args.trace, allow=mods, secret=secret)
     metrics = None
+    control = None
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.json else None
     try:
         plan = mgr.plan(policy, hardware, load=args.load, solver=args.solver)
         await mgr.deploy(plan, traffic)
+        control = await serve_for(mgr, getattr(args, "control", None), mgr.secret)
         if args.metrics_port is not None:
             metrics = ClusterMetrics(mgr)
             port = await metrics.start(args.metrics_port, args.metrics_addr)
@@ -111,6 +118,8 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(args.linger)
         return summary
     finally:
+        if control is not None:
+            await control.stop()
         if metrics is not None:
             await metrics.stop()
         await mgr.stop()

@@ -45,8 +45,11 @@ class NFInstance(Actor):
 
     def __init__(self, pipelet: str | type[Pipelet], config: dict[str, Any] | None = None, nf: str = "",
                  output: ActorRef | None = None, monitor: ActorRef | None = None,
-                 report_interval: float = 0.25, clock: str = "wall") -> None:
+                 report_interval: float = 0.25, clock: str = "wall", instance: str | None = None) -> None:
         self.pipelet_cls = pipelet
+        #: The member name the switch knows this instance by (default: the actor's name). A move or
+        #: an upgrade starts a new actor under another name that carries on as the same member.
+        self.instance = instance
         self.nf_config = dict(config or {})
         self.nf = nf
         self.output = output
@@ -60,8 +63,10 @@ class NFInstance(Actor):
 
     async def on_start(self) -> None:
         cls = resolve_pipelet(self.pipelet_cls, self.node.allow_spawn)
+        if self.instance is None:
+            self.instance = self.name
         p = cls()
-        p.name = self.name
+        p.name = self.instance
         self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
         await self.runner.start(self.nf_config)
         self._last = (time.monotonic(), 0, 0, 0.0)
@@ -111,7 +116,7 @@ class NFInstance(Actor):
         dropped = st.dropped - self._sent_dropped
         self._sent_dropped = st.dropped
         outputs = tuple((port, Batch(pkts)) for port, pkts in out.items() if pkts)
-        self.send(self.output, NFOutput(self.name, seq, outputs, dropped, lost, error))
+        self.send(self.output, NFOutput(self.instance, seq, outputs, dropped, lost, error))
 
     def _report(self) -> None:
         st = self.runner.stats
@@ -120,7 +125,7 @@ class NFInstance(Actor):
         dt = max(now - t0, 1e-9)
         mb = self._cell.mailbox
         rep = LoadReport(
-            instance=self.name, nf=self.nf, pps=(st.packets_in - pk0) / dt, bps=(st.bytes_in - by0) * 8 / dt,
+            instance=self.instance, nf=self.nf, pps=(st.packets_in - pk0) / dt, bps=(st.bytes_in - by0) * 8 / dt,
             queue=len(mb), drops=mb.dropped + st.dropped, busy=min(1.0, (st.busy_seconds - busy0) / dt),
             flows=len(self.runner.pipelet.flows), held=self.runner.held, packets=st.packets_in, ts=time.time())
         self._last = (now, st.packets_in, st.bytes_in, st.busy_seconds)
@@ -128,7 +133,7 @@ class NFInstance(Actor):
 
     def stats(self) -> dict[str, Any]:
         p = self.runner.pipelet
-        return {"instance": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
+        return {"instance": self.instance, "actor": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
                 "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
                 "queue": len(self._cell.mailbox), "restarts": self._cell.restarts}

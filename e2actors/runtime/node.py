@@ -664,8 +664,17 @@ class SystemActor(Actor):
 
     async def on_message(self, msg: Any) -> Any:
         if isinstance(msg, Spawn):
-            cls = load_class(msg.cls, self.node.allow_spawn, self.node)
-            return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
+            try:
+                cls = load_class(msg.cls, self.node.allow_spawn, self.node)
+                return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
+            except Exception as exc:
+                # A refused spawn is the asker's error, not ours: reply with it and carry on (a
+                # crash here would spend $system's restart budget, and a few refusals stop it).
+                ask = self._cell.current_ask
+                if ask is None:
+                    raise
+                ask.fail(exc)
+                return None
         if isinstance(msg, StopActor):
             ref = ActorRef(self.node.address, msg.name)
             alive = self.node.is_alive(ref)

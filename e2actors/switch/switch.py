@@ -53,7 +53,7 @@ class _PortInput:
 
 
 class _Group:
-    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq", "only")
+    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq", "only", "no_instance")
 
     def __init__(self, spec: GroupSpec, balancer: Balancer | None, runner: PipeletRunner | None) -> None:
         self.spec = spec
@@ -65,6 +65,9 @@ class _Group:
         # Stateless group with a single running instance (and nothing else in the table): every
         # packet goes there, so the balancer need not look at each one.
         self.only: str | None = None
+        # The drop reason when no member can take a packet: every member failed, or none.
+        failed = bool(spec.members) and all(m.state == "failed" for m in spec.members)
+        self.no_instance = f"nf {spec.nf} failed" if failed else f"no instance of {spec.nf}"
         if spec.affinity == "none" and len(spec.members) == 1 and spec.members[0].state == "running":
             self.only = spec.members[0].instance
 
@@ -112,6 +115,9 @@ class Switch(Actor):
         self._later: collections.deque[tuple[str, list[Packet], str]] = collections.deque()
         # Packets waiting for an instance that is moving: instance -> packets
         self._held: dict[str, list[Packet]] = {}
+        # Batches at local instances not answered yet: instance -> {seq: packets}. When an
+        # instance fails for good (or leaves the table) they are counted as lost with it.
+        self._outstanding: dict[str, dict[int, int]] = {}
         self._trace_n = 0
         self.traces: collections.deque = collections.deque(maxlen=1000)
         self.live = False
@@ -321,7 +327,7 @@ class Switch(Actor):
         for pkt in pkts:
             inst = bal.pick(pkt, now)
             if inst is None:
-                self._drop([pkt], f"no instance of {nf}")
+                self._drop([pkt], g.no_instance)
                 continue
             if type(inst) is Hold:
                 self._hold(inst.instance, pkt)
@@ -354,6 +360,10 @@ class Switch(Actor):
         g.sent[inst] += len(pkts)
         if self.send(m.ref, NFBatch(Batch(pkts), g.seq)):
             self.inflight += 1
+            out = self._outstanding.get(inst)
+            if out is None:
+                out = self._outstanding[inst] = {}
+            out[g.seq] = len(pkts)
         else:
             self._drop(pkts, "queue full")
 
@@ -432,6 +442,9 @@ class Switch(Actor):
         if msg.seq >= 0:
             self.inflight = max(0, self.inflight - 1)
             self._update_room()
+            out = self._outstanding.get(msg.instance)
+            if out is not None:
+                out.pop(msg.seq, None)
         nf = self.instance_nf.get(msg.instance)
         if msg.lost:
             self.drops[f"nf error in {nf or msg.instance}"] += msg.lost
@@ -528,6 +541,7 @@ class Switch(Actor):
         for p in opened:
             await p.open(self._port_ingress, self._gate)
         await self._release_held()
+        self._forget_gone()
         log.debug("switch %s: table v%d installed", self.server, table.version)
         return table.version
 
@@ -540,6 +554,21 @@ class Switch(Actor):
                 self._drop(self._held.pop(inst), f"held for vanished instance {inst}")
             elif m.state != "moving":
                 self._to_instance(g, inst, self._held.pop(inst))
+
+    def _forget_gone(self) -> None:
+        """Batches outstanding at instances that failed or left the table will not come back:
+        count their packets as lost and stop waiting for them."""
+        for inst in list(self._outstanding):
+            nf = self.instance_nf.get(inst)
+            g = self.groups.get(nf) if nf else None
+            m = g.members.get(inst) if g else None
+            if m is not None and m.state not in ("failed", "stopped"):
+                continue
+            out = self._outstanding.pop(inst)
+            if out:
+                self.drops[f"lost with failed instance {inst}"] += sum(out.values())
+                self.inflight = max(0, self.inflight - len(out))
+        self._update_room()
 
     # --- housekeeping ---------------------------------------------------------------------------
     async def _housekeeping(self) -> None:

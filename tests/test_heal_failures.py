@@ -1,0 +1,140 @@
+"""Failures: an NF that crashes (restarted; for good: taken out of the path) and a worker process
+killed with SIGKILL (its instances re-placed on the survivors, switches reprogrammed)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from healkit import account, deploy, feed, out_frame, pkts, wait_for
+
+from e2actors.packet.build import ether, ipv4, udp
+
+CRASH = """
+name: crashy
+nfs:
+  crash: {class: "heal_nfs:Crasher", min: %d, max: %d}
+classes:
+  - {name: all, filter: "", load_pps: 1000}
+edges:
+  - {from: in, to: crash}
+  - {from: crash, to: out}
+"""
+
+
+def boom() -> bytes:
+    return ether(ipv4("10.9.9.9", "203.0.113.9", 17, udp("10.9.9.9", "203.0.113.9", 999, 53, payload=b"boom")))
+
+
+async def test_crash_once_is_restarted_and_its_batch_counted(tmp_path: Path) -> None:
+    mgr, inp, out = await deploy(tmp_path, CRASH % (1, 1), allow=("heal_nfs",))
+    try:
+        inp.inject(pkts([out_frame(k) for k in range(100)]))
+        assert await wait_for(lambda: len(out.received) >= 100)
+        inp.inject(pkts([out_frame(k) for k in range(5)] + [boom()]))  # one batch of 6: lost
+        await asyncio.sleep(0.2)
+        inp.inject(pkts([out_frame(k) for k in range(100)]))
+        assert await wait_for(lambda: len(out.received) >= 200)
+        await mgr.wait_done(timeout=10)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    assert s["drops"] == {"switch: nf error in crash": 6}, s["drops"]
+    assert account(s) == (206, 200, 6)
+    assert not s["errors"]  # restarted per its policy: not a failure of the deployment
+
+
+async def test_crashing_for_good_is_taken_out_of_the_path(tmp_path: Path) -> None:
+    mgr, inp, out = await deploy(tmp_path, CRASH % (1, 1), allow=("heal_nfs",))
+    try:
+        for _ in range(4):  # the restart policy allows 3 restarts in 10 s: the 4th crash stops it
+            inp.inject(pkts([boom()]))
+            await asyncio.sleep(0.15)
+        assert await wait_for(lambda: any(e.kind == "failed" for e in mgr.events), timeout=5)
+        assert mgr.states["crash#1"] == "failed"
+        inp.inject(pkts([out_frame(k) for k in range(50)]))  # the run goes on; crash's packets are dropped
+        await mgr.wait_done(timeout=10)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    print(s["drops"], s["errors"])
+    assert s["drops"]["switch: nf crash failed"] == 50
+    assert s["drops"]["switch: nf error in crash"] == 4
+    pin, pout, drops = account(s)
+    assert pin == 54 and pout == 0 and pin == pout + drops
+    assert s["errors"][0]["kind"] == "failed" and "crash#1" in s["errors"][0]["detail"]
+
+
+async def test_crashing_instance_leaves_its_group_to_the_others(tmp_path: Path) -> None:
+    mgr, inp, out = await deploy(tmp_path, CRASH % (2, 2), allow=("heal_nfs",))
+    try:
+        for _ in range(4):
+            inp.inject(pkts([boom()]))
+            await asyncio.sleep(0.15)
+        assert await wait_for(lambda: any(e.kind == "failed" for e in mgr.events), timeout=5)
+        assert len(mgr.plan_.instances_of("crash")) == 1
+        inp.inject(pkts([out_frame(k) for k in range(200)]))
+        assert await wait_for(lambda: len(out.received) >= 200)
+        await mgr.wait_done(timeout=10)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    assert account(s) == (204, 200, 4), s["drops"]
+
+
+KILL = """
+name: killme
+nfs:
+  tag: {class: "heal_nfs:Tagger", min: 2, max: 2}
+classes:
+  - {name: all, filter: "", load_pps: 1000}
+edges:
+  - {from: in, to: tag}
+  - {from: tag, to: out}
+"""
+
+
+async def test_sigkilled_worker_is_replaced(tmp_path: Path) -> None:
+    hb = 1.0
+    mgr, inp, out = await deploy(tmp_path, KILL, allow=("heal_nfs",), heartbeat_timeout=hb)
+    try:
+        victim = mgr.plan_.assignment["tag#1"]
+        for i in mgr.plan_.instances_of("tag"):  # both instances on the victim
+            if mgr.plan_.assignment[i] != victim:
+                await mgr.move(i, victim)
+        pid = mgr.servers[victim].proc.pid
+        frames = [out_frame(k % 500, k // 500) for k in range(6000)]
+        arrivals: list[tuple[float, int]] = []
+        orig_send = out.send
+
+        def send(ps):
+            now = time.monotonic()
+            arrivals.extend((now, p.meta.get("pid", 0)) for p in ps)
+            orig_send(ps)
+
+        out.send = send
+        task = asyncio.get_running_loop().create_task(feed(inp, frames, 1000))
+        await asyncio.sleep(1.0)
+        t_kill = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        await task
+        await mgr.wait_done(timeout=15)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    back = next(t for t, p in arrivals if t > t_kill and p not in (0, pid))
+    recovery = back - t_kill
+    pin, pout, drops = account(s)
+    lost = pin - pout
+    print(f"node loss: traffic flowing again {recovery:.2f} s after the kill (heartbeat timeout {hb} s); "
+          f"{lost} packets lost ({drops} of them counted: {s['drops']})")
+    assert victim not in s["servers"]
+    assert all(i["server"] != victim for n, i in s["instances"].items() if "~" not in n or not i.get("retired"))
+    kinds = [e["kind"] for e in s["scaling_events"]]
+    assert "node-lost" in kinds and "recovered" in kinds
+    assert recovery < 3 * hb + 1.0
+    assert pin == 6000 and 0 < pout and lost < 6000 * 0.6
+    assert all(p.meta.get("pid") not in (None, pid) for p in out.received[-100:])
