@@ -239,7 +239,8 @@ class Manager:
         for name, srv in self.servers.items():
             srv.switch = await self._spawn_on(name, "e2actors.switch.switch:Switch", f"switch-{name}",
                                               {"server": name, "manager": self.ref, "trace_every": self.trace_every,
-                                               "max_inflight": self.max_inflight})
+                                               "max_inflight": self.max_inflight,
+                                               "live": any(p.kind == "afpacket" for p in hw.ports.values())})
         for inst, server in plan.assignment.items():
             await self._spawn_instance(inst, server)
         await self._push_tables()

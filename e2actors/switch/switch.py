@@ -85,8 +85,11 @@ class Switch(Actor):
 
     def __init__(self, server: str, manager: ActorRef | None = None, trace_every: int = 0,
                  hold_packets: int = 64, hold_seconds: float = 0.5, max_inflight: int = 64,
-                 housekeeping: float = 0.05) -> None:
+                 housekeeping: float = 0.05, live: bool = False) -> None:
         self.server = server
+        # Live traffic somewhere in the deployment (AF_PACKET ports, maybe on another server):
+        # decisions cannot wait for a host that only comes after the handshake.
+        self.live_traffic = live
         self.manager = manager
         self.trace_every = trace_every
         self.hold_packets = hold_packets
@@ -118,7 +121,7 @@ class Switch(Actor):
         self._held: dict[str, list[Packet]] = {}
         self._trace_n = 0
         self.traces: collections.deque = collections.deque(maxlen=1000)
-        self.live = False
+        self.live = self.live_traffic
         self.reverse_of: dict[str, str] = {}
         self.every(self.housekeeping_interval, _HOUSEKEEPING)
 
@@ -553,7 +556,7 @@ class Switch(Actor):
         self.routes = routes
         self.table = table
         self.version = table.version
-        self.live = any(p.kind == "afpacket" for p in new_ports.values())
+        self.live = self.live_traffic or any(p.kind == "afpacket" for p in new_ports.values())
         self.reverse_of = {spec.name: str(spec.params["reverse_of"]) for spec in table.ports
                            if spec.params.get("reverse_of")}
         for p in opened:
