@@ -37,6 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="server name (default: host name)")
     p.add_argument("--allow", action="append", default=[],
                    help="module prefix of pipelet classes this agent may load (repeatable; e2actors. always)")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (0: any free port; default: none)")
+    p.add_argument("--metrics-addr", default="127.0.0.1", help="address for the metrics (default: loopback)")
     p.add_argument("--exit-with-parent", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--heartbeat-timeout", type=float, default=3.0)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -61,6 +64,14 @@ async def serve(args: argparse.Namespace) -> None:
                 allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
                 heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6)
     await node.start()
+    metrics = None
+    if args.metrics_port is not None:
+        from e2actors.runtime.metrics import Metrics
+
+        metrics = Metrics(interval=0.5)
+        metrics.add_source(lambda: node_samples(node))
+        port = await metrics.start(args.metrics_port, args.metrics_addr)
+        print(f"METRICS http://{args.metrics_addr}:{port}/metrics", flush=True)
     print("READY", node.address, flush=True)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -77,7 +88,40 @@ async def serve(args: argparse.Namespace) -> None:
 
         loop.add_reader(sys.stdin.fileno(), on_stdin)
     await stop
+    if metrics is not None:
+        await metrics.stop()
     await node.stop()
+
+
+def node_samples(node: Node) -> list:
+    """Metrics of what this agent hosts: its switch(es) and NF instances (the same names and labels
+    as the manager's cluster metrics, see :mod:`e2actors.manager.observe`), plus the node's own
+    counters (authentication failures, refused spawns, lost peers, ...) and its actors."""
+    from e2actors.manager.observe import samples_from_stats
+    from e2actors.nf.instance import NFInstance
+    from e2actors.switch.switch import Switch
+
+    switches: dict[str, dict] = {}
+    instances: dict[str, dict] = {}
+    for ref in node.actors():
+        cell = node.cell(ref)
+        actor = getattr(cell, "actor", None) if cell is not None else None
+        try:
+            if isinstance(actor, Switch):
+                switches[actor.server] = actor.stats()
+            elif isinstance(actor, NFInstance) and getattr(actor, "runner", None) is not None:
+                instances[ref.name] = actor.stats()
+        except Exception as exc:  # an actor between start and ready: skip it this round
+            log.debug("metrics: %s: %r", ref, exc)
+    server = node.name
+    out = samples_from_stats({"switches": switches, "instances": instances}, {}, [],
+                             {i: server for i in instances})
+    for k, v in sorted(node.counters.items()):
+        out.append(("e2_node_events_total", "counter", "Node events: auth failures, refused spawns, "
+                    "lost peers, dead letters, ...", {"server": server, "event": k}, v))
+    out.append(("e2_node_actors", "gauge", "Actors running on this node", {"server": server}, len(node.actors())))
+    out.append(("e2_node_cores", "gauge", "Cores this node offers for NF instances", {"server": server}, node.cores))
+    return out
 
 
 @command("agent", "run a server's node: hosts a switch and NF instances for a manager", add_arguments)

@@ -37,7 +37,7 @@ def _load_commands() -> None:
     import importlib
 
     for mod in ("e2actors.packet.filtercli", "e2actors.packet.gencli", "e2actors.agent",
-                "e2actors.manager.plancli", "e2actors.manager.runcli"):
+                "e2actors.manager.plancli", "e2actors.manager.runcli", "e2actors.manager.control"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -14,7 +14,9 @@ Server keys: ``name``, ``cores`` (cores for NF instances; the switch's own core 
 (``host:port`` of the server's agent, for a cluster; absent: this process). Ports: ``in`` and
 ``out`` name the server that holds each external port (default: the first server), optionally with
 a port ``kind`` (``memory``, ``pcap-in``, ``pcap-out``, ``afpacket``) and its parameters, as
-:class:`e2actors.switch.table.PortSpec` takes them.
+:class:`e2actors.switch.table.PortSpec` takes them. A bump in the wire, carrying both directions
+through one policy: ``out: {server: s1, kind: afpacket, iface: veth-srv, reverse_of: in}`` (what
+arrives on ``out`` takes the policy as the return direction and leaves through ``in``).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2actors.errors import E2Error
+from e2actors.errors import E2Error, RemoteError, SpawnRefused
 from e2actors.manager.hardware import Hardware, PortPlace, Server
 from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan, make_plan
@@ -130,8 +130,9 @@ class Manager:
                  autoscale: bool = True, scaling: ScalingPolicy | None = None, trace_every: int = 0,
                  allow: tuple[str, ...] = (), report_interval: float = 0.25,
                  heartbeat_timeout: float = 3.0, max_inflight: int = 64, rebalance: bool = False,
-                 rebalance_threshold: float = 0.3, rebalance_every: float = 2.0) -> None:
+                 rebalance_threshold: float = 0.3, rebalance_every: float = 2.0, tls: Any = None) -> None:
         self.workers = workers
+        self.tls = tls  # a TLSConfig: mutual TLS on every link to the agents
         self.worker_cores = worker_cores
         self.secret = secret or secrets.token_hex(32).encode()
         self.autoscale = autoscale
@@ -192,7 +193,7 @@ class Manager:
     async def start(self) -> None:
         if self.started:
             return
-        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow,
+        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow, tls=self.tls,
                          heartbeat_interval=self.heartbeat_timeout / 6, heartbeat_timeout=self.heartbeat_timeout)
         await self.node.start()
         self.ref = self.node.spawn(ManagerActor, "manager", manager=self)
@@ -206,7 +207,7 @@ class Manager:
                 continue
             if srv.address:
                 addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
-                await self.node.connect(addr)
+                await check_agent(self.node, name, addr, srv.cores)
                 self.servers[name] = _Server(name, addr)
             elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
                 self.servers[name] = _Server(name, self.node.address)
@@ -243,7 +244,8 @@ class Manager:
         await self.start()
         assert self.node is not None and self.ref is not None
         self.traffic = traffic or Traffic()
-        ports = self.traffic.ports()
+        # No traffic given: the hardware file's ports (kind and params, e.g. AF_PACKET) stay.
+        ports = self.traffic.ports() if traffic is not None else {}
         hw = plan.hardware
         hw.ports = {n: dataclasses.replace(p, kind=ports[n][0], params=ports[n][1]) if n in ports else p
                     for n, p in hw.ports.items()}
@@ -252,7 +254,8 @@ class Manager:
         for name, srv in self.servers.items():
             srv.switch = await self._spawn_on(name, "e2actors.switch.switch:Switch", f"switch-{name}",
                                               {"server": name, "manager": self.ref, "trace_every": self.trace_every,
-                                               "max_inflight": self.max_inflight})
+                                               "max_inflight": self.max_inflight,
+                                               "live": any(p.kind == "afpacket" for p in hw.ports.values())})
         for inst, server in plan.assignment.items():
             await self._spawn_instance(inst, server)
         await self._push_tables()
@@ -267,7 +270,14 @@ class Manager:
             from e2actors.runtime.node import load_class
 
             return self.node.spawn(load_class(cls, self.allow), name, **kwargs)
-        return await self.node.ask(self.node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
+        try:
+            return await self.node.ask(self.node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
+        except RemoteError as exc:
+            if "SpawnRefused" in str(exc):  # the agent's allow-list said no: say which server and class
+                what = kwargs.get("pipelet", cls)
+                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
+                                   f"{str(exc).partition(': ')[2]} (start it with --allow MODULE to permit)") from None
+            raise
 
     async def _spawn_instance(self, inst: str, server: str) -> None:
         assert self.plan_ is not None
@@ -617,6 +627,36 @@ class Manager:
 
 
 _ERROR_KINDS = ("failed", "node-lost", "update-failed", "scale-failed", "rebalance-failed")
+
+
+async def check_agent(node: Node, name: str, address: str, cores: int, timeout: float = 10.0) -> Any:
+    """Connect to the agent of server ``name`` and check it before deploying anything on it: it
+    authenticates (shared secret, and TLS when configured), runs our version, and offers at least
+    the ``cores`` the hardware file gives the server. Raises :class:`E2Error` saying what is wrong."""
+    from e2actors._version import __version__
+    from e2actors.errors import AuthError, TransportError
+    from e2actors.runtime.messages import GetNodeInfo
+
+    try:
+        await asyncio.wait_for(node.connect(address), timeout)
+    except AuthError as exc:
+        raise E2Error(f"agent of server {name} at {address} refused us: authentication failed "
+                      f"(wrong shared secret, or TLS on one side only): {exc}") from None
+    except (TransportError, OSError, asyncio.TimeoutError) as exc:
+        raise E2Error(f"agent of server {name} at {address} is unreachable: {exc or type(exc).__name__}") from None
+    try:
+        info = await node.ask(node.system_ref(address), GetNodeInfo(), timeout=timeout)
+    except Exception as exc:
+        raise E2Error(f"agent of server {name} at {address} does not describe itself: {exc}") from None
+    if info.version != __version__:
+        raise E2Error(f"agent of server {name} at {address} runs e2actors {info.version}, "
+                      f"the manager {__version__}: run the same version everywhere")
+    if info.cores < cores:
+        raise E2Error(f"agent of server {name} at {address} offers {info.cores} cores, "
+                      f"the hardware file gives it {cores}")
+    log.info("agent %s at %s: %s, e2actors %s, %d cores, pid %d", name, address, info.name, info.version,
+             info.cores, info.pid)
+    return info
 
 
 def _progress(st: dict[str, Any]) -> tuple:

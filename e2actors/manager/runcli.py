@@ -17,6 +17,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -54,7 +55,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", type=int, default=0, metavar="N", help="trace every Nth packet's path")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--control", metavar="ADDR", help="serve control requests (e2actors apply) at unix:///PATH or tcp://H:P")
-    p.add_argument("--secret-file", help="the cluster's secret (created if absent); e2actors apply needs it")
+    p.add_argument("--secret-file", help="the cluster's shared secret (the agents' --secret-file; created if absent "
+                                         "for --control); needed with a hardware file naming agents by address")
+    p.add_argument("--tls-cert", help="this manager's certificate (mutual TLS with the agents)")
+    p.add_argument("--tls-key")
+    p.add_argument("--tls-ca", help="the CA that signs the agents' certificates")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -72,19 +77,34 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
 
         pcap = os.path.join(tempfile.mkdtemp(prefix="e2gen-"), "gen.pcap")
         write_pcap(pcap, flows=args.gen, seed=args.seed, profile=args.profile)
-    if not pcap and not args.iface_in:
-        raise E2Error("no traffic: give --traffic PCAP, --gen FLOWS or --in IFACE --out IFACE")
-    if args.iface_in and not args.duration:
+    # A hardware file may place live ports itself (``in: {server: s1, kind: afpacket, iface: ...}``).
+    hw_live = hardware is not None and any(p.kind not in ("memory", "null") for p in hardware.ports.values())
+    if not pcap and not args.iface_in and not hw_live:
+        raise E2Error("no traffic: give --traffic PCAP, --gen FLOWS or --in IFACE --out IFACE "
+                      "(or a hardware file whose ports are live interfaces)")
+    if (args.iface_in or (hw_live and not pcap)) and not args.duration:
         raise E2Error("live interfaces need --duration SECONDS")
-    traffic = Traffic(pcap=pcap, speed=args.speed, loop=args.loop, out=args.out_pcap,
-                      iface_in=args.iface_in, iface_out=args.iface_out)
-    mods = tuple(sorted({spec.cls.partition(":")[0].rpartition(".")[0] or spec.cls.partition(":")[0]
-                         for spec in policy.nfs.values()}))
+    traffic = None if (hw_live and not pcap and not args.iface_in) else Traffic(
+        pcap=pcap, speed=args.speed, loop=args.loop, out=args.out_pcap,
+        iface_in=args.iface_in, iface_out=args.iface_out)
     from e2actors.manager.control import read_or_create_secret, serve_for
 
-    secret = read_or_create_secret(args.secret_file) if getattr(args, "secret_file", None) else None
+    secret = None
+    if args.secret_file:
+        secret = read_or_create_secret(args.secret_file)
+    elif hardware is not None and any(s.address for s in hardware.servers.values()):
+        raise E2Error(f"{hardware.file} names agents by address: give --secret-file (the agents' shared secret)")
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_ca:
+        if not (args.tls_cert and args.tls_key and args.tls_ca):
+            raise E2Error("--tls-cert, --tls-key and --tls-ca go together")
+        from e2actors.runtime.node import TLSConfig
+
+        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
+    mods = tuple(sorted({spec.cls.partition(":")[0].rpartition(".")[0] or spec.cls.partition(":")[0]
+                         for spec in policy.nfs.values()}))
     mgr = Manager(workers=args.workers, worker_cores=args.worker_cores, autoscale=not args.no_autoscale,
-                  trace_every=args.trace, allow=mods, secret=secret)
+                  trace_every=args.trace, allow=mods, secret=secret, tls=tls)
     metrics = None
     control = None
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.json else None
@@ -104,7 +124,23 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
             if progress is not None:
                 progress.show(mgr, st)
 
-        done = await mgr.wait_done(timeout=args.duration, on_poll=on_poll)
+        # SIGINT/SIGTERM end a live run early, with its summary (how a service manager stops it).
+        loop = asyncio.get_running_loop()
+        waiting = loop.create_task(mgr.wait_done(timeout=args.duration, on_poll=on_poll))
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, waiting.cancel)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            done = await waiting
+        except asyncio.CancelledError:
+            if not waiting.cancelled():
+                raise
+            done = False
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
         st = await mgr.stats()
         if metrics is not None:
             metrics.update(st)

@@ -206,7 +206,12 @@ class Node:
             name = f"{cls.__name__.lower()}-{self._next_name}"
         if name in self._actors:
             raise E2Error(f"an actor named {name!r} already runs on {self.address}")
-        cls.check_spawn(self, kwargs)
+        try:
+            cls.check_spawn(self, kwargs)
+        except SpawnRefused as exc:
+            self.counters["spawn_refused"] += 1
+            log.warning("%s: refused to spawn %s %s: %s", self.name, cls.__name__, name, exc)
+            raise
         ref = ActorRef(self.address, name)
         mb = Mailbox(mailbox_size or cls.mailbox_size, overflow or cls.overflow)
         cell = ActorCell(self, ref, cls, kwargs, parent, restart or cls.restart_policy, mb)

@@ -8,7 +8,14 @@ is dropped with a reason (malformed, no route, queue full, hold overflow, ...).
 
 The switch is one actor: port input, NF outputs, batches from other switches and table updates
 all arrive as messages and are handled one at a time, so a table swap is atomic with respect to
-the traffic. NFs marked ``inline`` run inside this loop (no actor hop, no mailbox), through the
+the traffic. A bump in the wire carries both directions: a port whose parameters say ``reverse_of: in`` (say,
+``out``, the interface towards the servers) feeds what it receives into the policy as if it had
+entered at ``in``, tagged ``meta["reverse"] = "in"``; where the policy sends such a packet to an
+external port, it leaves through ``in`` instead (on whichever server holds it). So one policy
+DAG serves both directions of every flow (stateful NFs see both; conditions may test
+``meta.reverse exists``).
+
+NFs marked ``inline`` run inside this loop (no actor hop, no mailbox), through the
 same :class:`~e2actors.nf.runner.PipeletRunner` an instance actor uses.
 """
 
@@ -84,8 +91,11 @@ class Switch(Actor):
 
     def __init__(self, server: str, manager: ActorRef | None = None, trace_every: int = 0,
                  hold_packets: int = 64, hold_seconds: float = 0.5, max_inflight: int = 64,
-                 housekeeping: float = 0.05) -> None:
+                 housekeeping: float = 0.05, live: bool = False) -> None:
         self.server = server
+        # Live traffic somewhere in the deployment (AF_PACKET ports, maybe on another server):
+        # decisions cannot wait for a host that only comes after the handshake.
+        self.live_traffic = live
         self.manager = manager
         self.trace_every = trace_every
         self.hold_packets = hold_packets
@@ -120,7 +130,8 @@ class Switch(Actor):
         self._outstanding: dict[str, dict[int, int]] = {}
         self._trace_n = 0
         self.traces: collections.deque = collections.deque(maxlen=1000)
-        self.live = False
+        self.live = self.live_traffic
+        self.reverse_of: dict[str, str] = {}
         self.every(self.housekeeping_interval, _HOUSEKEEPING)
 
     async def on_stop(self) -> None:
@@ -187,6 +198,13 @@ class Switch(Actor):
                 if self._trace_n % self.trace_every == 0:
                     p.meta["_trace"] = [[time.time(), f"in {self.server}:{port}"]]
         if good:
+            rev = self.reverse_of.get(port)
+            if rev is not None:
+                # The return direction of a bump in the wire: it takes the policy as if it had
+                # entered at ``rev`` and leaves through ``rev`` where the policy says "out".
+                for p in good:
+                    p.meta["reverse"] = rev
+                port = rev
             await self._route(f"port:{port}", good)
 
     # --- classification -------------------------------------------------------------------------
@@ -385,6 +403,17 @@ class Switch(Actor):
                 await self._route(f"nf:{nf}.{port}", lst)
 
     def _to_port(self, name: str, pkts: list[Packet]) -> None:
+        if any(p._meta and "reverse" in p._meta for p in pkts):
+            by_port: dict[str, list[Packet]] = {}
+            for p in pkts:
+                dest = p._meta.get("reverse", name) if p._meta else name
+                by_port.setdefault(dest, []).append(p)
+            for dest, lst in by_port.items():
+                self._out_port(dest, lst)
+            return
+        self._out_port(name, pkts)
+
+    def _out_port(self, name: str, pkts: list[Packet]) -> None:
         port = self.ports.get(name)
         if self.trace_every:
             self._finish_traces(pkts, f"out {self.server}:{name}")
@@ -537,7 +566,9 @@ class Switch(Actor):
         self.routes = routes
         self.table = table
         self.version = table.version
-        self.live = any(p.kind == "afpacket" for p in new_ports.values())
+        self.live = self.live_traffic or any(p.kind == "afpacket" for p in new_ports.values())
+        self.reverse_of = {spec.name: str(spec.params["reverse_of"]) for spec in table.ports
+                           if spec.params.get("reverse_of")}
         for p in opened:
             await p.open(self._port_ingress, self._gate)
         await self._release_held()

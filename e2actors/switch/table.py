@@ -26,7 +26,9 @@ __all__ = ["GroupSpec", "Member", "PortSpec", "Route", "SwitchTable"]
 @dataclass(frozen=True, slots=True)
 class PortSpec:
     """An external port on this server. ``kind``: ``pcap-in`` (params: path, speed: 0 = as fast
-    as possible or a replay factor, loop), ``pcap-out`` (path), ``afpacket`` (iface), ``memory``."""
+    as possible or a replay factor, loop), ``pcap-out`` (path), ``afpacket`` (iface), ``memory``.
+    Any kind: ``reverse_of: PORT`` makes what this port receives the return direction of ``PORT``
+    (a bump in the wire; see :mod:`e2actors.switch.switch`)."""
 
     name: str
     kind: str
