@@ -13,6 +13,7 @@ works as in a checkout):
   that must exit 0, or with N when the line ends in ``# exit N``.
 - ``yaml``: parsed; a policy (a mapping with ``nfs``) is validated with ``Policy``, a hardware
   file (with ``servers``) with ``Hardware``. ``# file: NAME`` on the first line writes it to NAME.
+  A block with a ``# invalid: WHY`` line shows a mistake: validating it must raise ``PolicyError``.
 - ``json``: parsed.
 - ``text``: the visible "not run" convention, for what cannot run here (systemd, kubectl, output
   shown for reading, commands needing root or other machines).
@@ -151,6 +152,7 @@ def run_python(b: Block, tmp: Path, ns: dict) -> None:
 
 
 def check_yaml(b: Block, tmp: Path) -> None:
+    from e2actors.errors import PolicyError
     from e2actors.manager.hardware import Hardware
     from e2actors.manager.policy import Policy
 
@@ -159,10 +161,20 @@ def check_yaml(b: Block, tmp: Path) -> None:
     assert data is not None, f"{b.where()}: empty YAML"
     if name:
         (tmp / name).write_text(b.code)
-    if isinstance(data, dict) and "nfs" in data:
-        Policy.from_yaml(b.code, file=b.where(), base_dir=str(tmp))
-    elif isinstance(data, dict) and "servers" in data:
-        Hardware.from_yaml(b.code, file=b.where())
+    invalid = re.search(r"^\s*#\s*invalid:", b.code, re.M) is not None
+    try:
+        if isinstance(data, dict) and "nfs" in data:
+            Policy.from_yaml(b.code, file=b.where(), base_dir=str(tmp))
+        elif isinstance(data, dict) and "servers" in data:
+            Hardware.from_yaml(b.code, file=b.where())
+        else:
+            assert not invalid, f"{b.where()}: '# invalid:' on a block that is neither a policy nor hardware"
+            return
+    except PolicyError:
+        if invalid:
+            return
+        raise
+    assert not invalid, f"{b.where()} is marked '# invalid:' but validates"
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
