@@ -314,9 +314,13 @@ def exported() -> dict[str, set[str]]:
     node.counters["auth_failed"] += 1
     samples += node_samples(node)
     out: dict[str, set[str]] = {}
-    for name, _kind, _help, labels, _value in samples:
+    for name, kind, _help, labels, _value in samples:
         out.setdefault(name, set()).update(labels)
+        KINDS[name] = kind
     return out
+
+
+KINDS: dict[str, str] = {}  # metric name -> counter | gauge, filled by the fixture
 
 
 def test_dashboard_is_valid_json_with_the_four_views() -> None:
@@ -362,3 +366,16 @@ def test_dashboard_queries_parse_with_promtool(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     r = subprocess.run([promtool, "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_metrics_reference_lists_every_metric_with_its_type_and_labels(exported: dict[str, set[str]]) -> None:
+    """docs/metrics.md's tables: one row per exported metric, with its exact type and labels."""
+    rows = {}
+    for line in (ROOT / "docs" / "metrics.md").read_text().splitlines():
+        m = re.match(r"\|\s*`(e2_\w+)`\s*\|\s*(\w+)\s*\|([^|]*)\|", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), set(re.findall(r"`(\w+)`", m.group(3))))
+    assert set(rows) == set(exported), set(rows) ^ set(exported)
+    for name, (kind, labels) in rows.items():
+        assert kind == KINDS[name], f"{name}: documented as {kind}, exported as {KINDS[name]}"
+        assert labels == exported[name], f"{name}: documented labels {sorted(labels)}, exported {sorted(exported[name])}"

@@ -2,7 +2,7 @@
 
 The guide is ``docs/*.md`` (and ``deploy/README.md``). Each fenced block's language says what
 happens to it; each file's blocks run in order, in a fresh temporary directory of their own that
-holds a link ``examples`` to the repository's ``examples/`` (so ``examples/seed/policy.yaml``
+holds links ``examples`` and ``benchmarks`` to the repository's (so ``examples/seed/policy.yaml``
 works as in a checkout):
 
 - ``python``: executed (one namespace per file, so a later block sees what an earlier one
@@ -262,7 +262,8 @@ def check_yaml(b: Block, tmp: Path) -> None:
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_doc_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for d in ("examples", "benchmarks"):  # so that commands read as from a checkout
+        (tmp_path / d).symlink_to(ROOT / d)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT))
     monkeypatch.syspath_prepend(str(tmp_path))
