@@ -282,7 +282,7 @@ def promql_uses(expr: str) -> list[tuple[str, set[str]]]:
 
 
 @pytest.fixture(scope="module")
-def exported() -> dict[str, set[str]]:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """Metric name -> label names, from the samples of a real (short) run and of an agent node."""
     from e2actors.agent import node_samples
     from e2actors.manager.manager import Manager, Traffic
@@ -305,7 +305,7 @@ def exported() -> dict[str, set[str]]:
             await mgr.stop()
 
     cwd = os.getcwd()
-    os.chdir(os.environ.get("TMPDIR", "/tmp"))  # the seed logger writes out/unsafe.pcap
+    os.chdir(tmp_path_factory.mktemp("run"))  # the seed logger writes out/unsafe.pcap
     try:
         samples = asyncio.run(run())
     finally:

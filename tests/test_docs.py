@@ -176,7 +176,10 @@ def run_command(argv: list[str], cwd: Path, env: dict[str, str], timeout: float 
                     import runpy
 
                     args = argv[1:]
-                    if args[:1] == ["-m"]:
+                    if args[:1] == ["-c"]:
+                        sys.argv = ["-c", *args[2:]]
+                        exec(compile(args[1], "<string>", "exec"), {"__name__": "__main__"})
+                    elif args[:1] == ["-m"]:
                         sys.argv = [args[1], *args[2:]]
                         runpy.run_module(args[1], run_name="__main__", alter_sys=True)
                     else:
