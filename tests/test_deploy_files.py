@@ -167,6 +167,12 @@ def test_manager_deployment_configmap_and_service() -> None:
     assert {p.kind for p in hardware.ports.values()} == {"afpacket"}
     plan = make_plan(policy, hardware)
     assert set(plan.assignment.values()) <= set(hardware.servers)
+    # The IDS rules are inline (agents have no copy of a rules file): they must parse.
+    from e2actors.nf.builtin import IDS
+    from e2actors.testing import run_pipelet
+
+    ids = run_pipelet(IDS, [], config=policy.nfs["ids"].config).pipelet
+    assert len(ids.rules) == 3
     # The Service selects the manager's pods and carries the Prometheus scrape annotations.
     svc = by_kind("Service", "e2actors-metrics")
     assert svc["spec"]["selector"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
