@@ -136,4 +136,6 @@ class NFInstance(Actor):
         return {"instance": self.instance, "actor": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
                 "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
-                "queue": len(self._cell.mailbox), "restarts": self._cell.restarts}
+                # batches waiting (timer ticks and control messages are not traffic)
+                "queue": sum(1 for m in self._cell.mailbox._q if type(m) is NFBatch),
+                "restarts": self._cell.restarts}
