@@ -174,7 +174,7 @@ def _marker_pcap(path: Path, n: int = 200) -> Path:
 def _capture(tmp: Path, name: str, ports: list[int]) -> tuple[subprocess.Popen, Path]:
     out = tmp / f"{name}.pcap"
     filt = " or ".join(f"tcp port {p}" for p in ports)
-    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "-s", "0", "-w", str(out), filt],
+    proc = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "-n", "-s", "0", "-B", "16384", "-w", str(out), filt],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:  # tcpdump says "listening on lo" once it captures
