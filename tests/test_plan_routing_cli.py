@@ -219,3 +219,20 @@ def test_cli_errors(capsys, tmp_path):
     assert rc == 2 and "unknown solver" in err
     rc, _out, err = run_cli(capsys, SEED, "--hardware", SEED_HW, "--load", "50M", *CHECK_FLAGS)
     assert rc == 2 and "even at full use" in err and "policy.yaml:" in err
+
+
+def test_profile_learns_domains_and_config_paths_from_anywhere(tmp_path, monkeypatch):
+    """Profiling the shipped traffic from another directory: the IDS finds its rules next to the
+    policy, and youtube.com flows take the parental-control edge as a whole."""
+    from pathlib import Path
+
+    from e2actors.manager.policy import Policy
+    from e2actors.manager.profile import profile
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.chdir(tmp_path)
+    pol = Policy.load(root / "examples" / "seed" / "policy.yaml")
+    fr = profile(pol, root / "examples" / "seed" / "traffic.pcap")
+    share = {pol.edges[i].name or f"{pol.edges[i].source}->{pol.edges[i].target}": f for (_c, i), f in fr.items()}
+    parental = [f for name, f in share.items() if "parental" in name and "out" not in name]
+    assert parental and 0.05 < parental[0] < 0.6, share

@@ -32,11 +32,19 @@ def have_condition_language() -> bool:
     return _compiler() is not compile_filter
 
 
-def compile_edge_condition(text: str) -> Callable[[Any], bool]:
-    """A predicate over packets for ``text`` (an empty condition always holds)."""
+def compile_edge_condition(text: str) -> Callable[..., bool]:
+    """A predicate ``f(pkt, host=None)`` for ``text`` (an empty condition always holds); ``host``
+    is the flow's HTTP Host / TLS SNI for ``domain`` tests (ignored by plain filters)."""
     if not text.strip():
-        return lambda pkt: True
-    return _compiler()(text)
+        return lambda pkt, host=None: True
+    f = _compiler()(text)
+    try:
+        from e2actors.switch.condition import Condition
+    except ImportError:  # pragma: no cover
+        return lambda pkt, host=None: f(pkt)
+    if isinstance(f, Condition):
+        return f
+    return lambda pkt, host=None: f(pkt)
 
 
 def check_condition(text: str) -> None:

@@ -296,20 +296,7 @@ class Manager:
         self.node.watch(ref, self.ref)  # type: ignore[union-attr,arg-type]  # Terminated -> recovery
 
     def _config(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Relative paths in an NF's config that name existing files are the policy directory's
-        (rules files); others (outputs such as a logger's pcap) stay relative to the cwd."""
-        base = self.plan_.policy.base_dir if self.plan_ is not None else "."
-
-        def fix(v: Any) -> Any:
-            if isinstance(v, str) and v and not os.path.isabs(v) and "\n" not in v:
-                p = os.path.join(base, v)
-                if os.path.isfile(p):
-                    return os.path.abspath(p)
-            if isinstance(v, list):
-                return [fix(x) for x in v]
-            return v
-
-        return {k: fix(v) for k, v in config.items()}
+        return resolve_config(config, self.plan_.policy.base_dir if self.plan_ is not None else ".")
 
     def tables(self) -> dict[str, SwitchTable]:
         assert self.plan_ is not None
@@ -657,6 +644,22 @@ async def check_agent(node: Node, name: str, address: str, cores: int, timeout: 
     log.info("agent %s at %s: %s, e2actors %s, %d cores, pid %d", name, address, info.name, info.version,
              info.cores, info.pid)
     return info
+
+
+def resolve_config(config: dict[str, Any], base: str) -> dict[str, Any]:
+    """Relative paths in an NF's config that name existing files are the policy directory's
+    (rules files); others (outputs such as a logger's pcap) stay relative to the cwd."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v and not os.path.isabs(v) and "\n" not in v:
+            p = os.path.join(base, v)
+            if os.path.isfile(p):
+                return os.path.abspath(p)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return {k: fix(v) for k, v in config.items()}
 
 
 def _progress(st: dict[str, Any]) -> tuple:

@@ -8,7 +8,8 @@ routes it (the edges from that port in file order, the first whose condition hol
 fraction is the packets that took it over the packets that entered its source, per class.
 
 NFs without outgoing edges (sinks such as a logger) are not run: nothing downstream depends on
-them. Relative paths in an NF's config are taken from the current directory, as in a run.
+them. Relative paths in an NF's config that name files in the policy's directory are taken from
+there, as in a run.
 """
 
 from __future__ import annotations
@@ -68,8 +69,9 @@ async def aprofile(policy: Policy, sample: str | os.PathLike | Iterable[Packet],
                 if c is None:
                     continue
                 cls_of[id(pkt)] = c
+            host = hosts.get(pkt.flow_key)
             for e in edges:
-                if e.applies_to(c) and conds[e.index](pkt):
+                if e.applies_to(c) and conds[e.index](pkt, host):
                     taken[(c, e.index)] += 1
                     if e.target not in (OUT, DROP):
                         inputs[e.target].append(pkt)
@@ -89,6 +91,16 @@ async def aprofile(policy: Policy, sample: str | os.PathLike | Iterable[Packet],
         entered[(c, IN)] += 1
         start.append(pkt)
     keep.extend(start)
+    # Offline, every flow's host (HTTP Host / TLS SNI) can be learnt before routing, so a
+    # ``domain`` edge takes the whole flow, as the switch's hold makes it do live.
+    from e2actors.switch.hosts import UNKNOWN, HostTracker
+
+    tracker = HostTracker()
+    hosts: dict = {}
+    for pkt in start:
+        h = tracker.lookup(pkt, 0.0)
+        if h is not UNKNOWN and h is not None:
+            hosts[pkt.flow_key] = h
     route(IN, None, start)
     for node in nx.topological_sort(policy.graph):
         if node not in policy.nfs:
@@ -99,7 +111,9 @@ async def aprofile(policy: Policy, sample: str | os.PathLike | Iterable[Packet],
         if not pkts or not policy.edges_from(node):
             continue
         spec = policy.nfs[node]
-        res = await arun_pipelet(resolve_class(spec.cls), pkts, config=dict(spec.config))
+        from e2actors.manager.manager import resolve_config
+
+        res = await arun_pipelet(resolve_class(spec.cls), pkts, config=resolve_config(dict(spec.config), policy.base_dir))
         for port, out in res.outputs.items():
             keep.extend(out)
             route(node, port, out)
