@@ -22,10 +22,6 @@ from e2actors.errors import (
     SpawnRefused,
     TransportError,
 )
-from e2actors.manager.hardware import Hardware
-from e2actors.manager.manager import Manager, Traffic
-from e2actors.manager.plan import Plan, make_plan
-from e2actors.manager.policy import Policy
 from e2actors.nf.pipelet import DROP, Pipelet, Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.filter import Filter, compile_filter
@@ -61,3 +57,26 @@ __all__ = [
     "PcapError", "RemoteError", "RestartPolicy", "Spawn", "SpawnRefused", "StopActor", "TLSConfig",
     "Terminated", "Tick", "TransportError", "__version__", "message", "register", "run",
 ]
+
+
+# The manager's names pull in networkx and scipy: load them on first use, so that processes that
+# never plan (agents, workers, NF authors' tests) start fast.
+_LAZY = {
+    "Hardware": "e2actors.manager.hardware",
+    "Manager": "e2actors.manager.manager",
+    "Traffic": "e2actors.manager.manager",
+    "Plan": "e2actors.manager.plan",
+    "make_plan": "e2actors.manager.plan",
+    "Policy": "e2actors.manager.policy",
+}
+
+
+def __getattr__(name: str):  # PEP 562
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'e2actors' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value

@@ -22,8 +22,20 @@ def command(
     return deco
 
 
-def build_parser() -> argparse.ArgumentParser:
-    _load_commands()
+# Subcommand -> the module that registers it (imported only when that command runs, so a
+# command does not pay for the others' imports; ``--help`` loads them all).
+COMMAND_MODULES = {
+    "filter": "e2actors.packet.filtercli",
+    "gen-traffic": "e2actors.packet.gencli",
+    "agent": "e2actors.agent",
+    "plan": "e2actors.manager.plancli",
+    "run": "e2actors.manager.runcli",
+    "apply": "e2actors.manager.control",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    _load_commands(only)
     parser = argparse.ArgumentParser(prog="e2actors", description="E2 network function virtualization on asyncio actors")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_args, _run) in sorted(COMMANDS.items()):
@@ -32,21 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_commands() -> None:
-    # Each module registers its subcommands on import; a module that does not exist yet is skipped.
+def _load_commands(only: str | None = None) -> None:
     import importlib
 
-    for mod in ("e2actors.packet.filtercli", "e2actors.packet.gencli", "e2actors.agent",
-                "e2actors.manager.plancli", "e2actors.manager.runcli", "e2actors.manager.control"):
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
+    mods = [COMMAND_MODULES[only]] if only in COMMAND_MODULES else sorted(set(COMMAND_MODULES.values()))
+    for mod in mods:
+        importlib.import_module(mod)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     _help, _add, run = COMMANDS[args.command]
     return run(args)
