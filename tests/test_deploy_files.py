@@ -292,7 +292,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     """Metric name -> label names, from the samples of a real (short) run and of an agent node."""
     from e2actors.agent import node_samples
     from e2actors.manager.manager import Manager, Traffic
-    from e2actors.manager.observe import samples_from_stats
+    from e2actors.manager.observe import histograms_from_stats, samples_from_stats
     from e2actors.manager.policy import Policy
     from e2actors.runtime.node import Node
 
@@ -306,7 +306,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
             await mgr.wait_done(timeout=30)
             await mgr.scale("shaper", 3)  # a scaling event beyond the deployment
             st = await mgr.stats()
-            return samples_from_stats(st, mgr.instance_counts(), mgr.events, dict(mgr.plan_.assignment))
+            hists = [(name, "histogram", help_, labels, 0.0) for name, help_, labels, _b, _s in histograms_from_stats(st)]
+            return samples_from_stats(st, mgr.instance_counts(), mgr.events, dict(mgr.plan_.assignment)) + hists
         finally:
             await mgr.stop()
 
