@@ -103,9 +103,7 @@ class Pipelet:
 
     async def process(self, batch: Batch) -> None:
         """Handle a batch: :meth:`emit` or :meth:`drop` each packet. Default: pass everything."""
-        out = self._default_out
-        for pkt in batch.packets:
-            out.append(pkt)
+        self._default_out.extend(batch.packets)
 
     def on_stream(self, flow: Hashable, direction: int, data: bytes) -> Verdict | str | None:
         """Bytestream NFs: ``data`` is the next in-order TCP payload of ``flow`` in ``direction``
