@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -218,27 +217,16 @@ def without_instances(plan: Plan, gone: set[str]) -> Plan:
 
 
 # --- helpers on a running manager -----------------------------------------------------------------
-def _fix_config(config: dict[str, Any], base: str) -> dict[str, Any]:
-    def fix(v: Any) -> Any:
-        if isinstance(v, str) and v and not os.path.isabs(v) and "\n" not in v:
-            p = os.path.join(base, v)
-            if os.path.isfile(p):
-                return os.path.abspath(p)
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        return v
-
-    return {k: fix(v) for k, v in config.items()}
-
-
 async def spawn_instance(mgr: Manager, inst: str, server: str, spec: NFSpec, base_dir: str = ".") -> ActorRef:
     """Start an actor for member ``inst`` of NF ``spec`` on ``server`` under a fresh actor name, and
     wait until it is ready (its ``setup`` ran). The manager watches it (Terminated -> recovery)."""
+    from e2actors.manager.manager import resolve_config  # (manager imports this module)
+
     assert mgr.node is not None
     mgr._gen += 1
     name = f"{inst}~{mgr._gen}"
     ref = await mgr._spawn_on(server, "e2actors.nf.instance:NFInstance", name,
-                              {"pipelet": spec.cls, "config": _fix_config(spec.config, base_dir), "nf": nf_of(inst),
+                              {"pipelet": spec.cls, "config": resolve_config(spec.config, base_dir), "nf": nf_of(inst),
                                "output": mgr.servers[server].switch, "monitor": mgr.ref,
                                "report_interval": mgr.report_interval, "instance": inst})
     try:

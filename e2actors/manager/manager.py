@@ -27,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from e2actors.errors import E2Error, RemoteError, SpawnRefused
@@ -43,7 +43,6 @@ from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Terminated, Ti
 from e2actors.runtime.node import Node
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.messages import Drained, GetSwitchStats, SetTable
-from e2actors.switch.switch import Switch
 from e2actors.switch.table import SwitchTable
 
 __all__ = ["Manager", "Traffic"]

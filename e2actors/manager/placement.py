@@ -37,11 +37,10 @@ import random as _random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import networkx as nx
 
-from e2actors.errors import E2Error, PlacementError
+from e2actors.errors import PlacementError
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import InstanceGraph
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import ahocorasick_rs
 
-from e2actors.errors import E2Error, RuleError
+from e2actors.errors import RuleError
 
 __all__ = [
     "Content",

@@ -16,7 +16,7 @@ import logging
 import os
 import ssl as _ssl
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
