@@ -12,7 +12,9 @@ import peer_node  # noqa: F401  (registers the test message types)
 from e2actors import ActorRef, CodecError
 from e2actors.runtime import codec
 from e2actors.runtime.messages import GetNodeInfo, NodeInfo, NodeLost, NodeUp, Spawn, StopActor, Terminated, Tick
-from e2actors.nf.messages import ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput
+from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput, StreamVerdicts,
+                                  StreamWork)
+from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
 from e2actors.switch.messages import Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
@@ -48,6 +50,10 @@ SAMPLES = [
     _BATCH,
     NFBatch(_BATCH, 4),
     NFOutput("ids#0", 4, (("safe", _BATCH),), 1, 0, ""),
+    StreamWork(3, ((1, _PKTS[0].flow_key, 0, b"GET /", (_PKTS[0],)), (2, _PKTS[0].flow_key, 1, 40, ()),
+                   (3, _PKTS[0].flow_key, -1, "fin", ())), 5, 900, (("safe", 4),), (("sid 1", 1),), REF),
+    StreamVerdicts("ids#0", 3, (None, "safe", Verdict(port="unsafe", meta={"sid": 1}, reason="sid 1"))),
+    Verdict(drop=True, reason="r", sticky=False),
     LoadReport("ids#0", "ids", 1.5, 12e6, 3, 0, 0.25, 10, 0, 100, 1.7e9),
     ExportState(),
     ImportState({"flows": [[[6, b"\x01", 1, b"\x02", 2, []], 1, 0.5]]}),

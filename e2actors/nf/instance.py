@@ -2,8 +2,11 @@
 
 A thin shell over :class:`~e2actors.nf.runner.PipeletRunner`: batches in (``NFBatch``), what the
 pipelet emitted out to the instance's output (the switch) as ``NFOutput``, load reports to the
-manager, state export/import for moves. Its mailbox drops when full, like a NIC ring: the switch
-sees the refused send and counts the packets as dropped with reason ``queue full``.
+manager, state export/import for moves. For bytestream NFs the switch reassembles the flows and
+sends ``StreamWork`` (the stream chunks with the packets that carried them); the instance tells
+the pipelet and answers with ``StreamVerdicts``, which the switch applies to the packets. Its
+mailbox drops when full, like a NIC ring: the switch sees the refused send and counts the
+packets as dropped with reason ``queue full``.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from e2actors.nf.messages import ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput
+from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput, StreamVerdicts,
+                                  StreamWork)
 from e2actors.nf.pipelet import Pipelet
 from e2actors.nf.runner import PipeletRunner
 from e2actors.packet.batch import Batch
@@ -92,6 +96,18 @@ class NFInstance(Actor):
                 raise
             self._send(msg.seq, out)
             return None
+        if type(msg) is StreamWork:
+            # The switch reassembled our flows: tell the pipelet, answer with its verdicts.
+            r = self.runner
+            if msg.released or msg.drops:
+                before = r.stats.dropped
+                r.account(msg.released, msg.drops)
+                self._sent_dropped += r.stats.dropped - before  # the switch counted those itself
+            answers = r.judge(msg.events, msg.packets, msg.nbytes) if msg.events or msg.packets else ()
+            to = msg.reply_to or self.output
+            if msg.seq >= 0 and to is not None:
+                self.send(to, StreamVerdicts(self.instance, msg.seq, answers))  # type: ignore[arg-type]
+            return None
         if msg is _TIMER or msg == _TIMER:
             out = await self.runner.tick()
             if any(out.values()):
@@ -137,5 +153,5 @@ class NFInstance(Actor):
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
                 "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
                 # batches waiting (timer ticks and control messages are not traffic)
-                "queue": sum(1 for m in self._cell.mailbox._q if type(m) is NFBatch),
+                "queue": sum(1 for m in self._cell.mailbox._q if type(m) is NFBatch or type(m) is StreamWork),
                 "restarts": self._cell.restarts}

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import e2actors.packet.wire  # noqa: F401  (registers Packet and Batch with the codec)
+from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
-from e2actors.runtime.codec import message
+from e2actors.runtime.codec import message, register
+from e2actors.runtime.ref import ActorRef
 
-__all__ = ["ExportState", "GetStats", "ImportState", "LoadReport", "NFBatch", "NFOutput"]
+__all__ = ["ExportState", "GetStats", "ImportState", "LoadReport", "NFBatch", "NFOutput", "StreamVerdicts",
+           "StreamWork"]
 
 
 @message(200)
@@ -71,3 +74,36 @@ class ImportState:
 @dataclass(frozen=True, slots=True)
 class GetStats:
     """Ask an instance for its counters (reply: a dict)."""
+
+
+@message(206)
+@dataclass(frozen=True, slots=True)
+class StreamWork:
+    """Bytestream work for an NF instance from the switch that reassembles its flows. ``events``:
+    ``(kind, flow, direction, arg, carriers)`` tuples (see :class:`~e2actors.nf.stream.StreamJob`),
+    to be told to the pipelet in order; ``seq`` >= 0 asks for a :class:`StreamVerdicts` reply.
+    ``packets``/``nbytes``: the flows' packets the switch took for this instance since the last
+    work (its load); ``released``: ``(port, packets)`` that left by its verdicts since then and
+    ``drops``: ``(reason, packets)`` its verdicts dropped (so its counters stay whole)."""
+
+    seq: int
+    events: tuple[tuple[Any, ...], ...]
+    packets: int = 0
+    nbytes: int = 0
+    released: tuple[tuple[str, int], ...] = ()
+    drops: tuple[tuple[str, int], ...] = ()
+    reply_to: ActorRef | None = None
+
+
+@message(207)
+@dataclass(frozen=True, slots=True)
+class StreamVerdicts:
+    """An instance's answers to :class:`StreamWork` ``seq``: one per event (None, a port name or a
+    :class:`~e2actors.nf.pipelet.Verdict`; None also where the pipelet failed)."""
+
+    instance: str
+    seq: int
+    answers: tuple[Any, ...]
+
+
+register(Verdict, 208)

@@ -93,6 +93,9 @@ class Pipelet:
         #: The current time as the runner sees it: packet timestamps when replaying a capture
         #: (so tests are deterministic), the wall clock live. Set before each call.
         self.now = 0.0
+        #: Bytestream NFs, during :meth:`on_stream`: the packets that carried the chunk's bytes
+        #: (read their headers; their fate is the verdict's).
+        self.carriers: tuple[Packet, ...] | list[Packet] = ()
         self._out: dict[str, list[Packet]] = {p: [] for p in self.ports}
         self._default_out: list[Packet] = self._out[self.ports[0]]
         self._dropped = 0

@@ -69,6 +69,9 @@ class PipeletRunner:
 
             self._stream = StreamDriver(pipelet)
         self._drops_seen = 0
+        self._port_set = frozenset(pipelet.ports)
+        #: The latest errors of deferred stream work (see :meth:`judge`): ``(flow, text)``.
+        self.stream_errors: collections.deque = collections.deque(maxlen=32)
 
     async def start(self, config: dict[str, Any] | None = None) -> None:
         self.pipelet.config = dict(config or {})
@@ -119,6 +122,63 @@ class PipeletRunner:
         st.batch_hist[bisect.bisect_left(BATCH_BUCKETS, dt)] += 1
         return self._collect()
 
+    def judge(self, events: tuple | list, packets: int = 0, nbytes: int = 0) -> tuple[Any, ...]:
+        """Bytestream work reassembled by the switch: tell the pipelet each ``(kind, flow, direction,
+        arg, carriers)`` event in order (see :class:`~e2actors.nf.stream.StreamJob`) and return one
+        answer per event: None, a port name or a :class:`Verdict`. A hook that raises, or answers
+        with a port the NF does not have, is counted in ``stats.errors`` (the latest in
+        :attr:`stream_errors`) and answers None: the flow keeps its verdict, no packet is lost.
+        ``packets``/``nbytes``: the flows' packets the switch took for this instance (its load)."""
+        from e2actors.nf.stream import tell
+
+        p = self.pipelet
+        st = self.stats
+        st.batches += 1
+        st.packets_in += packets
+        st.bytes_in += nbytes
+        if self.clock == "packet":
+            for ev in events:
+                for c in ev[4]:
+                    if c.ts > p.now:
+                        p.now = c.ts
+        else:
+            p.now = time.time()
+        ports = self._port_set
+        t0 = time.perf_counter()
+        answers: list[Any] = []
+        for kind, flow, direction, arg, carriers in events:
+            try:
+                a = tell(p, kind, flow, direction, arg, carriers)
+                if a is not None:
+                    port = a if type(a) is str else getattr(a, "port", "")
+                    if type(a) is not str and not isinstance(a, Verdict):
+                        raise TypeError(f"a verdict must be None, a port name or a Verdict, not {type(a).__name__}")
+                    if port is not None and port not in ports and not (type(a) is Verdict and a.drop):
+                        raise ValueError(f"{type(p).__name__} has no port {port!r} (ports: {p.ports})")
+            except Exception as exc:  # the NF's bug must not lose packets: keep the flow's verdict
+                st.errors += 1
+                self.stream_errors.append((flow, repr(exc)))
+                a = None
+            answers.append(a)
+        self._housekeeping()
+        dt = time.perf_counter() - t0
+        st.busy_seconds += dt
+        st.batch_hist[bisect.bisect_left(BATCH_BUCKETS, dt)] += 1
+        return tuple(answers)
+
+    def account(self, released: tuple | list = (), drops: tuple | list = ()) -> None:
+        """Count what left by this instance's verdicts in the switch: ``(port, packets)`` and
+        ``(reason, packets)`` pairs."""
+        st = self.stats
+        p = self.pipelet
+        for port, n in released:
+            st.per_port[port] += n
+            st.packets_out += n
+        for reason, n in drops:
+            p.drops[reason] += n
+            p._dropped += n
+        st.dropped = p._dropped
+
     async def _run_stream(self, batch: Batch) -> None:
         p = self.pipelet
         drv = self._stream
@@ -126,8 +186,6 @@ class PipeletRunner:
         now = p.now
         for pkt in batch.packets:
             if pkt.proto == 6 and pkt.reason is None and pkt.l4_offset >= 0:
-                if pkt.tcp_flags & 0x12 == 0x02:  # a SYN opens the flow: its sender is the client
-                    p.set_client(pkt.flow_key, pkt.direction)
                 drv.push(pkt, now)  # type: ignore[union-attr]
             else:
                 other.append(pkt)

@@ -1,19 +1,31 @@
 """Between a bytestream pipelet and the packets: reassemble, ask the pipelet, apply its verdicts.
 
-:class:`StreamDriver` is pure logic (no asyncio): the NF instance actor, the switch and
-:mod:`e2actors.testing` wrap it. TCP packets go in with :meth:`StreamDriver.push` (other packets
-are the caller's business); :meth:`StreamDriver.take_released` hands back ``(packet, verdict)``
-pairs whose fate is decided, with ``verdict.meta`` already merged into ``packet.meta``.
+:class:`StreamDriver` is pure logic (no asyncio). TCP packets go in with :meth:`StreamDriver.push`
+(other packets are the caller's business); :meth:`StreamDriver.take_released` hands back
+``(packet, verdict)`` pairs whose fate is decided, with ``verdict.meta`` already merged into
+``packet.meta``.
 
-Rules:
+It runs in one of two ways:
+
+- **synchronous** (``StreamDriver(pipelet)``): the pipelet is called as the events happen. The
+  switch uses it for inline NFs and :mod:`e2actors.testing` for replays.
+- **deferred** (``StreamDriver(ports=...)``, no pipelet): the switch reassembles each flow once and
+  the pipelet runs elsewhere (in an NF instance actor). The events become :class:`StreamJob`
+  objects (:meth:`take_jobs`); whoever runs the pipelet answers each with :func:`tell` and the
+  answer comes back through :meth:`resolve`. Until then the job's carriers wait, and so does
+  every later packet of their flow, so the original order holds.
+
+Rules (both ways):
 
 - Each :class:`~e2actors.packet.reassembly.Chunk` goes to ``pipelet.on_stream(flow, direction,
-  data)``; the verdict applies to all the chunk's carriers (the packets whose new bytes it holds).
-  Normalization: None keeps the flow's current verdict (initially ``Verdict(port=ports[0])``); a
-  string is ``Verdict(port=that)``; a :class:`Verdict` is taken as is (port None: the first port).
-  A sticky verdict (the default) becomes the flow's current one.
+  data)`` (with ``pipelet.carriers`` set to the packets that carried the bytes); the verdict
+  applies to all the chunk's carriers. Normalization: None keeps the flow's current verdict
+  (initially ``Verdict(port=ports[0])``); a string is ``Verdict(port=that)``; a :class:`Verdict`
+  is taken as is (port None: the first port). A sticky verdict (the default) becomes the flow's
+  current one.
 - Each Gap goes to ``pipelet.on_gap(flow, direction, missing)``; a sticky verdict from it becomes
   the current one (the bytes after the gap come in the next chunk and take on_stream's verdict).
+- A SYN without ACK tells the pipelet which side is the client (``pipelet.set_client``).
 - A packet with no new bytes (SYN, pure ACK, full retransmission, FIN/RST without data, a late
   packet of an ended flow) takes the flow's current verdict *when its turn to leave comes*, so it
   follows the decision made on the bytes sent before it.
@@ -21,17 +33,19 @@ Rules:
   or the gap times out (:meth:`advance`).
 - Packets leave in their original arrival order per flow: a decided packet waits behind an
   undecided one of the same flow; other flows are never blocked.
-- At the flow's End everything pending for it leaves; the flow's verdict is remembered for the
-  reassembler's ``linger`` time so late ACKs and retransmissions follow it. If the pipelet keeps
-  state for the flow in ``pipelet.flows``, it is popped and ``pipelet.on_flow_end`` is called.
-- An exception raised by ``on_stream``/``on_gap``/``on_flow_end`` is counted (``stats["errors"]``,
-  the latest ones in :attr:`errors`) and the flow keeps its current verdict: packets are never lost.
+- At the flow's End everything pending for it leaves (once its verdicts are in); the flow's verdict
+  is remembered for the reassembler's ``linger`` time so late ACKs and retransmissions follow it.
+  If the pipelet keeps state for the flow in ``pipelet.flows``, it is popped and
+  ``pipelet.on_flow_end`` is called.
+- An exception raised by the pipelet's hooks (or an answer naming no port of the NF) is counted
+  (``stats["errors"]``, the latest ones in :attr:`errors`) and the flow keeps its current verdict:
+  packets are never lost.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -39,39 +53,100 @@ from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.packet.packet import Packet
 from e2actors.packet.reassembly import Chunk, Event, Gap, Reassembler
 
-__all__ = ["StreamDriver"]
+__all__ = ["CHUNK", "END", "GAP", "OPEN", "StreamDriver", "StreamJob", "tell"]
+
+#: Kinds of :class:`StreamJob`.
+OPEN, CHUNK, GAP, END = 0, 1, 2, 3
 
 _LAZY = object()  # entry state: no new bytes; takes the flow's current verdict when it leaves
+_PASSED = object()  # a resolved barrier (the place of a gap's verdict in its flow's queue)
+
+
+class StreamJob:
+    """One thing a bytestream pipelet must be told: a flow opened (``OPEN``), in-order bytes
+    (``CHUNK``: ``arg`` is the data, ``carriers`` the packets that carried it), a hole given up on
+    (``GAP``: ``arg`` is the number of missing bytes) or the end of the flow (``END``: ``arg`` is
+    the reason). Only CHUNK and GAP answers matter; OPEN and END are told in order and need none."""
+
+    __slots__ = ("kind", "flow", "direction", "arg", "carriers", "entries", "done", "fs", "answer")
+
+    def __init__(self, kind: int, flow: Hashable, direction: int, arg: Any, carriers: tuple[Packet, ...],
+                 entries: list | None = None) -> None:
+        self.kind = kind
+        self.flow = flow
+        self.direction = direction
+        self.arg = arg
+        self.carriers = carriers
+        self.entries = entries  # the flow-queue entries that wait for this job's verdict
+        self.done = False
+        self.fs: _FlowState | None = None  # deferred CHUNK/GAP: the flow state it decides for
+        self.answer: Any = None
+
+    def event(self) -> tuple[int, Hashable, int, Any, tuple[Packet, ...]]:
+        """The job as a plain tuple for :class:`~e2actors.nf.messages.StreamWork`."""
+        return (self.kind, self.flow, self.direction, self.arg, self.carriers)
+
+    def __repr__(self) -> str:
+        return f"StreamJob({('OPEN', 'CHUNK', 'GAP', 'END')[self.kind]}, dir={self.direction}, arg={self.arg!r:.40})"
+
+
+def tell(pipelet: Pipelet, kind: int, flow: Hashable, direction: int, arg: Any,
+         carriers: tuple[Packet, ...] | list[Packet] = ()) -> Verdict | str | None:
+    """Tell ``pipelet`` one stream event; return its raw answer (for CHUNK and GAP). Raises what
+    the pipelet raises; the caller counts it."""
+    if kind == CHUNK:
+        pipelet.carriers = carriers
+        try:
+            return pipelet.on_stream(flow, direction, arg)
+        finally:
+            pipelet.carriers = ()
+    if kind == GAP:
+        return pipelet.on_gap(flow, direction, arg)
+    if kind == OPEN:
+        pipelet.set_client(flow, direction)
+        return None
+    if flow in pipelet.flows:  # END
+        pipelet.on_flow_end(flow, pipelet.flows.pop(flow))
+    return None
 
 
 class _FlowState:
     """The driver's per-flow state: the packets not yet released, in arrival order, and the
     current verdict. An entry is ``[packet, state]``: a Verdict (decided), None (its new bytes
-    are not delivered yet: it blocks the flow) or ``_LAZY``."""
+    are not delivered yet), ``_LAZY``, or a StreamJob (its verdict is awaited). A barrier entry
+    ``[None, job]`` keeps a gap's place until its verdict is in (then ``_PASSED``)."""
 
-    __slots__ = ("queue", "current", "ended")
+    __slots__ = ("queue", "current", "ended", "jobs")
 
     def __init__(self, current: Verdict) -> None:
         self.queue: deque[list] = deque()
         self.current = current
         self.ended = False
+        self.jobs: deque[StreamJob] = deque()  # deferred: CHUNK/GAP jobs not applied yet, in order
 
 
 class StreamDriver:
-    """Runs one bytestream pipelet over TCP packets (see the module docstring for the rules).
+    """Runs one bytestream NF's reassembly and verdicts over TCP packets (see the module docstring).
 
-    ``reassembler_options`` go to :class:`~e2actors.packet.reassembly.Reassembler`
-    (``max_flow_buffer``, ``max_total_buffer``, ``gap_timeout``, ``idle_timeout``, ``history``,
-    ``linger``); or pass a ready ``reassembler``.
+    Give ``pipelet`` to call it synchronously, or only ``ports`` (the NF's output ports) to defer
+    the calls as :class:`StreamJob` objects. ``reassembler_options`` go to
+    :class:`~e2actors.packet.reassembly.Reassembler` (``max_flow_buffer``, ``max_total_buffer``,
+    ``gap_timeout``, ``idle_timeout``, ``history``, ``linger``); or pass a ready ``reassembler``.
+    ``end_flows=False`` keeps the pipelet's flow state at a stream's end (synchronous only).
     """
 
-    def __init__(self, pipelet: Pipelet, *, reassembler: Reassembler | None = None, end_flows: bool = True,
+    def __init__(self, pipelet: Pipelet | None = None, *, ports: Iterable[str] | None = None,
+                 reassembler: Reassembler | None = None, end_flows: bool = True,
                  **reassembler_options: Any) -> None:
+        if pipelet is None and ports is None:
+            raise TypeError("StreamDriver needs a pipelet, or the NF's ports to defer to")
         self.pipelet = pipelet
         self.reassembler = reassembler if reassembler is not None else Reassembler(**reassembler_options)
         self.end_flows = end_flows
-        self.ports = tuple(pipelet.ports)
-        #: The verdict of a flow nobody decided on yet: the pipelet's first port.
+        self.ports = tuple(pipelet.ports if pipelet is not None else ports)  # type: ignore[union-attr]
+        #: Deferred: jobs are collected for :meth:`take_jobs` instead of calling a pipelet.
+        self.deferred = pipelet is None
+        #: The verdict of a flow nobody decided on yet: the NF's first port.
         self.default = Verdict(port=self.ports[0])
         self._port_verdicts: dict[str, Verdict] = {p: Verdict(port=p) for p in self.ports}
         self._flows: dict[Hashable, _FlowState] = {}
@@ -79,19 +154,21 @@ class StreamDriver:
         self._held: dict[int, list] = {}  # id(packet) -> entry, for packets waiting for their bytes
         self._released: list[tuple[Packet, Verdict]] = []
         self._touched: list[_FlowState] = []
+        self._jobs: list[StreamJob] = []
         self._pushed = 0
         self._nreleased = 0
         self._max_held = 0
         self._max_pending = 0
-        self._counts: dict[str, int] = dict.fromkeys(("chunks", "gaps", "ends", "errors"), 0)
-        #: The latest exceptions from the pipelet: ``(flow, repr(exc))``.
+        self._counts: dict[str, int] = dict.fromkeys(("chunks", "gaps", "ends", "errors", "awaiting"), 0)
+        #: The latest errors: ``(flow, text)``.
         self.errors: deque[tuple[Hashable, str]] = deque(maxlen=32)
 
     # --- counters ----------------------------------------------------------------------------
     @property
     def stats(self) -> dict[str, int]:
         """Counters: packets (pushed), released, held and pending (now), max_held, max_pending,
-        chunks, gaps, ends, errors (the pipelet raised)."""
+        chunks, gaps, ends, errors (the pipelet raised or answered nonsense), awaiting (deferred
+        CHUNK and GAP jobs not answered yet)."""
         return {"packets": self._pushed, "released": self._nreleased, "held": len(self._held),
                 "pending": self._pushed - self._nreleased, "max_held": self._max_held,
                 "max_pending": self._max_pending, **self._counts}
@@ -103,7 +180,7 @@ class StreamDriver:
 
     @property
     def pending(self) -> int:
-        """Packets pushed and not released yet (held ones and those queued behind them)."""
+        """Packets pushed and not released yet (held, awaiting a verdict, or queued behind those)."""
         return self._pushed - self._nreleased
 
     # --- input -------------------------------------------------------------------------------
@@ -128,6 +205,8 @@ class StreamDriver:
                 if fs is not None:
                     self._ended.pop(key, None)
                 fs = self._flows[key] = _FlowState(self.default)
+        if pkt.tcp_flags & 0x12 == 0x02 and key is not None:  # a SYN opens the flow: its sender is the client
+            self._open(key, pkt.direction)
         if not events and not fs.queue and not r.last_held:
             # The common case (a pure ACK, ...): nothing waits in its flow, no bytes to judge.
             v = fs.current
@@ -172,7 +251,7 @@ class StreamDriver:
                 del self._flows[k]
 
     def flush(self, now: float = 0.0) -> None:
-        """The input is over: end every flow and release everything."""
+        """The input is over: end every flow and release everything (deferred: once answered)."""
         events = self.reassembler.flush(now)
         if events:
             self._handle(events, None, None, None, now)
@@ -184,6 +263,57 @@ class StreamDriver:
         self._released = []
         return out
 
+    # --- deferred mode -------------------------------------------------------------------------
+    def take_jobs(self) -> list[StreamJob]:
+        """Deferred: the jobs created since the last call, in order. Tell them to the flow's
+        pipelet in this order and :meth:`resolve` each CHUNK and GAP with its answer."""
+        out = self._jobs
+        self._jobs = []
+        return out
+
+    def resolve(self, job: StreamJob, answer: Verdict | str | None, error: str = "") -> None:
+        """Deferred: ``answer`` is what the pipelet said to ``job`` (``error``: it failed, keep the
+        flow's verdict). The packets it decides leave with :meth:`take_released`. Answers may come
+        in any order; they take effect in the flow's job order (so None means the verdict of the
+        bytes before). A job resolved twice keeps its first answer."""
+        if job.done:
+            return
+        job.done = True
+        if job.kind != CHUNK and job.kind != GAP:
+            return
+        self._counts["awaiting"] -= 1
+        job.answer = answer
+        if error:
+            self._error(job.flow, error)
+            job.answer = None
+        fs = job.fs
+        if fs is None:
+            return
+        jobs = fs.jobs
+        if jobs[0] is not job:
+            return  # an earlier job of the flow is still out: applied after it
+        while jobs and jobs[0].done:
+            j = jobs.popleft()
+            try:
+                v = self._normalize(j.answer, fs)
+            except (ValueError, TypeError) as exc:
+                self._error(j.flow, repr(exc))
+                v = fs.current
+            self._apply(j, v, fs)
+        if fs.queue:
+            self._drain(fs)
+
+    def _apply(self, job: StreamJob, v: Verdict, fs: _FlowState) -> None:
+        if v.sticky:
+            fs.current = v
+        if job.kind == CHUNK:
+            for e in job.entries:  # type: ignore[union-attr]
+                if e[1] is job:
+                    e[1] = v
+        else:
+            for e in job.entries:  # type: ignore[union-attr]
+                e[1] = _PASSED
+
     # --- internals ----------------------------------------------------------------------------
     def _normalize(self, v: Any, fs: _FlowState) -> Verdict:
         if v is None:
@@ -191,27 +321,46 @@ class StreamDriver:
         if type(v) is str:
             pv = self._port_verdicts.get(v)
             if pv is None:
-                raise ValueError(f"{type(self.pipelet).__name__} has no port {v!r} (ports: {self.ports})")
+                raise ValueError(f"no port {v!r} (ports: {self.ports})")
             return pv
         if isinstance(v, Verdict):
             if v.port is None and not v.drop:
                 return replace(v, port=self.ports[0])
             if v.port is not None and v.port not in self._port_verdicts and not v.drop:
-                raise ValueError(f"{type(self.pipelet).__name__} has no port {v.port!r} (ports: {self.ports})")
+                raise ValueError(f"no port {v.port!r} (ports: {self.ports})")
             return v
         raise TypeError(f"a verdict must be None, a port name or a Verdict, not {type(v).__name__}")
 
-    def _error(self, flow: Hashable, exc: BaseException) -> None:
+    def _error(self, flow: Hashable, text: str) -> None:
         self._counts["errors"] += 1
-        self.errors.append((flow, repr(exc)))
+        self.errors.append((flow, text))
+
+    def _open(self, flow: Hashable, direction: int) -> None:
+        if self.deferred:
+            self._jobs.append(StreamJob(OPEN, flow, direction, None, ()))
+            return
+        try:
+            tell(self.pipelet, OPEN, flow, direction, None)  # type: ignore[arg-type]
+        except Exception as exc:
+            self._error(flow, repr(exc))
+
+    def _judge(self, job: StreamJob, fs: _FlowState) -> Verdict:
+        """Synchronous: ask the pipelet now."""
+        try:
+            return self._normalize(tell(self.pipelet, job.kind, job.flow, job.direction,  # type: ignore[arg-type]
+                                        job.arg, job.carriers), fs)
+        except Exception as exc:  # the NF's bug must not lose packets
+            self._error(job.flow, repr(exc))
+            return fs.current
 
     def _handle(self, events: list[Event], pkt: Packet | None, entry: list | None, own: _FlowState | None,
                 now: float) -> None:
-        """Ask the pipelet about each event and mark the decided packets."""
+        """Turn each event into a job: judged now (synchronous) or later (deferred)."""
         flows = self._flows
         held = self._held
         touched = self._touched
         st = self._counts
+        deferred = self.deferred
         for ev in events:
             fs = flows.get(ev.flow)
             if fs is None:  # cannot happen for flows the reassembler tracks; be safe
@@ -219,27 +368,41 @@ class StreamDriver:
             tp = type(ev)
             if tp is Chunk:
                 st["chunks"] += 1
-                try:
-                    v = self._normalize(self.pipelet.on_stream(ev.flow, ev.direction, ev.data), fs)
-                except Exception as exc:  # the NF's bug must not lose packets
-                    self._error(ev.flow, exc)
-                    v = fs.current
-                if v.sticky:
-                    fs.current = v
+                entries = []
                 for c in ev.carriers:  # type: ignore[union-attr]
                     e = entry if c is pkt else held.pop(id(c), None)
                     if e is not None:
+                        entries.append(e)
+                job = StreamJob(CHUNK, ev.flow, ev.direction, ev.data, tuple(ev.carriers), entries)  # type: ignore[union-attr]
+                if deferred:
+                    for e in entries:
+                        e[1] = job
+                    st["awaiting"] += 1
+                    job.fs = fs
+                    fs.jobs.append(job)
+                    self._jobs.append(job)
+                else:
+                    v = self._judge(job, fs)
+                    if v.sticky:
+                        fs.current = v
+                    for e in entries:
                         e[1] = v
             elif tp is Gap:
                 st["gaps"] += 1
-                try:
-                    v = self._normalize(self.pipelet.on_gap(ev.flow, ev.direction, ev.missing), fs)  # type: ignore[union-attr]
-                except Exception as exc:
-                    self._error(ev.flow, exc)
-                    v = fs.current
-                if v.sticky:
-                    fs.current = v
-            else:  # End: whatever still waits leaves with the current verdict
+                job = StreamJob(GAP, ev.flow, ev.direction, ev.missing, (), [])  # type: ignore[union-attr]
+                if deferred:
+                    barrier = [None, job]  # later packets of the flow wait for the gap's verdict
+                    job.entries.append(barrier)  # type: ignore[union-attr]
+                    fs.queue.append(barrier)
+                    st["awaiting"] += 1
+                    job.fs = fs
+                    fs.jobs.append(job)
+                    self._jobs.append(job)
+                else:
+                    v = self._judge(job, fs)
+                    if v.sticky:
+                        fs.current = v
+            else:  # End: whatever still waits for bytes leaves with the current verdict
                 st["ends"] += 1
                 for e in fs.queue:
                     if e[1] is None:
@@ -248,19 +411,15 @@ class StreamDriver:
                 fs.ended = True
                 self._ended[ev.flow] = now
                 self._ended.move_to_end(ev.flow)
-                if self.end_flows:
-                    self._end_flow(ev.flow)  # type: ignore[arg-type]
+                if deferred:
+                    self._jobs.append(StreamJob(END, ev.flow, -1, ev.reason, ()))  # type: ignore[union-attr]
+                elif self.end_flows:
+                    try:
+                        tell(self.pipelet, END, ev.flow, -1, ev.reason)  # type: ignore[arg-type, union-attr]
+                    except Exception as exc:
+                        self._error(ev.flow, repr(exc))
             if fs is not own:
                 touched.append(fs)  # drained after the events (the caller drains its own flow)
-
-    def _end_flow(self, flow: Hashable) -> None:
-        p = self.pipelet
-        if flow in p.flows:
-            state = p.flows.pop(flow)
-            try:
-                p.on_flow_end(flow, state)
-            except Exception as exc:
-                self._error(flow, exc)
 
     def _drain(self, fs: _FlowState) -> None:
         """Release the decided packets at the front of a flow's queue."""
@@ -270,11 +429,13 @@ class StreamDriver:
         while q:
             e = q[0]
             v = e[1]
-            if v is None:
+            if v is None or type(v) is StreamJob:
                 break
+            q.popleft()
+            if v is _PASSED:
+                continue
             if v is _LAZY:
                 v = fs.current
-            q.popleft()
             if v.meta:
                 e[0].meta.update(v.meta)
             out.append((e[0], v))

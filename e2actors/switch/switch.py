@@ -16,7 +16,10 @@ DAG serves both directions of every flow (stateful NFs see both; conditions may 
 ``meta.reverse exists``).
 
 NFs marked ``inline`` run inside this loop (no actor hop, no mailbox), through the
-same :class:`~e2actors.nf.runner.PipeletRunner` an instance actor uses.
+same :class:`~e2actors.nf.runner.PipeletRunner` an instance actor uses. For a bytestream NF run by
+instance actors the switch reassembles the flows of its local instances once and ships each
+instance its stream chunks with the packets that carried them (:mod:`e2actors.switch.stream`);
+the packets wait here for the verdicts and leave in their original order.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from e2actors.nf.instance import resolve_pipelet
-from e2actors.nf.messages import NFBatch, NFOutput
+from e2actors.nf.messages import NFBatch, NFOutput, StreamVerdicts, StreamWork
 from e2actors.nf.runner import PipeletRunner
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
@@ -42,6 +45,7 @@ from e2actors.switch.classifier import PENDING, Classifier
 from e2actors.switch.hosts import UNKNOWN, HostTracker
 from e2actors.switch.messages import Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.ports import Port, make_port
+from e2actors.switch.stream import StreamDelivery, Work
 from e2actors.switch.table import GroupSpec, Member, Route, SwitchTable
 
 __all__ = ["Switch"]
@@ -60,10 +64,14 @@ class _PortInput:
 
 
 class _Group:
-    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq", "only", "no_instance")
+    __slots__ = ("spec", "balancer", "members", "runner", "sent", "seq", "only", "no_instance", "stream")
 
-    def __init__(self, spec: GroupSpec, balancer: Balancer | None, runner: PipeletRunner | None) -> None:
+    def __init__(self, spec: GroupSpec, balancer: Balancer | None, runner: PipeletRunner | None,
+                 stream: StreamDelivery | None = None) -> None:
         self.spec = spec
+        # Bytestream NF run by instance actors: this switch reassembles the flows of its local
+        # instances and ships them the stream (see e2actors.switch.stream).
+        self.stream = stream
         self.balancer = balancer
         self.members: dict[str, Member] = {m.instance: m for m in spec.members}
         self.runner = runner
@@ -87,7 +95,7 @@ class Switch(Actor):
     urgent = frozenset({SetTable, GetSwitchStats, GetTraces})
     # An instance's output is never dropped here: there is at most one per batch this switch sent
     # (bounded by the instances' queues), and losing one would lose its packets uncounted.
-    lossless = frozenset({NFOutput})
+    lossless = frozenset({NFOutput, StreamVerdicts})
 
     def __init__(self, server: str, manager: ActorRef | None = None, trace_every: int = 0,
                  hold_packets: int = 64, hold_seconds: float = 0.5, max_inflight: int = 64,
@@ -132,6 +140,8 @@ class Switch(Actor):
         self.traces: collections.deque = collections.deque(maxlen=1000)
         self.live = self.live_traffic
         self.reverse_of: dict[str, str] = {}
+        # Bytestream groups with packets released or work to send since the last pump.
+        self._dirty: dict[str, _Group] = {}
         self.every(self.housekeeping_interval, _HOUSEKEEPING)
 
     async def on_stop(self) -> None:
@@ -148,12 +158,17 @@ class Switch(Actor):
             await self._ingress(msg.port, msg.pkts)
         elif t is NFOutput:
             await self._from_nf(msg)
+        elif t is StreamVerdicts:
+            self._from_stream_nf(msg)
         elif t is RemoteBatch:
             await self._from_remote(msg)
         elif t is Tick:
             await self._housekeeping()
         elif t is SetTable:
-            return await self._install(msg.table)
+            v = await self._install(msg.table)
+            if self._dirty:
+                await self._pump_streams()
+            return v
         elif t is GetSwitchStats:
             return self.stats()
         elif t is GetTraces:
@@ -161,6 +176,8 @@ class Switch(Actor):
             if msg.clear:
                 self.traces.clear()
             return out
+        if self._dirty:
+            await self._pump_streams()
         return None
 
     # --- ingress --------------------------------------------------------------------------------
@@ -374,6 +391,10 @@ class Switch(Actor):
         if m.ref is None:
             self._drop(pkts, f"instance {inst} has no actor")
             return
+        if g.stream is not None:
+            pkts = self._to_stream(g, inst, pkts)
+            if not pkts:
+                return
         g.seq += 1
         g.sent[inst] += len(pkts)
         if self.send(m.ref, NFBatch(Batch(pkts), g.seq)):
@@ -384,6 +405,74 @@ class Switch(Actor):
             out[g.seq] = len(pkts)
         else:
             self._drop(pkts, "queue full")
+
+    def _to_stream(self, g: _Group, inst: str, pkts: list[Packet]) -> list[Packet]:
+        """Feed the TCP packets to the group's reassembly (they wait here for the instance's
+        verdicts); return the others, which go to the instance as packets."""
+        tcp = [p for p in pkts if p.proto == 6 and p.l4_offset >= 0]
+        if not tcp:
+            return pkts
+        g.sent[inst] += len(tcp)
+        g.stream.push(inst, tcp, time.time())  # type: ignore[union-attr]
+        self._dirty[g.spec.nf] = g
+        return [p for p in pkts if not (p.proto == 6 and p.l4_offset >= 0)] if len(tcp) < len(pkts) else []
+
+    async def _pump_streams(self) -> None:
+        """Send bytestream work to the instances and route what their verdicts released; again
+        while routing feeds another bytestream group."""
+        for _ in range(100):
+            if not self._dirty:
+                return
+            dirty = self._dirty
+            self._dirty = {}
+            for nf, g in dirty.items():
+                st = g.stream
+                if st is None:
+                    continue
+                for w in st.take_work():
+                    self._send_work(g, w)
+                out, nf_drops, ours = st.take_released()
+                for reason, lst in ours.items():
+                    self._drop(lst, reason)
+                if nf_drops:
+                    self.counters[f"dropped by {nf}"] += sum(len(x) for x in nf_drops.values())
+                    if self.trace_every:
+                        for reason, lst in nf_drops.items():
+                            self._finish_traces(lst, f"drop by {nf}: {reason}")
+                for port, lst in out.items():
+                    await self._route(f"nf:{nf}.{port}", lst)
+
+    def _send_work(self, g: _Group, w: Work) -> None:
+        st = g.stream
+        assert st is not None
+        m = g.members.get(w.instance)
+        # (An instance that moved to another server still gets the work of the flows reassembled
+        # here, and answers us: reply_to.)
+        if m is None or m.ref is None or m.state in ("failed", "stopped"):
+            why = f"lost with failed instance {w.instance}" if m is not None and m.state == "failed" \
+                else f"instance {w.instance} gone"
+            st.lost(w, why)
+            self._dirty[g.spec.nf] = g
+            return
+        ask = w.seq >= 0 and w.needs_answer
+        msg = StreamWork(w.seq if ask else -1, w.events(), w.packets, w.nbytes, w.released, w.drops, self.ref)
+        if self.send(m.ref, msg):
+            if ask:
+                st.sent(w)
+                self.inflight += 1
+        else:
+            st.refused(w)
+            self._dirty[g.spec.nf] = g
+
+    def _from_stream_nf(self, msg: StreamVerdicts) -> None:
+        nf = self.instance_nf.get(msg.instance)
+        g = self.groups.get(nf) if nf else None
+        if g is None or g.stream is None:
+            return
+        if g.stream.answer(msg.instance, msg.seq, msg.answers):
+            self.inflight = max(0, self.inflight - 1)
+            self._update_room()
+            self._dirty[g.spec.nf] = g
 
     async def _run_inline(self, nf: str, g: _Group, pkts: list[Packet]) -> None:
         runner = g.runner
@@ -539,18 +628,35 @@ class Switch(Actor):
                     await runner.start(dict(gs.config))
                     g = _Group(gs, None, runner)
             else:
+                stream = None
+                if gs.input == "bytestream":
+                    # The reassembly state outlives table changes (scaling, moves on this server).
+                    stream = old_g.stream if old_g is not None and old_g.stream is not None \
+                        else StreamDelivery(gs.nf, gs.ports)
                 if old_g is not None and old_g.balancer is not None:
                     old_g.balancer.update(gs.members, time.time())  # migration avoidance keeps live flows
-                    g = _Group(gs, old_g.balancer, None)
+                    g = _Group(gs, old_g.balancer, None, stream)
                     g.sent = old_g.sent
                     g.seq = old_g.seq
                 else:
-                    g = _Group(gs, Balancer.for_group(gs), None)
+                    g = _Group(gs, Balancer.for_group(gs), None, stream)
             groups[gs.nf] = g
         classifier = Classifier(table.routes)
         routes: dict[str, list[Route]] = {}
         for r in table.routes:
             routes.setdefault(r.source, []).append(r)
+        for nf, old_g in self.groups.items():
+            if old_g.stream is not None and (groups.get(nf) is None or groups[nf].stream is not old_g.stream):
+                # A bytestream NF left the table: what waits in its reassembly is dropped, counted.
+                for inst in {*old_g.stream._outstanding, *old_g.stream._todo}:
+                    self.inflight = max(0, self.inflight - len(old_g.stream._outstanding.get(inst, ())))
+                    old_g.stream.fail(inst, f"nf {nf} removed")
+                old_g.stream.flush(time.time())
+                for w in old_g.stream.take_work():
+                    old_g.stream.lost(w, f"nf {nf} removed")
+                out, nf_drops, ours = old_g.stream.take_released()
+                for lst in [*out.values(), *nf_drops.values(), *ours.values()]:
+                    self._drop(lst, f"nf {nf} removed")
         # --- swap
         for name, p in self.ports.items():
             if new_ports.get(name) is not p:
@@ -599,6 +705,19 @@ class Switch(Actor):
             if out:
                 self.drops[f"lost with failed instance {inst}"] += sum(out.values())
                 self.inflight = max(0, self.inflight - len(out))
+        # Stream work at such instances: resolved here (its packets dropped, counted).
+        for nf, g in self.groups.items():
+            st = g.stream
+            if st is None:
+                continue
+            for inst in {*st._outstanding, *st._todo}:
+                m = g.members.get(inst)
+                if m is not None and m.state not in ("failed", "stopped"):
+                    continue
+                waiting = len(st._outstanding.get(inst, ()))
+                st.fail(inst, f"lost with failed instance {inst}" if m is not None else f"instance {inst} gone")
+                self.inflight = max(0, self.inflight - waiting)
+                self._dirty[nf] = g
         self._update_room()
 
     # --- housekeeping ---------------------------------------------------------------------------
@@ -618,6 +737,10 @@ class Switch(Actor):
             if g.runner is not None:
                 await self._route_outputs(nf, await g.runner.tick())
             elif g.balancer is not None:
+                if g.stream is not None:
+                    g.stream.advance(now)  # gap and idle timeouts of the reassembled flows
+                    if g.stream.has_work or g.stream.driver._released:
+                        self._dirty[nf] = g
                 g.balancer.tick(now)
                 for inst in g.balancer.take_drained():  # each drain is reported once
                     if self.manager is not None:
@@ -630,7 +753,10 @@ class Switch(Actor):
         """Nothing in flight, held or waiting, and every input port is done."""
         return (self.inflight == 0 and not self._pending and not any(self._held.values())
                 and all(p.done for p in self.ports.values())
-                and all(g.runner is None or g.runner.held == 0 for g in self.groups.values()))
+                and all(g.runner is None or g.runner.held == 0 for g in self.groups.values())
+                and all(g.stream is None or (g.stream.pending == 0 and not g.stream.awaiting
+                                             and not g.stream.has_work)
+                        for g in self.groups.values()))
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -639,7 +765,8 @@ class Switch(Actor):
             "drops": dict(self.drops), "routes": dict(self.route_hits), "counters": dict(self.counters),
             "groups": {nf: {"sent": dict(g.sent), "inline": g.runner is not None,
                             "balancer": g.balancer.stats() if g.balancer is not None else None,
-                            "runner": g.runner.stats.as_dict() if g.runner is not None else None}
+                            "runner": g.runner.stats.as_dict() if g.runner is not None else None,
+                            "stream": g.stream.stats() if g.stream is not None else None}
                        for nf, g in self.groups.items()},
             "remote_tx": dict(self.remote_tx), "remote_rx": self.remote_rx,
             "held": {k: len(v) for k, v in self._held.items() if v},

@@ -1,0 +1,304 @@
+"""Bytestream delivery: the switch reassembles a bytestream NF's flows once and ships the stream.
+
+Pure logic (no asyncio); the :class:`~e2actors.switch.switch.Switch` actor wraps it. One
+:class:`StreamDelivery` per bytestream NF group on a server handles the flows of the group's local
+instances: its :class:`~e2actors.nf.stream.StreamDriver` (in deferred mode) reassembles each flow
+once, turns the stream into jobs (the flow opened; in-order chunks with the packets that carried
+them; gaps; the end), and holds the packets until the instance that owns the flow (by affinity)
+answered. The switch sends each instance its jobs as one ``StreamWork`` per round, applies the
+answers (:meth:`StreamDelivery.answer`) and routes the packets on from the NF's output ports in
+their original order per flow. Only verdicts come back; the packets never leave the switch.
+
+Nothing waits forever: jobs whose instance is gone, failed or refused them (a full mailbox)
+are resolved here with a non-sticky drop (``lost with failed instance X``, ``queue full``), and
+the instance is told the bytes it missed as a gap in its next work, so its stream offsets stay
+right.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from e2actors.nf.pipelet import Verdict
+from e2actors.nf.stream import CHUNK, END, GAP, StreamDriver, StreamJob
+from e2actors.packet.packet import Packet
+
+__all__ = ["StreamDelivery", "Work"]
+
+
+class _Account:
+    """What one instance's flows did since the last work sent to it."""
+
+    __slots__ = ("packets", "nbytes", "released", "drops")
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.nbytes = 0
+        self.released: collections.Counter[str] = collections.Counter()
+        self.drops: collections.Counter[str] = collections.Counter()
+
+    def __bool__(self) -> bool:
+        return bool(self.packets or self.released or self.drops)
+
+
+class Work:
+    """One round of work for one instance: ``jobs`` to tell in order, with the accounting."""
+
+    __slots__ = ("instance", "seq", "jobs", "packets", "nbytes", "released", "drops")
+
+    def __init__(self, instance: str, seq: int, jobs: list[StreamJob], acct: _Account) -> None:
+        self.instance = instance
+        self.seq = seq
+        self.jobs = jobs
+        self.packets = acct.packets
+        self.nbytes = acct.nbytes
+        self.released = tuple(acct.released.items())
+        self.drops = tuple(acct.drops.items())
+
+    def events(self) -> tuple[tuple[Any, ...], ...]:
+        return tuple([j.event() for j in self.jobs])
+
+    @property
+    def needs_answer(self) -> bool:
+        return any(j.kind == CHUNK or j.kind == GAP for j in self.jobs)
+
+
+class StreamDelivery:
+    """The switch side of one bytestream NF group (see the module docstring). ``ports``: the NF's
+    output ports; ``reassembler_options`` go to the reassembler."""
+
+    def __init__(self, nf: str, ports: Iterable[str], **reassembler_options: Any) -> None:
+        self.nf = nf
+        self.driver = StreamDriver(ports=tuple(ports), **reassembler_options)
+        #: flow key -> the instance its packets went to last (affinity keeps it one).
+        self.flow_instance: dict[Hashable, str] = {}
+        self._todo: dict[str, list[StreamJob]] = {}
+        self._accounts: dict[str, _Account] = {}
+        self._outstanding: dict[str, dict[int, list[StreamJob]]] = {}
+        # Bytes an instance never got (its jobs were refused): told as a gap before its next chunk.
+        self._missed: dict[tuple[str, Hashable, int], int] = {}
+        self._seq = 0
+        self._last_purge = 0.0
+        self._switch_reasons: set[str] = set()  # drops of ours, not the NF's verdicts
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    # --- in -------------------------------------------------------------------------------------
+    def push(self, instance: str, pkts: list[Packet], now: float) -> None:
+        """TCP packets the balancer sent to ``instance`` (local to this switch), in arrival order."""
+        fi = self.flow_instance
+        drv = self.driver
+        acct = self._accounts.get(instance)
+        if acct is None:
+            acct = self._accounts[instance] = _Account()
+        nbytes = 0
+        for pkt in pkts:
+            fi[pkt.flow_key] = instance
+            nbytes += len(pkt.data)
+            drv.push(pkt, now)
+        acct.packets += len(pkts)
+        acct.nbytes += nbytes
+        self._collect()
+
+    def advance(self, now: float) -> None:
+        """Gap and idle timeouts up to ``now``; forget flows the driver forgot (once a second)."""
+        self.driver.advance(now)
+        self._collect()
+        if now - self._last_purge >= 1.0:
+            self._last_purge = now
+            known = self.driver._flows
+            fi = self.flow_instance
+            for k in [k for k in fi if k not in known]:
+                del fi[k]
+
+    def flush(self, now: float) -> None:
+        """End of input: end every flow (the packets leave once their verdicts are in)."""
+        self.driver.flush(now)
+        self._collect()
+
+    def _collect(self) -> None:
+        jobs = self.driver.take_jobs()
+        if not jobs:
+            return
+        fi = self.flow_instance
+        todo = self._todo
+        for job in jobs:
+            inst = fi.get(job.flow)
+            if inst is None:  # cannot happen: every job's flow came through push
+                self.driver.resolve(job, None)
+                continue
+            lst = todo.get(inst)
+            if lst is None:
+                todo[inst] = [job]
+            else:
+                lst.append(job)
+
+    # --- out ------------------------------------------------------------------------------------
+    def take_work(self) -> list[Work]:
+        """One :class:`Work` per instance with jobs or accounting to send; call :meth:`sent`,
+        :meth:`refused` or :meth:`lost` for each."""
+        out: list[Work] = []
+        todo = self._todo
+        self._todo = {}
+        for inst, jobs in todo.items():
+            if self._missed:
+                jobs = self._with_gaps(inst, jobs)
+            acct = self._accounts.pop(inst, None) or _Account()
+            self._seq += 1
+            out.append(Work(inst, self._seq, jobs, acct))
+        for inst in [i for i, a in self._accounts.items() if a]:
+            out.append(Work(inst, -1, [], self._accounts.pop(inst)))
+        return out
+
+    def _with_gaps(self, inst: str, jobs: list[StreamJob]) -> list[StreamJob]:
+        res: list[StreamJob] = []
+        for j in jobs:
+            if j.kind == CHUNK or j.kind == GAP:
+                n = self._missed.pop((inst, j.flow, j.direction), 0)
+                if n:
+                    # Told only: the packets that carried the missed bytes were already dropped.
+                    g = StreamJob(GAP, j.flow, j.direction, n, ())
+                    g.done = True
+                    res.append(g)
+            elif j.kind == END:
+                for d in (0, 1):
+                    self._missed.pop((inst, j.flow, d), None)
+            res.append(j)
+        return res
+
+    def sent(self, work: Work) -> None:
+        """The work reached the instance's mailbox: wait for its answer."""
+        if work.seq >= 0 and work.needs_answer:
+            out = self._outstanding.get(work.instance)
+            if out is None:
+                out = self._outstanding[work.instance] = {}
+            out[work.seq] = work.jobs
+
+    def refused(self, work: Work, reason: str = "queue full") -> None:
+        """The instance's mailbox was full: its chunks' packets are dropped (not sticky) and it will
+        hear of the missed bytes as a gap. Its openings and ends (they hold no packets), and its
+        accounting, go with the next work."""
+        again = [j for j in work.jobs if j.kind != CHUNK and j.kind != GAP and not j.done]
+        if again:
+            self._todo[work.instance] = again + self._todo.get(work.instance, [])
+        self._give_up(work.instance, [j for j in work.jobs if j.kind == CHUNK or j.kind == GAP], reason,
+                      tell_gap=True)
+        acct = self._accounts.get(work.instance)
+        if acct is None:
+            acct = self._accounts[work.instance] = _Account()
+        acct.packets += work.packets
+        acct.nbytes += work.nbytes
+        acct.released.update(dict(work.released))
+        acct.drops.update(dict(work.drops))
+
+    def lost(self, work: Work, reason: str) -> None:
+        """The work cannot go to its instance (gone, failed, elsewhere): resolve its jobs here."""
+        self._give_up(work.instance, work.jobs, reason, tell_gap=False)
+
+    def _give_up(self, inst: str, jobs: list[StreamJob], reason: str, tell_gap: bool) -> None:
+        v = Verdict(drop=True, reason=reason, sticky=False)
+        self._switch_reasons.add(reason)
+        for j in jobs:
+            if j.done:
+                continue
+            if j.kind == CHUNK:
+                self.counters[reason] += len(j.carriers)
+                if tell_gap:
+                    k = (inst, j.flow, j.direction)
+                    self._missed[k] = self._missed.get(k, 0) + len(j.arg)
+                self.driver.resolve(j, v)
+            elif j.kind == GAP:
+                if tell_gap:
+                    k = (inst, j.flow, j.direction)
+                    self._missed[k] = self._missed.get(k, 0) + j.arg
+                self.driver.resolve(j, None)
+            else:
+                j.done = True
+
+    def answer(self, instance: str, seq: int, answers: tuple[Any, ...]) -> bool:
+        """The instance answered work ``seq``; False if nothing waited for it (a repeat)."""
+        out = self._outstanding.get(instance)
+        jobs = out.pop(seq, None) if out is not None else None
+        if jobs is None:
+            return False
+        drv = self.driver
+        if len(answers) != len(jobs):
+            self.counters["malformed answers"] += 1
+            answers = (None,) * len(jobs)
+        for job, a in zip(jobs, answers):
+            if not job.done:
+                drv.resolve(job, a)
+        return True
+
+    def fail(self, instance: str, reason: str) -> int:
+        """``instance`` failed or left: resolve whatever waits for it; returns how many jobs."""
+        n = 0
+        for jobs in (self._outstanding.pop(instance, {}) or {}).values():
+            n += len(jobs)
+            self._give_up(instance, jobs, reason, tell_gap=False)
+        jobs = self._todo.pop(instance, None)
+        if jobs:
+            n += len(jobs)
+            self._give_up(instance, jobs, reason, tell_gap=False)
+        self._accounts.pop(instance, None)
+        for k in [k for k in self._missed if k[0] == instance]:
+            del self._missed[k]
+        return n
+
+    def take_released(self) -> tuple[dict[str, list[Packet]], dict[str, list[Packet]], dict[str, list[Packet]]]:
+        """Decided since the last call, in order: ``port -> packets`` that leave the NF,
+        ``reason -> packets`` its verdicts dropped, ``reason -> packets`` dropped here (the
+        instance failed or refused them)."""
+        out: dict[str, list[Packet]] = {}
+        dropped: dict[str, list[Packet]] = {}
+        ours: dict[str, list[Packet]] = {}
+        sr = self._switch_reasons
+        fi = self.flow_instance
+        accts = self._accounts
+        for pkt, v in self.driver.take_released():
+            inst = fi.get(pkt.flow_key)
+            acct = accts.get(inst) if inst is not None else None
+            if acct is None and inst is not None:
+                acct = accts[inst] = _Account()
+            if v.drop:
+                r = v.reason or "dropped by verdict"
+                if r in sr and not v.sticky:
+                    ours.setdefault(r, []).append(pkt)
+                    continue
+                lst = dropped.get(r)
+                if lst is None:
+                    dropped[r] = [pkt]
+                else:
+                    lst.append(pkt)
+                if acct is not None:
+                    acct.drops[r] += 1
+            else:
+                port = v.port or self.driver.ports[0]
+                lst = out.get(port)
+                if lst is None:
+                    out[port] = [pkt]
+                else:
+                    lst.append(pkt)
+                if acct is not None:
+                    acct.released[port] += 1
+        return out, dropped, ours
+
+    # --- state ----------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Packets in the switch for this group: held for bytes or waiting for a verdict."""
+        return self.driver.pending
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._todo) or any(self._accounts.values())
+
+    @property
+    def awaiting(self) -> int:
+        """Works sent and not answered."""
+        return sum(len(o) for o in self._outstanding.values())
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.driver.stats, "flows": len(self.flow_instance), "awaiting_works": self.awaiting,
+                "reassembler": dict(self.driver.reassembler.stats), **dict(self.counters)}
