@@ -70,6 +70,17 @@ def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], eve
              {"server": server, "actor": "switch"}, s["mailbox"]["depth"]))
         add(("e2_switch_inflight_batches", "gauge", "Batches sent to local instances, not yet back",
              {"server": server}, s["inflight"]))
+        for nf, g in s.get("groups", {}).items():
+            sst = g.get("stream") if isinstance(g, dict) else None
+            if sst:  # a bytestream NF whose flows this switch reassembles
+                lab = {"server": server, "nf": nf}
+                add(("e2_stream_waiting_packets", "gauge",
+                     "Packets in the switch waiting for their stream bytes or an instance's verdict",
+                     lab, sst["pending"]))
+                add(("e2_stream_chunks_total", "counter", "Reassembled stream chunks shipped to instances",
+                     lab, sst["chunks"]))
+                add(("e2_stream_gaps_total", "counter", "Stream holes given up on (timeout or buffer bound)",
+                     lab, sst["gaps"]))
     for inst, i in st.get("instances", {}).items():
         if not isinstance(i, dict) or "packets_in" not in i:
             continue
