@@ -393,3 +393,26 @@ async def test_stream_work_crosses_nodes_to_an_instance_that_moved_away() -> Non
         assert judged.chunks and b"EVIL" in b"".join(c[2] for c in judged.chunks)  # judged on s2
         assert st["drops"] == {} and st["groups"]["snoop"]["stream"]["gaps"] == 1
         assert lost.data not in {p.data for p in got}
+
+
+def test_work_is_windowed_and_what_gathers_meanwhile_is_bounded() -> None:
+    d = StreamDelivery("snoop", ("good", "bad"), window=1, max_backlog=3)
+    pkts = conversation(40005, b"x" * 60, b"", seg=10)  # six data segments
+    for p in pkts[:4]:
+        d.push("snoop#1", [p], 1.0)
+    (w1,) = d.take_work()
+    d.sent(w1)
+    for p in pkts[4:9]:  # five more segments while the first work is out
+        d.push("snoop#1", [p], 1.0)
+    assert d.take_work() == [] and d.queued == 3  # the instance is busy: they gather, up to 3
+    judge = Snoop()
+    assert d.answer("snoop#1", w1.seq, tuple(tell(judge, *ev) for ev in w1.events()))
+    (w2,) = d.take_work()  # everything gathered goes at once, the dropped bytes told as gaps
+    assert [(j.kind, len(j.arg) if j.kind == CHUNK else j.arg) for j in w2.jobs] == \
+        [(CHUNK, 10), (CHUNK, 10), (CHUNK, 10), (GAP, 10), (GAP, 10)]
+    assert d.queued == 0
+    d.sent(w2)
+    assert d.answer("snoop#1", w2.seq, tuple(tell(judge, *ev) for ev in w2.events()))
+    out, _nf, ours = d.take_released()
+    assert [p.data for p in ours["queue full"]] == [p.data for p in pkts[7:9]]  # beyond the bound
+    assert judge.streams[pkts[4].flow_key, pkts[4].direction] == b"x" * 40  # what it was given

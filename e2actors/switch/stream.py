@@ -9,6 +9,12 @@ answered. The switch sends each instance its jobs as one ``StreamWork`` per roun
 answers (:meth:`StreamDelivery.answer`) and routes the packets on from the NF's output ports in
 their original order per flow. Only verdicts come back; the packets never leave the switch.
 
+Work is windowed: at most ``window`` works per instance are out at once; the jobs that come
+meanwhile gather here and go together with the next one (the busier the instance, the bigger
+its batches, and its mailbox never overflows with small works). What gathers is bounded
+(``max_backlog`` packets per instance); beyond it a chunk's packets are dropped as ``queue full``,
+like a full NIC ring. The switch stops reading replayed input while the backlog is high.
+
 Nothing waits forever: jobs whose instance is gone, failed or refused them (a full mailbox)
 are resolved here with a non-sticky drop (``lost with failed instance X``, ``queue full``), and
 the instance is told the bytes it missed as a gap in its next work, so its stream offsets stay
@@ -43,6 +49,13 @@ class _Account:
         return bool(self.packets or self.released or self.drops)
 
 
+def _told_gap(flow: Hashable, direction: int, missing: int) -> StreamJob:
+    """A gap the instance is only told of: the bytes it will never see were dropped here."""
+    g = StreamJob(GAP, flow, direction, missing, ())
+    g.done = True
+    return g
+
+
 class Work:
     """One round of work for one instance: ``jobs`` to tell in order, with the accounting."""
 
@@ -69,16 +82,19 @@ class StreamDelivery:
     """The switch side of one bytestream NF group (see the module docstring). ``ports``: the NF's
     output ports; ``reassembler_options`` go to the reassembler."""
 
-    def __init__(self, nf: str, ports: Iterable[str], **reassembler_options: Any) -> None:
+    def __init__(self, nf: str, ports: Iterable[str], window: int = 2, max_backlog: int = 4096,
+                 **reassembler_options: Any) -> None:
         self.nf = nf
+        self.window = window
+        self.max_backlog = max_backlog
+        #: Packets (chunk carriers) gathered for each instance, not sent yet.
+        self.backlog: dict[str, int] = {}
         self.driver = StreamDriver(ports=tuple(ports), **reassembler_options)
         #: flow key -> the instance its packets went to last (affinity keeps it one).
         self.flow_instance: dict[Hashable, str] = {}
         self._todo: dict[str, list[StreamJob]] = {}
         self._accounts: dict[str, _Account] = {}
         self._outstanding: dict[str, dict[int, list[StreamJob]]] = {}
-        # Bytes an instance never got (its jobs were refused): told as a gap before its next chunk.
-        self._missed: dict[tuple[str, Hashable, int], int] = {}
         self._seq = 0
         self._last_purge = 0.0
         self._switch_reasons: set[str] = set()  # drops of ours, not the NF's verdicts
@@ -123,11 +139,20 @@ class StreamDelivery:
             return
         fi = self.flow_instance
         todo = self._todo
+        backlog = self.backlog
         for job in jobs:
             inst = fi.get(job.flow)
             if inst is None:  # cannot happen: every job's flow came through push
                 self.driver.resolve(job, None)
                 continue
+            if job.kind == CHUNK:
+                n = backlog.get(inst, 0) + len(job.carriers)
+                if n > self.max_backlog:
+                    # Dropped; the instance hears of the bytes as a gap at this place in its stream.
+                    self._give_up(inst, [job], "queue full")
+                    job = _told_gap(job.flow, job.direction, len(job.arg))
+                else:
+                    backlog[inst] = n
             lst = todo.get(inst)
             if lst is None:
                 todo[inst] = [job]
@@ -140,32 +165,23 @@ class StreamDelivery:
         :meth:`refused` or :meth:`lost` for each."""
         out: list[Work] = []
         todo = self._todo
-        self._todo = {}
+        busy = {i for i, o in self._outstanding.items() if len(o) >= self.window}
+        self._todo = {i: j for i, j in todo.items() if i in busy}  # they wait for an answer
         for inst, jobs in todo.items():
-            if self._missed:
-                jobs = self._with_gaps(inst, jobs)
+            if inst in busy:
+                continue
+            self.backlog.pop(inst, None)
             acct = self._accounts.pop(inst, None) or _Account()
             self._seq += 1
             out.append(Work(inst, self._seq, jobs, acct))
-        for inst in [i for i, a in self._accounts.items() if a]:
+        for inst in [i for i, a in self._accounts.items() if a and i not in busy]:
             out.append(Work(inst, -1, [], self._accounts.pop(inst)))
         return out
 
-    def _with_gaps(self, inst: str, jobs: list[StreamJob]) -> list[StreamJob]:
-        res: list[StreamJob] = []
-        for j in jobs:
-            if j.kind == CHUNK or j.kind == GAP:
-                n = self._missed.pop((inst, j.flow, j.direction), 0)
-                if n:
-                    # Told only: the packets that carried the missed bytes were already dropped.
-                    g = StreamJob(GAP, j.flow, j.direction, n, ())
-                    g.done = True
-                    res.append(g)
-            elif j.kind == END:
-                for d in (0, 1):
-                    self._missed.pop((inst, j.flow, d), None)
-            res.append(j)
-        return res
+    @property
+    def queued(self) -> int:
+        """Packets gathered for all instances, not sent yet."""
+        return sum(self.backlog.values())
 
     def sent(self, work: Work) -> None:
         """The work reached the instance's mailbox: wait for its answer."""
@@ -179,11 +195,18 @@ class StreamDelivery:
         """The instance's mailbox was full: its chunks' packets are dropped (not sticky) and it will
         hear of the missed bytes as a gap. Its openings and ends (they hold no packets), and its
         accounting, go with the next work."""
-        again = [j for j in work.jobs if j.kind != CHUNK and j.kind != GAP and not j.done]
-        if again:
-            self._todo[work.instance] = again + self._todo.get(work.instance, [])
-        self._give_up(work.instance, [j for j in work.jobs if j.kind == CHUNK or j.kind == GAP], reason,
-                      tell_gap=True)
+        again: list[StreamJob] = []
+        for j in work.jobs:
+            if j.kind == CHUNK or j.kind == GAP:
+                missing = len(j.arg) if j.kind == CHUNK else j.arg
+                if j.done:  # an earlier told-only gap
+                    again.append(j)
+                    continue
+                self._give_up(work.instance, [j], reason)
+                again.append(_told_gap(j.flow, j.direction, missing))
+            else:
+                again.append(j)
+        self._todo[work.instance] = again + self._todo.get(work.instance, [])
         acct = self._accounts.get(work.instance)
         if acct is None:
             acct = self._accounts[work.instance] = _Account()
@@ -194,9 +217,9 @@ class StreamDelivery:
 
     def lost(self, work: Work, reason: str) -> None:
         """The work cannot go to its instance (gone, failed, elsewhere): resolve its jobs here."""
-        self._give_up(work.instance, work.jobs, reason, tell_gap=False)
+        self._give_up(work.instance, work.jobs, reason)
 
-    def _give_up(self, inst: str, jobs: list[StreamJob], reason: str, tell_gap: bool) -> None:
+    def _give_up(self, inst: str, jobs: list[StreamJob], reason: str) -> None:
         v = Verdict(drop=True, reason=reason, sticky=False)
         self._switch_reasons.add(reason)
         for j in jobs:
@@ -204,14 +227,8 @@ class StreamDelivery:
                 continue
             if j.kind == CHUNK:
                 self.counters[reason] += len(j.carriers)
-                if tell_gap:
-                    k = (inst, j.flow, j.direction)
-                    self._missed[k] = self._missed.get(k, 0) + len(j.arg)
                 self.driver.resolve(j, v)
             elif j.kind == GAP:
-                if tell_gap:
-                    k = (inst, j.flow, j.direction)
-                    self._missed[k] = self._missed.get(k, 0) + j.arg
                 self.driver.resolve(j, None)
             else:
                 j.done = True
@@ -236,14 +253,13 @@ class StreamDelivery:
         n = 0
         for jobs in (self._outstanding.pop(instance, {}) or {}).values():
             n += len(jobs)
-            self._give_up(instance, jobs, reason, tell_gap=False)
+            self._give_up(instance, jobs, reason)
         jobs = self._todo.pop(instance, None)
+        self.backlog.pop(instance, None)
         if jobs:
             n += len(jobs)
-            self._give_up(instance, jobs, reason, tell_gap=False)
+            self._give_up(instance, jobs, reason)
         self._accounts.pop(instance, None)
-        for k in [k for k in self._missed if k[0] == instance]:
-            del self._missed[k]
         return n
 
     def take_released(self) -> tuple[dict[str, list[Packet]], dict[str, list[Packet]], dict[str, list[Packet]]]:

@@ -191,15 +191,20 @@ class Switch(Actor):
         """Replays wait here while too much is in flight (batches at local instances, messages in
         our mailbox). Links to other servers are not waited on: a backed-up link drops and counts
         (see _to_switch), like a full NIC queue; pace a replay with a speed factor instead."""
-        while self.inflight >= self.max_inflight or len(self._cell.mailbox) > self.max_inflight:
+        while self._busy():
             self._room.clear()
             try:
                 await asyncio.wait_for(self._room.wait(), 0.05)
             except asyncio.TimeoutError:
                 pass
 
+    def _busy(self) -> bool:
+        return (self.inflight >= self.max_inflight or len(self._cell.mailbox) > self.max_inflight
+                or any(g.stream is not None and g.stream.queued > self.max_inflight * 32
+                       for g in self.groups.values()))
+
     def _update_room(self) -> None:
-        if self.inflight < self.max_inflight and not self._room.is_set():
+        if not self._room.is_set() and not self._busy():
             self._room.set()
 
     async def _ingress(self, port: str, pkts: list[Packet]) -> None:
@@ -429,8 +434,6 @@ class Switch(Actor):
                 st = g.stream
                 if st is None:
                     continue
-                for w in st.take_work():
-                    self._send_work(g, w)
                 out, nf_drops, ours = st.take_released()
                 for reason, lst in ours.items():
                     self._drop(lst, reason)
@@ -441,6 +444,8 @@ class Switch(Actor):
                             self._finish_traces(lst, f"drop by {nf}: {reason}")
                 for port, lst in out.items():
                     await self._route(f"nf:{nf}.{port}", lst)
+                for w in st.take_work():  # (with the accounting of what just left)
+                    self._send_work(g, w)
 
     def _send_work(self, g: _Group, w: Work) -> None:
         st = g.stream
