@@ -21,6 +21,7 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from e2actors import Actor, ActorRef, MailboxFull, Node, message, run  # noqa: E402
+from e2actors.runtime.node import tune_gc  # noqa: E402
 
 SECRET = b"bench-secret"
 N_LOCAL = 300_000
@@ -198,6 +199,7 @@ async def main_async(transport_kind: str) -> dict[str, Any]:
 
 
 def main() -> None:
+    tune_gc()  # the collector settings e2actors processes run with, for ours and the baselines alike
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--serve", metavar="ADDR", help=argparse.SUPPRESS)
     ap.add_argument("--transport", choices=["tcp", "unix"], default="tcp")

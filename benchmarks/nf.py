@@ -31,6 +31,7 @@ from e2actors.nf.builtin import IDS, NAT, Firewall, HostFilter, Shaper  # noqa: 
 from e2actors.nf.pipelet import Pipelet  # noqa: E402
 from e2actors.packet.packet import Packet  # noqa: E402
 from e2actors.packet.traffic import frames  # noqa: E402
+from e2actors.runtime.node import tune_gc  # noqa: E402
 from e2actors.testing import arun_pipelet  # noqa: E402
 
 RULES = [
@@ -61,6 +62,7 @@ async def rate(cls: type[Pipelet], config: dict, trace: list[tuple[float, bytes]
 
 
 def main() -> None:
+    tune_gc()  # the collector settings e2actors processes run with, for ours and the baselines alike
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows", type=int, default=600)
     ap.add_argument("--rounds", type=int, default=3)

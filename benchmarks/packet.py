@@ -23,6 +23,7 @@ import dpkt
 from e2actors.packet.filter import BENCH_EXPRESSIONS, benchmark_filters
 from e2actors.packet.packet import Packet
 from e2actors.packet.traffic import frames
+from e2actors.runtime.node import tune_gc
 
 
 def ours(trace: list[tuple[float, bytes]]) -> int:
@@ -51,6 +52,7 @@ def theirs(trace: list[tuple[float, bytes]]) -> int:
 
 
 def main() -> None:
+    tune_gc()  # the collector settings e2actors processes run with, for ours and the baselines alike
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--flows", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=5)

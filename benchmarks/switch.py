@@ -39,6 +39,7 @@ from e2actors.nf.instance import NFInstance  # noqa: E402
 from e2actors.nf.pipelet import Pipelet  # noqa: E402
 from e2actors.packet.packet import Packet  # noqa: E402
 from e2actors.packet.traffic import frames  # noqa: E402
+from e2actors.runtime.node import tune_gc  # noqa: E402
 from e2actors.runtime.ref import ActorRef  # noqa: E402
 from e2actors.switch.messages import GetSwitchStats, SetTable  # noqa: E402
 from e2actors.switch.switch import Switch  # noqa: E402
@@ -245,6 +246,7 @@ def afpacket(trace: list[bytes], seconds: float = 3.0) -> tuple[float | None, fl
 
 
 def main() -> None:
+    tune_gc()  # the collector settings e2actors processes run with, for ours and the baselines alike
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=60_000)
     ap.add_argument("--afpacket-seconds", type=float, default=3.0)

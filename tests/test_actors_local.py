@@ -420,3 +420,23 @@ async def test_urgent_messages_skip_the_backlog() -> None:
         assert await ask == ("control",)
         await asyncio.sleep(0.01)
         assert node.cell(r).actor.order[:2] == [0, ("control",)]  # right after the message in hand
+
+
+def test_run_tunes_the_collector_unless_told_not_to() -> None:
+    import gc
+
+    from e2actors.runtime.node import GC_THRESHOLDS, run
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+
+        async def nothing() -> int:
+            return 7
+
+        assert run(nothing(), tune=False) == 7
+        assert gc.get_threshold() == (700, 10, 10)
+        assert run(nothing()) == 7
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.set_threshold(*before)

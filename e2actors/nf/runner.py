@@ -2,7 +2,8 @@
 (for inline NFs) and :mod:`e2actors.testing`, so a pipelet behaves the same everywhere.
 
 It keeps the pipelet's clock (packet time or wall time), routes TCP packets of bytestream NFs
-through the :class:`~e2actors.nf.stream.StreamDriver` (reassembly, verdicts, original order),
+through the :class:`~e2actors.nf.stream.StreamDriver` (reassembly, verdicts, original order) when
+it runs alone or inline, or takes the stream the switch reassembled (:meth:`PipeletRunner.judge`),
 expires idle flows, fires timers, measures busy time, and accounts for every packet: each one
 that enters leaves on a port, is dropped with a reason, is held (a shaper's queue, a stream
 waiting for a gap), or is counted lost when the pipelet raises.
