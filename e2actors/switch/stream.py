@@ -109,10 +109,11 @@ class StreamDelivery:
         if acct is None:
             acct = self._accounts[instance] = _Account()
         nbytes = 0
+        push = drv.push
         for pkt in pkts:
-            fi[pkt.flow_key] = instance
+            fi[pkt._fkey or pkt.flow_key] = instance  # (the balancer computed the key already)
             nbytes += len(pkt.data)
-            drv.push(pkt, now)
+            push(pkt, now)
         acct.packets += len(pkts)
         acct.nbytes += nbytes
         self._collect()
@@ -272,11 +273,19 @@ class StreamDelivery:
         sr = self._switch_reasons
         fi = self.flow_instance
         accts = self._accounts
+        default = self.driver.ports[0]
+        last_key: Any = None
+        acct: _Account | None = None
+        released: collections.Counter[str] | None = None
         for pkt, v in self.driver.take_released():
-            inst = fi.get(pkt.flow_key)
-            acct = accts.get(inst) if inst is not None else None
-            if acct is None and inst is not None:
-                acct = accts[inst] = _Account()
+            k = pkt._fkey or pkt.flow_key
+            if k is not last_key:  # packets leave in runs of one flow: look its instance up once
+                last_key = k
+                inst = fi.get(k)
+                acct = accts.get(inst) if inst is not None else None
+                if acct is None and inst is not None:
+                    acct = accts[inst] = _Account()
+                released = acct.released if acct is not None else None
             if v.drop:
                 r = v.reason or "dropped by verdict"
                 if r in sr and not v.sticky:
@@ -290,14 +299,14 @@ class StreamDelivery:
                 if acct is not None:
                     acct.drops[r] += 1
             else:
-                port = v.port or self.driver.ports[0]
+                port = v.port or default
                 lst = out.get(port)
                 if lst is None:
                     out[port] = [pkt]
                 else:
                     lst.append(pkt)
-                if acct is not None:
-                    acct.released[port] += 1
+                if released is not None:
+                    released[port] += 1
         return out, dropped, ours
 
     # --- state ----------------------------------------------------------------------------------
