@@ -19,15 +19,16 @@ from e2actors import Node
 from e2actors.nf.instance import NFInstance
 from e2actors.nf.messages import GetStats, StreamVerdicts, StreamWork
 from e2actors.nf.pipelet import Pipelet, Verdict
-from e2actors.nf.stream import CHUNK, END, GAP, OPEN, StreamDriver, tell
+from e2actors.nf.stream import CHUNK, GAP, OPEN, StreamDriver, tell
 from e2actors.packet.packet import Packet
 from e2actors.runtime import codec
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.messages import GetSwitchStats, SetTable
 from e2actors.switch.stream import StreamDelivery
 from e2actors.switch.switch import Switch
-from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
+from e2actors.switch.table import GroupSpec, Member, Route, SwitchTable
 from nfkit import C, S, tcp_pkt, udp_pkt
+from test_switch import mem, settle
 
 ALLOW = ("e2actors.", "test_switch_stream")
 
@@ -262,21 +263,6 @@ def test_failed_instance_resolves_what_waited_for_it() -> None:
 async def _hang(msg: Any) -> None:
     return None
 
-
-
-def mem(*names: str) -> tuple[PortSpec, ...]:
-    return tuple(PortSpec(n, "memory") for n in names)
-
-
-async def settle(node: Node, sw: ActorRef, timeout: float = 10.0) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        await asyncio.sleep(0.02)
-        st = await node.ask(sw, GetSwitchStats())
-        if st["idle"] and st["mailbox"]["depth"] == 0:
-            return st
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"switch not idle: {st}")
 
 
 def table(v: int, members: tuple[Member, ...]) -> SwitchTable:

@@ -377,10 +377,7 @@ class StreamDriver:
                 if deferred:
                     for e in entries:
                         e[1] = job
-                    st["awaiting"] += 1
-                    job.fs = fs
-                    fs.jobs.append(job)
-                    self._jobs.append(job)
+                    self._defer(job, fs)
                 else:
                     v = self._judge(job, fs)
                     if v.sticky:
@@ -394,10 +391,7 @@ class StreamDriver:
                     barrier = [None, job]  # later packets of the flow wait for the gap's verdict
                     job.entries.append(barrier)  # type: ignore[union-attr]
                     fs.queue.append(barrier)
-                    st["awaiting"] += 1
-                    job.fs = fs
-                    fs.jobs.append(job)
-                    self._jobs.append(job)
+                    self._defer(job, fs)
                 else:
                     v = self._judge(job, fs)
                     if v.sticky:
@@ -420,6 +414,13 @@ class StreamDriver:
                         self._error(ev.flow, repr(exc))
             if fs is not own:
                 touched.append(fs)  # drained after the events (the caller drains its own flow)
+
+    def _defer(self, job: StreamJob, fs: _FlowState) -> None:
+        """Deferred: ``job`` (CHUNK or GAP) waits for its answer, in its flow's job order."""
+        self._counts["awaiting"] += 1
+        job.fs = fs
+        fs.jobs.append(job)
+        self._jobs.append(job)
 
     def _drain(self, fs: _FlowState) -> None:
         """Release the decided packets at the front of a flow's queue."""

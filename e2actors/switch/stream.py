@@ -28,7 +28,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 from e2actors.nf.pipelet import Verdict
-from e2actors.nf.stream import CHUNK, END, GAP, StreamDriver, StreamJob
+from e2actors.nf.stream import CHUNK, GAP, StreamDriver, StreamJob
 from e2actors.packet.packet import Packet
 
 __all__ = ["StreamDelivery", "Work"]
@@ -291,11 +291,7 @@ class StreamDelivery:
                 if r in sr and not v.sticky:
                     ours.setdefault(r, []).append(pkt)
                     continue
-                lst = dropped.get(r)
-                if lst is None:
-                    dropped[r] = [pkt]
-                else:
-                    lst.append(pkt)
+                dropped.setdefault(r, []).append(pkt)  # (rare: verdicts that drop)
                 if acct is not None:
                     acct.drops[r] += 1
             else:
