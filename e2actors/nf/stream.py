@@ -116,13 +116,17 @@ class _FlowState:
     are not delivered yet), ``_LAZY``, or a StreamJob (its verdict is awaited). A barrier entry
     ``[None, job]`` keeps a gap's place until its verdict is in (then ``_PASSED``)."""
 
-    __slots__ = ("queue", "current", "ended", "jobs")
+    __slots__ = ("queue", "current", "ended", "jobs", "prev", "next")
 
     def __init__(self, current: Verdict) -> None:
         self.queue: deque[list] = deque()
         self.current = current
         self.ended = False
         self.jobs: deque[StreamJob] = deque()  # deferred: CHUNK/GAP jobs not applied yet, in order
+        # A new connection on the addresses of an ended one whose packets still wait: the new
+        # one's packets leave after them (prev), and the old one's last drain wakes it (next).
+        self.prev: _FlowState | None = None
+        self.next: _FlowState | None = None
 
 
 class StreamDriver:
@@ -202,12 +206,16 @@ class StreamDriver:
                     return
             else:
                 # A new flow, or a new connection (SYN) on an ended flow's addresses.
-                if fs is not None:
-                    self._ended.pop(key, None)
+                old = fs
                 fs = self._flows[key] = _FlowState(self.default)
+                if old is not None:
+                    self._ended.pop(key, None)
+                    if old.queue:
+                        fs.prev = old
+                        old.next = fs
         if pkt.tcp_flags & 0x12 == 0x02 and key is not None:  # a SYN opens the flow: its sender is the client
             self._open(key, pkt.direction)
-        if not events and not fs.queue and not r.last_held:
+        if not events and not fs.queue and not r.last_held and fs.prev is None:
             # The common case (a pure ACK, ...): nothing waits in its flow, no bytes to judge.
             v = fs.current
             if v.meta:
@@ -247,8 +255,11 @@ class StreamDriver:
                 break
             del e[k]
             fs = self._flows.get(k)
-            if fs is not None and fs.ended and not fs.queue:
-                del self._flows[k]
+            if fs is not None and fs.ended:
+                if fs.queue:
+                    e[k] = now  # verdicts still awaited: look again after another linger
+                else:
+                    del self._flows[k]
 
     def flush(self, now: float = 0.0) -> None:
         """The input is over: end every flow and release everything (deferred: once answered)."""
@@ -302,6 +313,36 @@ class StreamDriver:
             self._apply(j, v, fs)
         if fs.queue:
             self._drain(fs)
+
+    def as_gap(self, job: StreamJob, verdict: Verdict) -> None:
+        """Deferred: ``job``, a CHUNK not answered yet, will not be told as bytes (its work could
+        not be delivered): its carriers take ``verdict`` now and the job becomes a GAP of as many
+        bytes, still to be told and answered in its place (a sticky answer to it is the flow's
+        verdict from there on, as for any gap)."""
+        if job.done or job.kind != CHUNK:
+            return
+        fs = job.fs
+        last = None
+        for e in job.entries:  # type: ignore[union-attr]
+            if e[1] is job:
+                e[1] = verdict
+                last = e
+        job.kind = GAP
+        job.arg = len(job.arg)
+        job.carriers = ()
+        barrier = [None, job]
+        job.entries = [barrier]
+        if fs is None:
+            return
+        q = fs.queue
+        at = len(q)
+        if last is not None:
+            for i, e in enumerate(q):
+                if e is last:
+                    at = i + 1
+                    break
+        q.insert(at, barrier)
+        self._drain(fs)
 
     def _apply(self, job: StreamJob, v: Verdict, fs: _FlowState) -> None:
         if v.sticky:
@@ -424,6 +465,11 @@ class StreamDriver:
 
     def _drain(self, fs: _FlowState) -> None:
         """Release the decided packets at the front of a flow's queue."""
+        p = fs.prev
+        if p is not None:
+            if p.queue:
+                return  # the previous connection on these addresses goes first
+            fs.prev = None
         q = fs.queue
         out = self._released
         n = 0
@@ -442,6 +488,10 @@ class StreamDriver:
             out.append((e[0], v))
             n += 1
         self._nreleased += n
+        if not q and fs.next is not None:
+            nxt = fs.next
+            fs.next = None
+            self._drain(nxt)
 
     def _drain_touched(self) -> None:
         t = self._touched

@@ -24,6 +24,7 @@ right.
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Hashable, Iterable
 from typing import Any
 
@@ -49,19 +50,19 @@ class _Account:
         return bool(self.packets or self.released or self.drops)
 
 
-def _told_gap(flow: Hashable, direction: int, missing: int) -> StreamJob:
-    """A gap the instance is only told of: the bytes it will never see were dropped here."""
-    g = StreamJob(GAP, flow, direction, missing, ())
-    g.done = True
-    return g
+# Work numbers are unique in the process, so that a late answer to the work of a group that was
+# removed (and added again) cannot be taken for an answer to new work.
+_SEQ = itertools.count(1)
 
 
 class Work:
-    """One round of work for one instance: ``jobs`` to tell in order, with the accounting."""
+    """One round of work for one instance: ``jobs`` to tell in order, with the accounting.
+    ``ref``: where it was sent (set by the switch)."""
 
-    __slots__ = ("instance", "seq", "jobs", "packets", "nbytes", "released", "drops")
+    __slots__ = ("instance", "seq", "jobs", "packets", "nbytes", "released", "drops", "ref")
 
     def __init__(self, instance: str, seq: int, jobs: list[StreamJob], acct: _Account) -> None:
+        self.ref: Any = None
         self.instance = instance
         self.seq = seq
         self.jobs = jobs
@@ -83,10 +84,13 @@ class StreamDelivery:
     output ports; ``reassembler_options`` go to the reassembler."""
 
     def __init__(self, nf: str, ports: Iterable[str], window: int = 2, max_backlog: int = 4096,
-                 **reassembler_options: Any) -> None:
+                 max_pending: int = 32768, **reassembler_options: Any) -> None:
         self.nf = nf
         self.window = window
         self.max_backlog = max_backlog
+        #: Bound on the packets in the switch for this group (held for bytes, awaiting verdicts):
+        #: beyond it, packets are refused before reassembly (the sender retransmits them).
+        self.max_pending = max_pending
         #: Packets (chunk carriers) gathered for each instance, not sent yet.
         self.backlog: dict[str, int] = {}
         self.driver = StreamDriver(ports=tuple(ports), **reassembler_options)
@@ -94,17 +98,25 @@ class StreamDelivery:
         self.flow_instance: dict[Hashable, str] = {}
         self._todo: dict[str, list[StreamJob]] = {}
         self._accounts: dict[str, _Account] = {}
-        self._outstanding: dict[str, dict[int, list[StreamJob]]] = {}
-        self._seq = 0
+        self._outstanding: dict[str, dict[int, Work]] = {}
         self._last_purge = 0.0
         self._switch_reasons: set[str] = set()  # drops of ours, not the NF's verdicts
         self.counters: collections.Counter[str] = collections.Counter()
 
     # --- in -------------------------------------------------------------------------------------
-    def push(self, instance: str, pkts: list[Packet], now: float) -> None:
-        """TCP packets the balancer sent to ``instance`` (local to this switch), in arrival order."""
+    def push(self, instance: str, pkts: list[Packet], now: float) -> list[Packet]:
+        """TCP packets the balancer sent to ``instance`` (local to this switch), in arrival order.
+        Returns those refused because the group's packets in the switch reached ``max_pending``
+        (the caller drops them as ``queue full``)."""
         fi = self.flow_instance
         drv = self.driver
+        refused: list[Packet] = []
+        room = self.max_pending - drv.pending
+        if room < len(pkts):
+            room = max(room, 0)
+            refused = pkts[room:]
+            pkts = pkts[:room]
+            self.counters["queue full"] += len(refused)
         acct = self._accounts.get(instance)
         if acct is None:
             acct = self._accounts[instance] = _Account()
@@ -117,6 +129,7 @@ class StreamDelivery:
         acct.packets += len(pkts)
         acct.nbytes += nbytes
         self._collect()
+        return refused
 
     def advance(self, now: float) -> None:
         """Gap and idle timeouts up to ``now``; forget flows the driver forgot (once a second)."""
@@ -150,8 +163,7 @@ class StreamDelivery:
                 n = backlog.get(inst, 0) + len(job.carriers)
                 if n > self.max_backlog:
                     # Dropped; the instance hears of the bytes as a gap at this place in its stream.
-                    self._give_up(inst, [job], "queue full")
-                    job = _told_gap(job.flow, job.direction, len(job.arg))
+                    self._drop_chunk(job, "queue full")
                 else:
                     backlog[inst] = n
             lst = todo.get(inst)
@@ -161,20 +173,20 @@ class StreamDelivery:
                 lst.append(job)
 
     # --- out ------------------------------------------------------------------------------------
-    def take_work(self) -> list[Work]:
+    def take_work(self, hold: frozenset[str] | set[str] = frozenset()) -> list[Work]:
         """One :class:`Work` per instance with jobs or accounting to send; call :meth:`sent`,
-        :meth:`refused` or :meth:`lost` for each."""
+        :meth:`refused` or :meth:`lost` for each. Instances in ``hold`` (moving: their state is
+        being exported) and those with ``window`` works out get nothing now."""
         out: list[Work] = []
         todo = self._todo
-        busy = {i for i, o in self._outstanding.items() if len(o) >= self.window}
+        busy = {i for i, o in self._outstanding.items() if len(o) >= self.window} | set(hold)
         self._todo = {i: j for i, j in todo.items() if i in busy}  # they wait for an answer
         for inst, jobs in todo.items():
             if inst in busy:
                 continue
             self.backlog.pop(inst, None)
             acct = self._accounts.pop(inst, None) or _Account()
-            self._seq += 1
-            out.append(Work(inst, self._seq, jobs, acct))
+            out.append(Work(inst, next(_SEQ), jobs, acct))
         for inst in [i for i, a in self._accounts.items() if a and i not in busy]:
             out.append(Work(inst, -1, [], self._accounts.pop(inst)))
         return out
@@ -190,24 +202,16 @@ class StreamDelivery:
             out = self._outstanding.get(work.instance)
             if out is None:
                 out = self._outstanding[work.instance] = {}
-            out[work.seq] = work.jobs
+            out[work.seq] = work
 
     def refused(self, work: Work, reason: str = "queue full") -> None:
         """The instance's mailbox was full: its chunks' packets are dropped (not sticky) and it will
         hear of the missed bytes as a gap. Its openings and ends (they hold no packets), and its
         accounting, go with the next work."""
-        again: list[StreamJob] = []
         for j in work.jobs:
-            if j.kind == CHUNK or j.kind == GAP:
-                missing = len(j.arg) if j.kind == CHUNK else j.arg
-                if j.done:  # an earlier told-only gap
-                    again.append(j)
-                    continue
-                self._give_up(work.instance, [j], reason)
-                again.append(_told_gap(j.flow, j.direction, missing))
-            else:
-                again.append(j)
-        self._todo[work.instance] = again + self._todo.get(work.instance, [])
+            if j.kind == CHUNK:
+                self._drop_chunk(j, reason)
+        self._todo[work.instance] = [j for j in work.jobs if not j.done] + self._todo.get(work.instance, [])
         acct = self._accounts.get(work.instance)
         if acct is None:
             acct = self._accounts[work.instance] = _Account()
@@ -219,6 +223,12 @@ class StreamDelivery:
     def lost(self, work: Work, reason: str) -> None:
         """The work cannot go to its instance (gone, failed, elsewhere): resolve its jobs here."""
         self._give_up(work.instance, work.jobs, reason)
+
+    def _drop_chunk(self, job: StreamJob, reason: str) -> None:
+        """The chunk's packets are dropped (counted, not sticky); the job stays, as a gap."""
+        self._switch_reasons.add(reason)
+        self.counters[reason] += len(job.carriers)
+        self.driver.as_gap(job, Verdict(drop=True, reason=reason, sticky=False))
 
     def _give_up(self, inst: str, jobs: list[StreamJob], reason: str) -> None:
         v = Verdict(drop=True, reason=reason, sticky=False)
@@ -237,9 +247,10 @@ class StreamDelivery:
     def answer(self, instance: str, seq: int, answers: tuple[Any, ...]) -> bool:
         """The instance answered work ``seq``; False if nothing waited for it (a repeat)."""
         out = self._outstanding.get(instance)
-        jobs = out.pop(seq, None) if out is not None else None
-        if jobs is None:
+        work = out.pop(seq, None) if out is not None else None
+        if work is None:
             return False
+        jobs = work.jobs
         drv = self.driver
         if len(answers) != len(jobs):
             self.counters["malformed answers"] += 1
@@ -252,9 +263,9 @@ class StreamDelivery:
     def fail(self, instance: str, reason: str) -> int:
         """``instance`` failed or left: resolve whatever waits for it; returns how many jobs."""
         n = 0
-        for jobs in (self._outstanding.pop(instance, {}) or {}).values():
-            n += len(jobs)
-            self._give_up(instance, jobs, reason)
+        for work in (self._outstanding.pop(instance, {}) or {}).values():
+            n += len(work.jobs)
+            self._give_up(instance, work.jobs, reason)
         jobs = self._todo.pop(instance, None)
         self.backlog.pop(instance, None)
         if jobs:
@@ -314,6 +325,17 @@ class StreamDelivery:
     @property
     def has_work(self) -> bool:
         return bool(self._todo) or any(self._accounts.values())
+
+    def stale(self, instance: str, alive: Any) -> int:
+        """Give up on the works out at ``instance`` that were sent to an actor ``alive(ref)`` says
+        is gone (a replaced actor stopped before answering); returns how many."""
+        out = self._outstanding.get(instance)
+        if not out:
+            return 0
+        gone = [seq for seq, w in out.items() if w.ref is not None and not alive(w.ref)]
+        for seq in gone:
+            self._give_up(instance, out.pop(seq).jobs, f"lost with replaced instance {instance}")
+        return len(gone)
 
     @property
     def awaiting(self) -> int:

@@ -35,6 +35,7 @@ from typing import Any
 from e2actors.nf.instance import resolve_pipelet
 from e2actors.nf.messages import NFBatch, NFOutput, StreamVerdicts, StreamWork
 from e2actors.nf.runner import PipeletRunner
+from e2actors.nf.stream import CHUNK, GAP
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
 from e2actors.runtime.actor import Actor
@@ -200,7 +201,8 @@ class Switch(Actor):
 
     def _busy(self) -> bool:
         return (self.inflight >= self.max_inflight or len(self._cell.mailbox) > self.max_inflight
-                or any(g.stream is not None and g.stream.queued > self.max_inflight * 32
+                or any(g.stream is not None and (g.stream.queued > self.max_inflight * 32
+                                                 or g.stream.pending > self.max_inflight * 128)
                        for g in self.groups.values()))
 
     def _update_room(self) -> None:
@@ -418,7 +420,9 @@ class Switch(Actor):
         if not tcp:
             return pkts
         g.sent[inst] += len(tcp)
-        g.stream.push(inst, tcp, time.time())  # type: ignore[union-attr]
+        refused = g.stream.push(inst, tcp, time.time())  # type: ignore[union-attr]
+        if refused:
+            self._drop(refused, "queue full")
         self._dirty[g.spec.nf] = g
         return [p for p in pkts if not (p.proto == 6 and p.l4_offset >= 0)] if len(tcp) < len(pkts) else []
 
@@ -444,7 +448,8 @@ class Switch(Actor):
                             self._finish_traces(lst, f"drop by {nf}: {reason}")
                 for port, lst in out.items():
                     await self._route(f"nf:{nf}.{port}", lst)
-                for w in st.take_work():  # (with the accounting of what just left)
+                hold = {m.instance for m in g.members.values() if m.state == "moving"}
+                for w in st.take_work(hold):  # (with the accounting of what just left)
                     self._send_work(g, w)
 
     def _send_work(self, g: _Group, w: Work) -> None:
@@ -459,15 +464,37 @@ class Switch(Actor):
             st.lost(w, why)
             self._dirty[g.spec.nf] = g
             return
+        if m.server != self.server:
+            # The instance moved away: its flows live on at its new server's switch, which tells
+            # it of their openings and ends; here only the bytes still held go to it.
+            for j in w.jobs:
+                if j.kind != CHUNK and j.kind != GAP:
+                    j.done = True
+            w.jobs = [j for j in w.jobs if not j.done]
         ask = w.seq >= 0 and w.needs_answer
         msg = StreamWork(w.seq if ask else -1, w.events(), w.packets, w.nbytes, w.released, w.drops, self.ref)
+        w.ref = m.ref
         if self.send(m.ref, msg):
             if ask:
                 st.sent(w)
                 self.inflight += 1
         else:
-            st.refused(w)
-            self._dirty[g.spec.nf] = g
+            st.refused(w)  # retried by housekeeping, not in a loop here
+
+    def _stale_stream_work(self, g: _Group) -> None:
+        """Works out at an actor that was replaced (a move, an upgrade) and stopped before it
+        answered will never be answered: give them up, counted."""
+        st = g.stream
+        assert st is not None
+        for inst in [i for i, o in st._outstanding.items() if o]:
+            m = g.members.get(inst)
+            cur = m.ref if m is not None else None
+            here = self.node.address
+            n = st.stale(inst, lambda ref: ref == cur or ref.node != here or self.node.is_alive(ref))
+            if n:
+                self.inflight = max(0, self.inflight - n)
+                self._dirty[g.spec.nf] = g
+                self._update_room()
 
     def _from_stream_nf(self, msg: StreamVerdicts) -> None:
         nf = self.instance_nf.get(msg.instance)
@@ -744,6 +771,7 @@ class Switch(Actor):
             elif g.balancer is not None:
                 if g.stream is not None:
                     g.stream.advance(now)  # gap and idle timeouts of the reassembled flows
+                    self._stale_stream_work(g)
                     if g.stream.has_work or g.stream.driver._released:
                         self._dirty[nf] = g
                 g.balancer.tick(now)
