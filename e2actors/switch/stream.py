@@ -11,14 +11,20 @@ their original order per flow. Only verdicts come back; the packets never leave 
 
 Work is windowed: at most ``window`` works per instance are out at once; the jobs that come
 meanwhile gather here and go together with the next one (the busier the instance, the bigger
-its batches, and its mailbox never overflows with small works). What gathers is bounded
-(``max_backlog`` packets per instance); beyond it a chunk's packets are dropped as ``queue full``,
-like a full NIC ring. The switch stops reading replayed input while the backlog is high.
+its batches, and its mailbox never overflows with small works). Bounds, like a NIC ring's: at
+most ``max_backlog`` packets of chunks gathered per instance (beyond it a chunk's packets drop as
+``queue full`` and the chunk is told as a gap, in its place, whose verdict applies like any gap's),
+and at most ``max_pending`` packets of the group in the switch in all (beyond it packets are
+refused before reassembly; the sender retransmits them). The switch stops reading replayed input
+while these fill up.
 
-Nothing waits forever: jobs whose instance is gone, failed or refused them (a full mailbox)
-are resolved here with a non-sticky drop (``lost with failed instance X``, ``queue full``), and
-the instance is told the bytes it missed as a gap in its next work, so its stream offsets stay
-right.
+Nothing waits forever: a work refused by a full mailbox turns its chunks into gaps (packets
+dropped as ``queue full``) and goes again; jobs of an instance that failed or left are resolved
+here with a non-sticky drop (``lost with failed instance X``); works at an actor that was replaced
+and stopped before answering are given up (``lost with replaced instance X``). While an instance
+is ``moving`` (its state being exported) nothing is sent to it. An instance that moved to another
+server still gets the bytes this switch held for its flows (it answers here, ``reply_to``), but
+not their opens and ends: its flows live on at its new server.
 """
 
 from __future__ import annotations
