@@ -274,6 +274,19 @@ def table(v: int, members: tuple[Member, ...]) -> SwitchTable:
          Route("nf:snoop.good", "", "port:out", "snoop.good->out")))
 
 
+async def one_instance(node: Node, replacement: bool = False) -> tuple[ActorRef, ActorRef, ActorRef | None]:
+    """A switch on server s1 whose snoop group has one instance, ``snoop#0``; with
+    ``replacement``, a second actor ready to carry on as that member. Returns (switch, instance,
+    replacement)."""
+    swref = ActorRef(node.address, "switch-s1")
+    ref = node.spawn(NFInstance, "snoop#0", pipelet=Snoop, nf="snoop", output=swref)
+    new = node.spawn(NFInstance, "snoop#0~2", pipelet=Snoop, nf="snoop", instance="snoop#0",
+                     output=swref) if replacement else None
+    sw = node.spawn(Switch, "switch-s1", server="s1")
+    await node.ask(sw, SetTable(table(1, (Member("snoop#0", "s1", ref),))))
+    return sw, ref, new
+
+
 async def test_switch_reassembles_once_and_instances_get_chunks_with_their_carriers() -> None:
     async with Node("t", allow_spawn=ALLOW) as node:
         swref = ActorRef(node.address, "switch-s1")
@@ -333,10 +346,7 @@ async def test_switch_reassembles_once_and_instances_get_chunks_with_their_carri
 
 async def test_a_failed_instance_loses_only_what_it_had_and_the_switch_goes_idle() -> None:
     async with Node("t", allow_spawn=ALLOW) as node:
-        swref = ActorRef(node.address, "switch-s1")
-        ref = node.spawn(NFInstance, "snoop#0", pipelet=Snoop, nf="snoop", output=swref)
-        sw = node.spawn(Switch, "switch-s1", server="s1")
-        await node.ask(sw, SetTable(table(1, (Member("snoop#0", "s1", ref),))))
+        sw, ref, _ = await one_instance(node)
         pkts = conversation(44000, b"a request that nobody will judge", b"", seg=8)
         node.cell(ref).actor.on_message = _hang  # type: ignore[method-assign]  # it takes work, never answers
         node.cell(sw).actor.ports["in"].inject(pkts)

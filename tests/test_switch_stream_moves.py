@@ -10,7 +10,7 @@ from e2actors.runtime.ref import ActorRef
 from e2actors.switch.messages import GetSwitchStats, SetTable
 from e2actors.switch.switch import Switch
 from e2actors.switch.table import Member
-from test_switch_stream import ALLOW, Snoop, conversation, settle, table
+from test_switch_stream import ALLOW, Snoop, conversation, one_instance, settle, table
 
 
 async def test_no_stream_work_reaches_a_moving_instance_after_its_state_was_exported() -> None:
@@ -18,10 +18,7 @@ async def test_no_stream_work_reaches_a_moving_instance_after_its_state_was_expo
     complete. Stream work (here: bytes released by a gap timeout) must not reach the old actor
     after ExportState, or the replacement never learns of those bytes."""
     async with Node("t", allow_spawn=ALLOW) as node:
-        swref = ActorRef(node.address, "switch-s1")
-        old = node.spawn(NFInstance, "snoop#0", pipelet=Snoop, nf="snoop", output=swref)
-        sw = node.spawn(Switch, "switch-s1", server="s1")
-        await node.ask(sw, SetTable(table(1, (Member("snoop#0", "s1", old),))))
+        sw, old, _ = await one_instance(node)
         pkts = conversation(46000, b"GET /x HTTP/1.1\r\nX: EVIL\r\n", b"", seg=6)
         node.cell(sw).actor.ports["in"].inject(pkts[:4] + pkts[5:9])  # pkts[4] lost: a hole
         await asyncio.sleep(0.2)
@@ -44,11 +41,7 @@ async def test_a_move_completes_and_the_switch_goes_idle() -> None:
     """Move protocol: moving -> export -> switch over (new actor, same member name, running) ->
     stop the old actor. Nothing is sent to the old actor after the export, so nothing waits for it."""
     async with Node("t", allow_spawn=ALLOW) as node:
-        swref = ActorRef(node.address, "switch-s1")
-        old = node.spawn(NFInstance, "snoop#0", pipelet=Snoop, nf="snoop", output=swref)
-        new = node.spawn(NFInstance, "snoop#0~2", pipelet=Snoop, nf="snoop", instance="snoop#0", output=swref)
-        sw = node.spawn(Switch, "switch-s1", server="s1")
-        await node.ask(sw, SetTable(table(1, (Member("snoop#0", "s1", old),))))
+        sw, old, new = await one_instance(node, replacement=True)
         pkts = conversation(46001, b"GET /x HTTP/1.1\r\nX: EVIL\r\n", b"", seg=6)
         sent = pkts[:4] + pkts[5:9]
         node.cell(sw).actor.ports["in"].inject(sent)  # pkts[4] lost: a hole
@@ -101,11 +94,7 @@ async def test_work_a_replaced_actor_never_answered_is_given_up_and_counted() ->
     """An actor that took stream work and never answered it (hung), then was replaced and stopped:
     the switch gives that work up (its packets dropped, counted) instead of waiting forever."""
     async with Node("t", allow_spawn=ALLOW) as node:
-        swref = ActorRef(node.address, "switch-s1")
-        old = node.spawn(NFInstance, "snoop#0", pipelet=Snoop, nf="snoop", output=swref)
-        new = node.spawn(NFInstance, "snoop#0~2", pipelet=Snoop, nf="snoop", instance="snoop#0", output=swref)
-        sw = node.spawn(Switch, "switch-s1", server="s1")
-        await node.ask(sw, SetTable(table(1, (Member("snoop#0", "s1", old),))))
+        sw, old, new = await one_instance(node, replacement=True)
         node.cell(old).actor.on_message = _hang  # takes the work, never answers
         pkts = conversation(46003, b"GET /never/answered HTTP/1.1\r\n", b"", seg=8)
         node.cell(sw).actor.ports["in"].inject(pkts)
