@@ -164,6 +164,7 @@ class Packet:
         # other frame (and every faulty one) falls through to the general parser below, which
         # parses it from scratch and names the fault.
         if linktype == 1 and n >= 48 and _FAST:
+            l4 = 0  # set when the guess holds: the L4 offset, with pay, paylen and flags
             et, vihl, tot, fragw, proto, src, dst, sport, dport, ulen, doff, flags = _fast4(data)
             if et == 0x0800:
                 if vihl == 0x45 and not fragw & 0x3FFF and tot + 14 <= n:
@@ -171,37 +172,9 @@ class Packet:
                     if proto == 6:
                         pay = 34 + (doff >> 4) * 4
                         if doff >= 0x50 and pay <= end:
-                            self.reason = None
-                            self.vlans = ()
-                            self.ethertype = 0x0800
-                            self.l3_offset = 14
-                            self.l4_offset = 34
-                            self.payload_offset = pay
-                            self.payload_len = end - pay
-                            self.proto = 6
-                            self.src = src
-                            self.dst = dst
-                            self.sport = sport
-                            self.dport = dport
-                            self.tcp_flags = flags
-                            self.frag = 0
-                            return
+                            l4 = 34
                     elif proto == 17 and ulen >= 8 and ulen + 34 <= end:
-                        self.reason = None
-                        self.vlans = ()
-                        self.ethertype = 0x0800
-                        self.l3_offset = 14
-                        self.l4_offset = 34
-                        self.payload_offset = 42
-                        self.payload_len = ulen - 8
-                        self.proto = 17
-                        self.src = src
-                        self.dst = dst
-                        self.sport = sport
-                        self.dport = dport
-                        self.tcp_flags = 0
-                        self.frag = 0
-                        return
+                        l4, pay, end, flags = 34, 42, ulen + 34, 0
             elif et == 0x86DD and n >= 68:
                 et, vtc, plen, proto, src, dst, sport, dport, ulen, doff, flags = _fast6(data)
                 end = plen + 54
@@ -209,37 +182,25 @@ class Packet:
                     if proto == 6:
                         pay = 54 + (doff >> 4) * 4
                         if doff >= 0x50 and pay <= end:
-                            self.reason = None
-                            self.vlans = ()
-                            self.ethertype = 0x86DD
-                            self.l3_offset = 14
-                            self.l4_offset = 54
-                            self.payload_offset = pay
-                            self.payload_len = end - pay
-                            self.proto = 6
-                            self.src = src
-                            self.dst = dst
-                            self.sport = sport
-                            self.dport = dport
-                            self.tcp_flags = flags
-                            self.frag = 0
-                            return
+                            l4 = 54
                     elif proto == 17 and ulen >= 8 and ulen + 54 <= end:
-                        self.reason = None
-                        self.vlans = ()
-                        self.ethertype = 0x86DD
-                        self.l3_offset = 14
-                        self.l4_offset = 54
-                        self.payload_offset = 62
-                        self.payload_len = ulen - 8
-                        self.proto = 17
-                        self.src = src
-                        self.dst = dst
-                        self.sport = sport
-                        self.dport = dport
-                        self.tcp_flags = 0
-                        self.frag = 0
-                        return
+                        l4, pay, end, flags = 54, 62, ulen + 54, 0
+            if l4:
+                self.reason = None
+                self.vlans = ()
+                self.ethertype = et
+                self.l3_offset = 14
+                self.l4_offset = l4
+                self.payload_offset = pay
+                self.payload_len = end - pay
+                self.proto = proto
+                self.src = src
+                self.dst = dst
+                self.sport = sport
+                self.dport = dport
+                self.tcp_flags = flags
+                self.frag = 0
+                return
 
         # General parser. Defaults for every field; it overwrites what it finds.
         reason = None
