@@ -78,19 +78,28 @@ async def serve(args: argparse.Namespace) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
     if args.exit_with_parent:
-        def on_stdin() -> None:
-            try:
-                data = os.read(sys.stdin.fileno(), 4096)
-            except OSError:
-                data = b""
-            if not data and not stop.done():
-                stop.set_result(None)
-
-        loop.add_reader(sys.stdin.fileno(), on_stdin)
+        stop_when_stdin_closes(stop)
     await stop
     if metrics is not None:
         await metrics.stop()
     await node.stop()
+
+
+def stop_when_stdin_closes(stop: asyncio.Future) -> None:
+    """Resolve ``stop`` once standard input reaches its end: the parent closed the pipe, or died
+    (a process started by another one then goes away with it)."""
+    loop = asyncio.get_running_loop()
+
+    def on_stdin() -> None:
+        try:
+            data = os.read(sys.stdin.fileno(), 4096)
+        except OSError:
+            data = b""
+        if not data and not stop.done():
+            loop.remove_reader(sys.stdin.fileno())
+            stop.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
 
 
 def node_samples(node: Node) -> list:

@@ -31,6 +31,7 @@ import sys
 from typing import Any
 
 from e2actors import Actor, ActorRef, Node, run
+from e2actors.agent import stop_when_stdin_closes
 from e2actors.nf.instance import NFInstance
 from e2actors.nf.messages import GetStats
 from e2actors.switch.messages import SetTable
@@ -86,14 +87,8 @@ async def _serve(args: argparse.Namespace) -> None:
     await node.ask(sw, SetTable(table))
     node.spawn(Probe, "probe", switch=sw, instance=inst)
     print("READY", node.address, flush=True)
-    loop = asyncio.get_running_loop()
-    stdin_closed = loop.create_future()
-
-    def on_stdin() -> None:
-        if not sys.stdin.buffer.read1(4096) and not stdin_closed.done():
-            stdin_closed.set_result(None)
-
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
+    stdin_closed = asyncio.get_running_loop().create_future()
+    stop_when_stdin_closes(stdin_closed)  # the test closes our stdin (or dies): we stop
     await stdin_closed
     await node.stop()
 
