@@ -15,6 +15,20 @@ EXT = "198.19.0.1"
 SERVER = "203.0.113.9"
 
 
+def nat_policy(name: str) -> str:
+    """A policy of one NAT between ``in`` and ``out`` (source NAT to EXT for 10.0.0.0/8)."""
+    return f"""
+name: {name}
+nfs:
+  nat: {{class: e2actors.nf.builtin.NAT, affinity: flow, config: {{external: {EXT}, internal: [10.0.0.0/8]}}}}
+classes:
+  - {{name: all, filter: "", load_pps: 1000}}
+edges:
+  - {{from: in, to: nat}}
+  - {{from: nat, to: out}}
+"""
+
+
 def out_frame(k: int, seq: int = 0) -> bytes:
     """Connection ``k``'s outbound UDP datagram: 10.0.x.y:(1024+k) -> SERVER:53."""
     src = f"10.0.{k // 250}.{k % 250 + 1}"

@@ -5,20 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from healkit import EXT, SERVER, account, deploy, feed, out_frame, pkts, reply_frame, wait_for
+from healkit import EXT, SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
 
 from e2actors.manager.changes import pick_rebalance
 
-NAT_POLICY = """
-name: natp
-nfs:
-  nat: {class: e2actors.nf.builtin.NAT, affinity: flow, config: {external: 198.19.0.1, internal: [10.0.0.0/8]}}
-classes:
-  - {name: all, filter: "", load_pps: 1000}
-edges:
-  - {from: in, to: nat}
-  - {from: nat, to: out}
-"""
+NAT_POLICY = nat_policy("natp")
 
 
 async def test_move_nat_keeps_mappings_and_loses_nothing(tmp_path: Path) -> None:

@@ -6,21 +6,12 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from healkit import SERVER, account, deploy, feed, out_frame, pkts, reply_frame, wait_for
+from healkit import SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
 
 from e2actors.manager.changes import ChangeFailed
 from e2actors.manager.policy import Policy
 
-V1 = """
-name: v1
-nfs:
-  nat: {class: e2actors.nf.builtin.NAT, affinity: flow, config: {external: 198.19.0.1, internal: [10.0.0.0/8]}}
-classes:
-  - {name: all, filter: "", load_pps: 1000}
-edges:
-  - {from: in, to: nat}
-  - {from: nat, to: out}
-"""
+V1 = nat_policy("v1")
 
 V2 = """
 name: v2
