@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clusterkit import make_certs
 from conftest import SECRET
 from e2actors import (
     Actor,
@@ -249,24 +249,11 @@ async def test_two_nodes_paired_in_memory() -> None:
         assert await asyncio.wait_for(q.get(), 2) == "from a"
 
 
-def _make_certs(d: Path) -> tuple[str, str, str]:
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=e2-test-ca",
-        "-keyout", str(d / "ca.key"), "-out", str(d / "ca.pem"))
-    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=node", "-keyout", str(d / "node.key"),
-        "-out", str(d / "node.csr"))
-    run("x509", "-req", "-in", str(d / "node.csr"), "-CA", str(d / "ca.pem"), "-CAkey", str(d / "ca.key"),
-        "-CAcreateserial", "-days", "1", "-out", str(d / "node.pem"))
-    return str(d / "node.pem"), str(d / "node.key"), str(d / "ca.pem")
-
-
 async def test_tls_between_processes(tmp_path: Path, peer_process) -> None:
     from conftest import need_tool
 
     need_tool("openssl")
-    cert, key, ca = _make_certs(tmp_path)
+    cert, key, ca = make_certs(tmp_path)
     peer = peer_process("tcp://127.0.0.1:0", extra=["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca])
     async with Node("tls-client", secret=SECRET, tls=TLSConfig(cert, key, ca)) as node:
         assert await node.ask(ActorRef(peer.address, "echo"), "secure") == "secure"
