@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from e2actors.manager.policy import IN, OUT, PolicyError, parse_rate
+from e2actors.manager.policy import IN, OUT, PolicyError, parse_rate, read_file
 from e2actors.manager.yamlsrc import LDict, LList, load_yaml
 
 __all__ = ["Hardware", "PortPlace", "Server"]
@@ -87,12 +87,7 @@ class Hardware:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Hardware:
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise PolicyError(path, 0, f"cannot read the hardware file: {e.strerror or e}") from None
-        return cls.from_yaml(text, path)
+        return cls.from_yaml(read_file(path, "the hardware file"), path)
 
     @classmethod
     def from_yaml(cls, text: str, file: str = "<string>") -> Hardware:

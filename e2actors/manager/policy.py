@@ -85,6 +85,15 @@ def _parse_unit(v: Any, units: dict[str, float], what: str) -> float:
     return x
 
 
+def read_file(path: str, what: str) -> str:
+    """The text of a policy or hardware file; a :class:`PolicyError` naming it if it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise PolicyError(path, 0, f"cannot read {what}: {e.strerror or e}") from None
+
+
 def parse_rate(v: Any, what: str = "rate") -> float:
     """Bits per second from ``10Gbit``, ``1.5 gbit``, ``500kbit`` or a number."""
     return _parse_unit(v, _RATE_UNITS, what)
@@ -237,11 +246,7 @@ class Policy:
         """Read and validate a policy file. ``check_classes``: import each NF's class (its
         description defaults come from it); ``check_conditions``: compile every condition."""
         path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except OSError as e:
-            raise PolicyError(path, 0, f"cannot read the policy: {e.strerror or e}") from None
+        text = read_file(path, "the policy")
         return cls.from_yaml(text, file=path, check_classes=check_classes, check_conditions=check_conditions,
                              base_dir=os.path.dirname(os.path.abspath(path)))
 

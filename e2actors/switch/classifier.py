@@ -301,6 +301,16 @@ class Classifier:
             return (s.name, pkt.proto, pkt.src, pkt.sport, pkt.dst, pkt.dport, pkt.vlans)
         return None
 
+    def _lookup(self, s: _Source, key: tuple) -> int | None:
+        """The cached decision for ``key`` (counted as a hit), or None (counted as a miss)."""
+        idx = self._cache.get(key)
+        if idx is None:
+            self.cache_misses += 1
+            return None
+        self.cache_hits += 1
+        s.hits[idx] += 1
+        return idx
+
     def _store(self, key: tuple, idx: int) -> None:
         cache = self._cache
         if len(cache) >= self.cache_size:
@@ -337,16 +347,11 @@ class Classifier:
         if s.first_always:
             s.hits[0] += 1
             return 0
-        key = None
-        if s.cache_ok:
-            key = self._key(s, pkt)
-            if key is not None:
-                idx = self._cache.get(key)
-                if idx is not None:
-                    self.cache_hits += 1
-                    s.hits[idx] += 1
-                    return idx
-                self.cache_misses += 1
+        key = self._key(s, pkt) if s.cache_ok else None
+        if key is not None:
+            idx = self._lookup(s, key)
+            if idx is not None:
+                return idx
         idx = self._decide(s, pkt, host)
         s.hits[idx] += 1
         if key is not None and s.inv[idx] and (host is not None or sticky or not s.dom[idx]):
@@ -376,12 +381,9 @@ class Classifier:
             return self._classify(source, pkt, None, False)
         key = self._key(s, pkt) if s.cache_ok else None
         if key is not None:
-            idx = self._cache.get(key)
+            idx = self._lookup(s, key)
             if idx is not None:
-                self.cache_hits += 1
-                s.hits[idx] += 1
                 return idx
-            self.cache_misses += 1
         idx = NO_ROUTE
         conds = s.conds
         if s.dispatch is None:

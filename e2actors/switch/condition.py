@@ -361,18 +361,7 @@ def _walk(ir: tuple):
 
 
 _TEMPLATE = """\
-def cond(p, h=None):
-    d = p.data
-{prelude}    try:
-        if {expr}:
-            return True
-        return False
-    except _ERRORS:
-        return False
-"""
-
-_BOUND_TEMPLATE = """\
-def bound(p, u):
+def {signature}:
     d = p.data
 {prelude}    try:
         if {expr}:
@@ -435,9 +424,9 @@ class Condition:
             prelude += "    w = p.wirelen\n"
         if self.uses_meta:
             prelude += "    m = p._meta or _EMPTY\n"
-        src = _TEMPLATE.format(expr=expr, prelude=prelude)
+        src = _TEMPLATE.format(signature="cond(p, h=None)", expr=expr, prelude=prelude)
         if self.uses_domain:
-            src += "\n" + _BOUND_TEMPLATE.format(expr=_gen(ir, bound=True), prelude=prelude)
+            src += "\n" + _TEMPLATE.format(signature="bound(p, u)", expr=_gen(ir, bound=True), prelude=prelude)
         self.source = src
         ns: dict[str, Any] = {"_ERRORS": _ERRORS, "_u16": _u16, "_u32": _u32, "_lsh": _lsh,
                               "_num": _num, "_EMPTY": _EMPTY}
