@@ -10,6 +10,7 @@ from e2actors.manager.manager import Manager, Traffic
 from e2actors.manager.policy import Policy
 from e2actors.packet.build import ether, ipv4, udp
 from e2actors.packet.packet import Packet
+from nfkit import chain_policy
 
 EXT = "198.19.0.1"
 SERVER = "203.0.113.9"
@@ -17,16 +18,8 @@ SERVER = "203.0.113.9"
 
 def nat_policy(name: str) -> str:
     """A policy of one NAT between ``in`` and ``out`` (source NAT to EXT for 10.0.0.0/8)."""
-    return f"""
-name: {name}
-nfs:
-  nat: {{class: e2actors.nf.builtin.NAT, affinity: flow, config: {{external: {EXT}, internal: [10.0.0.0/8]}}}}
-classes:
-  - {{name: all, filter: "", load_pps: 1000}}
-edges:
-  - {{from: in, to: nat}}
-  - {{from: nat, to: out}}
-"""
+    return chain_policy("nat", f"class: e2actors.nf.builtin.NAT, affinity: flow, "
+                               f"config: {{external: {EXT}, internal: [10.0.0.0/8]}}", name=name)
 
 
 def out_frame(k: int, seq: int = 0) -> bytes:

@@ -33,3 +33,17 @@ def connection(c: str = C, s: str = S, cport: int = 40000, sport: int = 80, requ
         tcp_pkt(s, c, sport, cport, "FA", seq=si + 1 + len(response), ack=ci + 2 + len(request), ts=t[6]),
         tcp_pkt(c, s, cport, sport, "A", seq=ci + 2 + len(request), ack=si + 2 + len(response), ts=t[7]),
     ]
+
+
+def chain_policy(nf: str, spec: str, load_pps: int = 1000, filter: str = "", name: str | None = None) -> str:
+    """A policy YAML of one NF between ``in`` and ``out``: ``spec`` is the NF's flow mapping body
+    (``class: ..., affinity: ...``)."""
+    head = f"name: {name}\n" if name else ""
+    return f"""{head}nfs:
+  {nf}: {{{spec}}}
+classes:
+  - {{name: all, filter: "{filter}", load_pps: {load_pps}}}
+edges:
+  - {{from: in, to: {nf}}}
+  - {{from: {nf}, to: out}}
+"""

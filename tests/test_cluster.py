@@ -13,7 +13,6 @@ Security, each tried with real processes:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -29,6 +28,7 @@ from e2actors.manager.manager import check_agent
 from e2actors.packet import build
 from e2actors.packet.pcap import write_pcap
 from e2actors.runtime.node import Node
+from nfkit import chain_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "examples" / "seed"
@@ -136,15 +136,7 @@ async def test_manager_refuses_an_agent_of_another_version(tmp_path: Path) -> No
 def test_agent_refuses_a_pipelet_outside_its_allow_list(tmp_path: Path, agents) -> None:
     a1 = agents("s1")
     policy = tmp_path / "policy.yaml"
-    policy.write_text("""
-nfs:
-  burn: {class: "scaling_nfs:Burner", cost_pps: 100000}
-classes:
-  - {name: all, filter: "ip", load_pps: 1000}
-edges:
-  - {from: in, to: burn}
-  - {from: burn, to: out}
-""")
+    policy.write_text(chain_policy("burn", 'class: "scaling_nfs:Burner", cost_pps: 100000', filter="ip"))
     hw = hardware(tmp_path / "hw.yaml", [a1], out_on=0)
     r = run_cli(["run", str(policy), "--hardware", str(hw), "--secret-file", str(secret_file(tmp_path)),
                  "--traffic", str(SEED / "traffic.pcap"), "--json"], tmp_path)
@@ -195,15 +187,8 @@ def test_with_tls_nothing_travels_in_clear(tmp_path: Path, agents, tls: bool) ->
         extra = ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca]
     a1, a2 = agents("s1", extra=extra), agents("s2", extra=extra)
     policy = tmp_path / "policy.yaml"
-    policy.write_text("""
-nfs:
-  count: {class: "e2actors.nf.builtin.counter:Counter", cost_pps: 100000}
-classes:
-  - {name: all, filter: "ip", load_pps: 1000}
-edges:
-  - {from: in, to: count}
-  - {from: count, to: out}
-""")
+    policy.write_text(chain_policy("count", 'class: "e2actors.nf.builtin.counter:Counter", cost_pps: 100000',
+                                   filter="ip"))
     hw = hardware(tmp_path / "hw.yaml", [a1, a2], cores=1)  # in on s1, out on s2: packets cross
     ports = [int(a.address.rsplit(":", 1)[1]) for a in (a1, a2)]
     cap, cap_file = _capture(tmp_path, "lo", ports)

@@ -8,6 +8,7 @@ from pathlib import Path
 from healkit import EXT, SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
 
 from e2actors.manager.changes import pick_rebalance
+from nfkit import chain_policy
 
 NAT_POLICY = nat_policy("natp")
 
@@ -75,16 +76,8 @@ def test_pick_rebalance_evens_out_servers() -> None:
     assert pick_rebalance(plan2, busy, ["main", "w1", "w2"], {}) is None
 
 
-BURN_POLICY = """
-name: burn2
-nfs:
-  burn: {class: "scaling_nfs:Burner", affinity: flow, cost_pps: 20000, min: 2, max: 2, config: {cost_us: 200}}
-classes:
-  - {name: all, filter: "", load_pps: 2000}
-edges:
-  - {from: in, to: burn}
-  - {from: burn, to: out}
-"""
+BURN_POLICY = chain_policy("burn", 'class: "scaling_nfs:Burner", affinity: flow, cost_pps: 20000, min: 2, max: 2, '
+                           "config: {cost_us: 200}", load_pps=2000, name="burn2")
 
 
 async def _rebalance_run(tmp_path: Path, on: bool) -> dict:

@@ -14,17 +14,10 @@ from e2actors.manager.policy import Policy
 from e2actors.manager.scaling import ScalingPolicy
 from e2actors.packet.packet import Packet
 from e2actors.packet.traffic import frames
+from nfkit import chain_policy
 
-POLICY = """
-name: burn
-nfs:
-  burn: {class: "scaling_nfs:Burner", affinity: flow, cost_pps: 2500, min: 1, max: 2, config: {cost_us: 400}}
-classes:
-  - {name: all, filter: "", load_pps: 800}
-edges:
-  - {from: in, to: burn}
-  - {from: burn, to: out}
-"""
+POLICY = chain_policy("burn", 'class: "scaling_nfs:Burner", affinity: flow, cost_pps: 2500, min: 1, max: 2, '
+                      "config: {cost_us: 400}", load_pps=800, name="burn")
 
 
 async def feed(port, trace: list[bytes], start: int, rate: float, seconds: float, timeline: list, out) -> int:
