@@ -85,10 +85,12 @@ async def serve(args: argparse.Namespace) -> None:
     await node.stop()
 
 
-def stop_when_stdin_closes(stop: asyncio.Future) -> None:
-    """Resolve ``stop`` once standard input reaches its end: the parent closed the pipe, or died
-    (a process started by another one then goes away with it)."""
+def stop_when_stdin_closes(stop: asyncio.Future | None = None) -> asyncio.Future:
+    """Resolve ``stop`` (a new future when None; returned) once standard input reaches its end:
+    the parent closed the pipe, or died (a process started by another one goes away with it)."""
     loop = asyncio.get_running_loop()
+    if stop is None:
+        stop = loop.create_future()
 
     def on_stdin() -> None:
         try:
@@ -100,6 +102,7 @@ def stop_when_stdin_closes(stop: asyncio.Future) -> None:
             stop.set_result(None)
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
+    return stop
 
 
 def node_samples(node: Node) -> list:

@@ -8,7 +8,6 @@ or until its stdin closes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -92,9 +91,7 @@ async def _serve(args: argparse.Namespace) -> None:
     node.spawn(Ponger, "pong")
     node.spawn(Counter, "counter")
     print("READY", node.address, flush=True)
-    stdin_closed = asyncio.get_running_loop().create_future()
-    stop_when_stdin_closes(stdin_closed)  # the test closes our stdin (or dies): we stop
-    await stdin_closed
+    await stop_when_stdin_closes()  # the test closes our stdin (or dies): we stop
     await node.stop()
 
 

@@ -26,7 +26,6 @@ Also spawns ``probe``: it answers ``"fw"`` with the firewall's drops by reason a
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import Any
 
@@ -87,9 +86,7 @@ async def _serve(args: argparse.Namespace) -> None:
     await node.ask(sw, SetTable(table))
     node.spawn(Probe, "probe", switch=sw, instance=inst)
     print("READY", node.address, flush=True)
-    stdin_closed = asyncio.get_running_loop().create_future()
-    stop_when_stdin_closes(stdin_closed)  # the test closes our stdin (or dies): we stop
-    await stdin_closed
+    await stop_when_stdin_closes()  # the test closes our stdin (or dies): we stop
     await node.stop()
 
 

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from e2actors.manager.policy import IN, OUT, PolicyError, parse_rate, read_file
-from e2actors.manager.yamlsrc import LDict, LList, load_yaml
+from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain
 
 __all__ = ["Hardware", "PortPlace", "Server"]
 
@@ -150,7 +150,7 @@ class Hardware:
             if v["server"] not in names:
                 raise PolicyError(file, line(v, "server") or ln,
                                   f"port {pname}: unknown server {v['server']!r} (servers: {', '.join(names)})")
-            params = {k: _plain(x) for k, x in v.items() if k not in _PORT_KEYS}
+            params = {k: plain(x) for k, x in v.items() if k not in _PORT_KEYS}
             ports[pname] = PortPlace(pname, v["server"], str(v.get("kind", "memory")), params)
         return cls(servers, ports, file)
 
@@ -172,9 +172,3 @@ class Hardware:
         return f"<Hardware {len(self.servers)} servers, {self.total_cores} cores>"
 
 
-def _plain(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v

@@ -50,7 +50,7 @@ import yaml
 
 from e2actors.errors import E2Error, PolicyError
 from e2actors.manager.conditions import check_condition, error_column
-from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml
+from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml, plain
 
 __all__ = ["Edge", "NFSpec", "Policy", "PolicyBuilder", "PolicyError", "TrafficClass",
            "parse_count", "parse_rate", "resolve_class", "IN", "OUT", "DROP"]
@@ -444,7 +444,7 @@ class _Parser:
         config = d.get("config") or {}
         if not isinstance(config, dict):
             raise self.err(_line(d, "config"), f"NF {name}: config is a mapping")
-        return NFSpec(name, cls_path, _plain(config), tuple(ports), cost, affinity, input_, inline, lo, hi, line)
+        return NFSpec(name, cls_path, plain(config), tuple(ports), cost, affinity, input_, inline, lo, hi, line)
 
     # --- classes ----------------------------------------------------------------------------------
     def traffic_class(self, i: int, d: Any, line: int) -> TrafficClass:
@@ -572,13 +572,6 @@ def _known(nfs: Mapping[str, Any]) -> str:
     return f" (NFs: {', '.join(nfs)})" if nfs else " (no NFs are defined)"
 
 
-def _plain(v: Any) -> Any:
-    """LDict/LList -> dict/list, recursively."""
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    return v
 
 
 class PolicyBuilder:

@@ -91,3 +91,12 @@ def load_yaml(text: str, name: str = "<string>") -> Any:
         return _convert(node, loader)
     finally:
         loader.dispose()
+
+
+def plain(v: Any) -> Any:
+    """LDict/LList -> dict/list, recursively (what a caller keeps once the lines are no longer needed)."""
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [plain(x) for x in v]
+    return v
