@@ -272,6 +272,17 @@ class Marker(Pipelet):
         return None
 
 
+def assert_once_in_order(pkts: list, out: list) -> None:
+    """Every packet pushed left exactly once, in arrival order within its flow."""
+    assert sorted(id(p) for p, _ in out) == sorted(id(p) for _, p, _ in pkts)
+    by_flow_in, by_flow_out = defaultdict(list), defaultdict(list)
+    for _c, p, _r in pkts:
+        by_flow_in[p.flow_key].append(id(p))
+    for p, _v in out:
+        by_flow_out[p.flow_key].append(id(p))
+    assert by_flow_in == by_flow_out
+
+
 @settings(derandomize=True, max_examples=200, deadline=None)
 @given(traffic(), st.lists(st.booleans(), max_size=4))
 def test_every_packet_leaves_once_in_order_and_carriers_get_their_chunk_verdict(pkts, sticky):
@@ -281,14 +292,7 @@ def test_every_packet_leaves_once_in_order_and_carriers_get_their_chunk_verdict(
         drv.push(p, 0.0)
     drv.flush(1.0)
     out = drv.take_released()
-    # Exactly once each, in arrival order per flow.
-    assert sorted(id(p) for p, _ in out) == sorted(id(p) for _, p, _ in pkts)
-    by_flow_in, by_flow_out = defaultdict(list), defaultdict(list)
-    for _c, p, _r in pkts:
-        by_flow_in[p.flow_key].append(id(p))
-    for p, _v in out:
-        by_flow_out[p.flow_key].append(id(p))
-    assert by_flow_in == by_flow_out
+    assert_once_in_order(pkts, out)
     assert drv.pending == 0 and drv.held == 0
     assert not any(k == "gaps" and v for k, v in drv.reassembler.stats.items())
     # A packet that brought new bytes has the verdict of the chunk holding its first new byte.
@@ -320,13 +324,8 @@ def test_with_timeouts_every_packet_still_leaves_once_in_order(pkts, steps):
             drv.advance(t)
     drv.advance(t + 100)
     out = drv.take_released()
-    assert sorted(id(p) for p, _ in out) == sorted(id(p) for _, p, _ in pkts)
-    by_flow_in, by_flow_out = defaultdict(list), defaultdict(list)
-    for _c, p, _r in pkts:
-        by_flow_in[p.flow_key].append(id(p))
-    for p, _v in out:
-        by_flow_out[p.flow_key].append(id(p))
-    assert by_flow_in == by_flow_out and drv.pending == 0
+    assert_once_in_order(pkts, out)
+    assert drv.pending == 0
 
 
 # --- over the traffic generator -----------------------------------------------------------------
