@@ -412,3 +412,49 @@ def test_work_is_windowed_and_what_gathers_meanwhile_is_bounded() -> None:
     out, _nf, ours = d.take_released()
     assert [p.data for p in ours["queue full"]] == [p.data for p in pkts[7:9]]  # beyond the bound
     assert judge.streams[pkts[4].flow_key, pkts[4].direction] == b"x" * 40  # what it was given
+
+
+async def test_malformed_stream_work_is_counted_and_answered_never_raised() -> None:
+    """Work from the wire that makes no sense (wrong shapes, unknown kinds, unhashable flows) gets
+    None answers and error counts; the instance keeps working."""
+    from e2actors.nf.runner import PipeletRunner
+
+    r = PipeletRunner(Snoop())
+    await r.start({})
+    good = conversation(47000, b"hello", b"", seg=5)[3]
+    events = ((CHUNK, good.flow_key, 0, b"hello", (good,)),  # fine
+              (CHUNK, good.flow_key, 0),  # too short
+              (9, good.flow_key, 0, None, ()),  # unknown kind
+              (3, ["unhashable"], -1, "fin", ()),  # an END whose flow cannot be a key
+              "not a tuple")
+    answers = r.judge(events, packets=1, nbytes=len(good.data))
+    assert answers == (None, None, None, None, None)
+    assert r.stats.errors == 4 and len(r.stream_errors) == 4
+    assert r.pipelet.streams[good.flow_key, 0] == b"hello"
+    assert r.judge(((CHUNK, good.flow_key, 0, b"EVIL", (good,)),)) == (Verdict(port="bad", meta={"verdict": "unsafe"}),)
+
+
+def test_malformed_answers_keep_the_flow_verdict_and_never_raise() -> None:
+    """Answers decoded from a bad peer: the wrong count, a non-sequence, verdicts with fields of
+    the wrong types. The switch side counts them and keeps each flow's verdict."""
+    d = StreamDelivery("snoop", ("good", "bad"))
+    pkts = conversation(47001, b"0123456789" * 3, b"", seg=10)
+    for p in pkts:
+        d.push("snoop#1", [p], 1.0)
+    (w,) = d.take_work()
+    d.sent(w)
+    assert d.answer("snoop#1", w.seq, 42)  # not a sequence: every job keeps the flow's verdict
+    out, nf_drops, ours = d.take_released()
+    assert sum(len(v) for v in out.values()) == len(pkts) and set(out) == {"good"}
+    assert d.counters["malformed answers"] == 1
+    pkts2 = conversation(47002, b"0123456789" * 3, b"", seg=10)
+    for p in pkts2:
+        d.push("snoop#1", [p], 1.0)
+    (w2,) = d.take_work()
+    d.sent(w2)
+    bad = [Verdict(port="bad", meta=5), Verdict(port=["x"]), Verdict(port="bad", reason=None), "nope", {}, None]
+    answers = tuple(bad[i % len(bad)] if j.kind in (CHUNK, GAP) else None for i, j in enumerate(w2.jobs))
+    assert d.answer("snoop#1", w2.seq, answers)
+    out, nf_drops, ours = d.take_released()
+    assert sum(len(v) for v in out.values()) == len(pkts2) and set(out) == {"good"} and not nf_drops
+    assert d.driver.stats["errors"] >= 3

@@ -137,18 +137,19 @@ class PipeletRunner:
         st.batches += 1
         st.packets_in += packets
         st.bytes_in += nbytes
-        if self.clock == "packet":
-            for ev in events:
-                for c in ev[4]:
-                    if c.ts > p.now:
-                        p.now = c.ts
-        else:
+        if self.clock != "packet":
             p.now = time.time()
         ports = self._port_set
         t0 = time.perf_counter()
         answers: list[Any] = []
-        for kind, flow, direction, arg, carriers in events:
-            try:
+        for ev in events:
+            flow = None
+            try:  # (a malformed event from the wire is counted like an NF error, never raised)
+                kind, flow, direction, arg, carriers = ev
+                if self.clock == "packet":
+                    for c in carriers:
+                        if c.ts > p.now:
+                            p.now = c.ts
                 a = tell(p, kind, flow, direction, arg, carriers)
                 if a is not None:
                     port = a if type(a) is str else getattr(a, "port", "")

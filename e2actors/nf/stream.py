@@ -105,7 +105,9 @@ def tell(pipelet: Pipelet, kind: int, flow: Hashable, direction: int, arg: Any,
     if kind == OPEN:
         pipelet.set_client(flow, direction)
         return None
-    if flow in pipelet.flows:  # END
+    if kind != END:
+        raise ValueError(f"unknown stream event kind {kind!r}")
+    if flow in pipelet.flows:
         pipelet.on_flow_end(flow, pipelet.flows.pop(flow))
     return None
 
@@ -365,6 +367,9 @@ class StreamDriver:
                 raise ValueError(f"no port {v!r} (ports: {self.ports})")
             return pv
         if isinstance(v, Verdict):
+            if not (isinstance(v.meta, dict) and type(v.reason) is str
+                    and (v.port is None or type(v.port) is str)):
+                raise TypeError(f"a malformed verdict: {v!r:.200}")  # e.g. decoded from a bad peer
             if v.port is None and not v.drop:
                 return replace(v, port=self.ports[0])
             if v.port is not None and v.port not in self._port_verdicts and not v.drop:

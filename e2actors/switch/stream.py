@@ -258,7 +258,7 @@ class StreamDelivery:
             return False
         jobs = work.jobs
         drv = self.driver
-        if len(answers) != len(jobs):
+        if not isinstance(answers, (tuple, list)) or len(answers) != len(jobs):
             self.counters["malformed answers"] += 1
             answers = (None,) * len(jobs)
         for job, a in zip(jobs, answers):

@@ -497,6 +497,9 @@ class Switch(Actor):
                 self._update_room()
 
     def _from_stream_nf(self, msg: StreamVerdicts) -> None:
+        if type(msg.instance) is not str or type(msg.seq) is not int:
+            self.counters["malformed stream answers"] += 1  # (from a bad peer: nothing to match)
+            return
         nf = self.instance_nf.get(msg.instance)
         g = self.groups.get(nf) if nf else None
         if g is None or g.stream is None:
