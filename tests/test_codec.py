@@ -17,7 +17,7 @@ from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport
 from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
-from e2actors.switch.messages import Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
+from e2actors.switch.messages import Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 from nfkit import connection
 from peer_node import Forward, Ping, Pong
@@ -25,6 +25,7 @@ from peer_node import Forward, Ping, Pong
 REF = ActorRef("tcp://127.0.0.1:7000", "echo")
 _PKTS = connection()
 _PKTS[3].meta.update({"verdict": "unsafe", "sid": 1001, "trace": [[1.5, "in"]]})
+_PKTS[3].origin = 7
 _BATCH = Batch(_PKTS)
 _TABLE = SwitchTable(
     3, "s1", (PortSpec("in", "pcap-in", {"path": "/tmp/x.pcap", "speed": 0}),),
@@ -49,7 +50,7 @@ SAMPLES = [
     _PKTS[3],
     _BATCH,
     NFBatch(_BATCH, 4),
-    NFOutput("ids#0", 4, (("safe", _BATCH),), 1, 0, ""),
+    NFOutput("ids#0", 4, (("safe", _BATCH),), 1, 0, "", ((1, 30), (2, 1))),
     StreamWork(3, ((1, _PKTS[0].flow_key, 0, b"GET /", (_PKTS[0],)), (2, _PKTS[0].flow_key, 1, 40, ()),
                    (3, _PKTS[0].flow_key, -1, "fin", ())), 5, 900, (("safe", 4),), (("sid 1", 1),), REF),
     StreamVerdicts("ids#0", 3, (None, "safe", Verdict(port="unsafe", meta={"sid": 1}, reason="sid 1"))),
@@ -68,13 +69,15 @@ SAMPLES = [
     GetSwitchStats(),
     Drained("ids", "ids#1", "s2"),
     GetTraces(True),
+    Credit(((1, 250), (2, 3))),
+    SwitchLoad("s1", (("ids#0", 120),), (("ids#0", 4),)),
 ]
 
 
 def _same(a: object, b: object) -> bool:
     if isinstance(a, Packet):
-        return isinstance(b, Packet) and (a.data, a.ts, a.wirelen, a.port, a._meta or None) == \
-            (b.data, b.ts, b.wirelen, b.port, b._meta or None)
+        return isinstance(b, Packet) and (a.data, a.ts, a.wirelen, a.port, a._meta or None, a.origin) == \
+            (b.data, b.ts, b.wirelen, b.port, b._meta or None, b.origin)
     if isinstance(a, Batch):
         return isinstance(b, Batch) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if hasattr(a, "__dataclass_fields__"):

@@ -73,6 +73,9 @@ class Hardware:
             ports.setdefault(p, PortPlace(p, first))
         self.ports: dict[str, PortPlace] = ports
         self.file = file
+        #: Servers that each hold every external port and a shard of the flows (one switch per
+        #: core, see :mod:`e2actors.manager.shards`); empty: the ports are where ``ports`` says.
+        self.shards: tuple[str, ...] = ()
 
     @classmethod
     def single(cls, cores: int = 1 << 30, name: str = "local") -> Hardware:

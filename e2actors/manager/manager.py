@@ -10,10 +10,12 @@
     await manager.stop()
 
 The manager runs on a node of its own process. With ``workers=N`` it starts N agent processes on
-this machine (one node each, on Unix sockets) and places instances on them; with a hardware file
-naming agents by address it uses those. Each server gets a switch; instances send load reports
-to the manager actor, which scales groups out and in (with hysteresis, a cooldown and migration
-avoidance in the switches) and records every decision.
+this machine (one node each, on Unix sockets): by default one switch per core, each reading its
+shard of the input and running the whole policy for its flows (:mod:`e2actors.manager.shards`;
+``shards=False``: the ports stay in this process and the workers only run instances). With a
+hardware file naming agents by address it uses those. Each server gets a switch; instances send
+load reports to the manager actor, which scales groups out and in (with hysteresis, a cooldown and
+migration avoidance in the switches) and records every decision.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from e2actors.runtime.actor import Actor
 from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Terminated, Tick
 from e2actors.runtime.node import Node
 from e2actors.runtime.ref import ActorRef
-from e2actors.switch.messages import Drained, GetSwitchStats, SetTable
+from e2actors.switch.messages import Drained, GetSwitchStats, SetTable, SwitchLoad
 from e2actors.switch.table import SwitchTable
 
 __all__ = ["Manager", "Traffic"]
@@ -113,6 +115,8 @@ class ManagerActor(Actor):
             m._on_report(msg)
         elif isinstance(msg, Drained):
             m._on_drained(msg)
+        elif isinstance(msg, SwitchLoad):
+            m._on_switch_load(msg)
         elif isinstance(msg, NodeLost):
             m._on_node_lost(msg)
         elif isinstance(msg, Terminated):
@@ -128,9 +132,12 @@ class Manager:
     def __init__(self, *, workers: int = 0, worker_cores: int = 4, secret: bytes | None = None,
                  autoscale: bool = True, scaling: ScalingPolicy | None = None, trace_every: int = 0,
                  allow: tuple[str, ...] = (), report_interval: float = 0.25,
-                 heartbeat_timeout: float = 3.0, max_inflight: int = 64, rebalance: bool = False,
-                 rebalance_threshold: float = 0.3, rebalance_every: float = 2.0, tls: Any = None) -> None:
+                 heartbeat_timeout: float = 3.0, max_inflight: int = 2, rebalance: bool = False,
+                 rebalance_threshold: float = 0.3, rebalance_every: float = 2.0, tls: Any = None,
+                 shards: bool = True) -> None:
         self.workers = workers
+        #: With workers: one switch per worker, each with its shard of the input (no switch here).
+        self.shards = shards
         self.tls = tls  # a TLSConfig: mutual TLS on every link to the agents
         self.worker_cores = worker_cores
         self.secret = secret or secrets.token_hex(32).encode()
@@ -177,6 +184,10 @@ class Manager:
         """The hardware to plan on: the one given, N local workers, or this process alone."""
         if hardware is not None:
             return hardware
+        if self.workers and self.shards:
+            from e2actors.manager.shards import shard_hardware
+
+            return shard_hardware(self.workers, self.worker_cores)
         if self.workers:
             servers = [Server(MAIN, 0)] + [Server(f"w{i}", self.worker_cores) for i in range(1, self.workers + 1)]
         else:
@@ -389,6 +400,10 @@ class Manager:
         self.autoscaler.report(r.nf, r.instance, r.busy, r.drops, time.monotonic())
         self._busy[r.instance] = (r.busy, time.monotonic())
 
+    def _on_switch_load(self, msg: SwitchLoad) -> None:
+        for inst, n in msg.congestion:
+            self.autoscaler.congested(nf_of(inst), inst, n)
+
     def _on_node_lost(self, msg: NodeLost) -> None:
         self.recovery.on_node_lost(msg)
 
@@ -435,7 +450,11 @@ class Manager:
             cur = [i for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining"]
             if any(self.states.get(i) == "draining" for i in self.plan_.instances_of(nf)):
                 continue  # one change at a time per group
-            d = self.autoscaler.decide(nf, len(cur), spec.min_instances, spec.max_instances, now)
+            lo = spec.min_instances
+            shards = self.plan_.hardware.shards
+            if shards:  # an instance in every shard, or its flows would cross to another one
+                lo = max(lo, min(len(shards), spec.max_instances or len(shards)))
+            d = self.autoscaler.decide(nf, len(cur), lo, spec.max_instances, now)
             if d is None:
                 continue
             try:
@@ -531,16 +550,30 @@ class Manager:
         drops: Counter = Counter()
         ports: dict[str, Any] = {}
         remote = 0
+        lost = 0
+        hops: dict[str, list[int]] = {}
         for server, s in st.get("switches", {}).items():
             if not isinstance(s, dict) or "routes" not in s:
                 continue
             edges.update(s["routes"])
             drops.update({f"switch: {k}": v for k, v in s["drops"].items()})
             for pname, p in s["ports"].items():
-                ports[pname] = {k: p[k] for k in ("kind", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+                cur = ports.get(pname)
+                if cur is None:  # (a sharded port exists on every shard: its counts add up)
+                    ports[pname] = {k: p[k] for k in ("kind", "rx_packets", "rx_bytes", "tx_packets", "tx_bytes")}
+                else:
+                    for k in ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes"):
+                        cur[k] += p[k]
                 if p["drops"]:
                     drops.update({f"port {pname}: {k}": v for k, v in p["drops"].items()})
             remote += sum(s.get("remote_tx", {}).values())
+            cr = s.get("credits") or {}
+            # Packets admitted and never finished (sent out, dropped, counted) when the run ended.
+            lost += sum(max(0, n) for n in (cr.get("in_flight") or {}).values()) + cr.get("written_off", 0)
+            for hop, h in (s.get("hops") or {}).items():
+                acc = hops.setdefault(hop, [0, 0])
+                acc[0] += h["batches"]
+                acc[1] += h["packets"]
             for nf, g in s.get("groups", {}).items():
                 if g.get("runner"):
                     r = g["runner"]
@@ -580,6 +613,10 @@ class Manager:
             "instances_per_nf": self.instance_counts() if plan else {},
             "edges": dict(edges),
             "inter_server_packets": remote,
+            "lost": lost,
+            "congestion_drops": sum(n for r, n in drops.items() if _is_congestion(r)),
+            "batches": {h: round(p / b, 2) if b else 0.0 for h, (b, p) in sorted(hops.items())},
+            "batch_mean": round(sum(p for _b, p in hops.values()) / max(1, sum(b for b, _p in hops.values())), 2),
             "drops": dict(drops),
             "verdicts": dict(verdicts),
             "alerts": dict(alerts),
@@ -609,7 +646,30 @@ class Manager:
                     srv.proc.wait(5)
                 except Exception:
                     srv.proc.kill()
+        self._merge_outputs()
         self.started = False
+
+    def _merge_outputs(self) -> None:
+        """Sharded runs write each output pcap in parts, one per shard: merge them into the file
+        asked for (by timestamp; each flow's packets keep their order)."""
+        plan = self.plan_
+        if plan is None or not plan.hardware.shards:
+            return
+        from e2actors.manager.shards import merge_captures, shard_path
+
+        for p in plan.hardware.ports.values():
+            path = p.params.get("path")
+            if p.kind == "pcap-out" and path:
+                parts = [shard_path(str(path), s) for s in plan.hardware.shards]
+                if any(os.path.exists(x) for x in parts):
+                    merge_captures(parts, str(path))
+
+
+def _is_congestion(reason: str) -> bool:
+    """Drops for lack of room in the middle of a chain (never an NF's or the policy's decision)."""
+    r = reason.partition(": ")[2] if reason.startswith("switch: ") else ""
+    return r in ("queue full", "hold overflow") or (r.startswith("link to ") and r.endswith(" congested")) \
+        or (r.startswith("instance ") and r.endswith(" stalled"))
 
 
 _ERROR_KINDS = ("failed", "node-lost", "update-failed", "scale-failed", "rebalance-failed")

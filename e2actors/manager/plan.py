@@ -100,7 +100,12 @@ class Plan:
         graph = InstanceGraph.build(self.policy, sizing, counts, self.graph.pinned)
         new = [instance_name(nf, k) for k in counts[nf] if k not in have]
         kept = {i: s for i, s in self.assignment.items() if i in set(graph.instances)}
-        placement = place_incremental(graph, self.hardware, kept, new)
+        if self.hardware.shards:
+            from e2actors.manager.shards import place_shards
+
+            placement = place_shards(graph, self.hardware, kept)
+        else:
+            placement = place_incremental(graph, self.hardware, kept, new)
         nxt = dict(self.next_index)
         nxt[nf] = max([*counts[nf], *have, nxt.get(nf, 1) - 1]) + 1
         return Plan(self.policy, self.hardware, sizing, graph, placement, {}, list(self.notes), nxt)
@@ -232,6 +237,12 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
     for n, k in sizing.capped.items():
         notes.append(f"{n} would need {k} instances; capped at its max {sizing.instances[n]}")
     pinned = {p: hardware.ports[p].server for p in (IN, OUT)}
+    if hardware.shards:
+        from e2actors.manager.shards import place_shards, shard_targets
+
+        sizing = _resized(sizing, shard_targets(policy, sizing.instances, hardware.shards))
+        graph = InstanceGraph.build(policy, sizing, pinned=pinned)
+        return Plan(policy, hardware, sizing, graph, place_shards(graph, hardware), {}, notes)
     graph = InstanceGraph.build(policy, sizing, pinned=pinned)
     solvers: dict[str, dict[str, Any]] = {}
     if solver == "all":

@@ -20,12 +20,15 @@ Inline NFs have ``GroupSpec.inline = True`` and members without an actor ref.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from e2actors.manager.conditions import any_of, combine
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.policy import DROP, IN, OUT, Edge, Policy
 from e2actors.runtime.ref import ActorRef
+from e2actors.manager.shards import shard_port_params
+from e2actors.switch.credits import DEFAULT_WINDOW, INPUT_KINDS, LIVE_WINDOW
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 
 __all__ = ["routes", "groups", "switch_tables"]
@@ -65,8 +68,11 @@ def routes(policy: Policy) -> tuple[Route, ...]:
 
 
 def groups(policy: Policy, placement: Mapping[str, str], refs: Mapping[str, ActorRef] | None = None,
-           states: Mapping[str, str] | None = None, weights: Mapping[str, float] | None = None) -> tuple[GroupSpec, ...]:
-    """One :class:`GroupSpec` per NF with every placed instance as a member."""
+           states: Mapping[str, str] | None = None, weights: Mapping[str, float] | None = None,
+           sharded: bool = False) -> tuple[GroupSpec, ...]:
+    """One :class:`GroupSpec` per NF with every placed instance as a member. ``sharded``: the
+    ingress is split by flow over the servers, so groups keep flows in their shard (``local``)
+    unless they balance by host."""
     refs, states, weights = refs or {}, states or {}, weights or {}
     out = []
     by_nf: dict[str, list[tuple[int, str, str]]] = {}
@@ -80,7 +86,7 @@ def groups(policy: Policy, placement: Mapping[str, str], refs: Mapping[str, Acto
                    states.get(inst, "running"))
             for _k, inst, server in sorted(by_nf.get(n, ())))
         out.append(GroupSpec(n, members, spec.affinity, spec.input, spec.inline, spec.cls, dict(spec.config),
-                             tuple(spec.ports)))
+                             tuple(spec.ports), sharded and spec.affinity != "host"))
     return tuple(out)
 
 
@@ -90,10 +96,41 @@ def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardwa
     """Each server's switch table (server -> table). ``refs`` gives instances' actors once deployed,
     ``switches`` each server's switch actor, ``states`` members' states (default ``running``)."""
     rs = routes(policy)
-    gs = groups(policy, placement, refs, states)
+    shards = hardware.shards
+    gs = groups(policy, placement, refs, states, sharded=bool(shards))
     port_servers = {p.name: p.server for p in hardware.ports.values()}
+    # Every input port is a credit origin (see e2actors.switch.credits), numbered in a stable order.
+    origins: dict[int, str] = {}
+    per_server: dict[str, list[PortSpec]] = {}
+    group = _fanout_group(policy, hardware)
+    for server in hardware.servers:
+        specs = []
+        for p in hardware.ports.values():
+            if shards and server in shards:
+                params = shard_port_params(p.kind, p.params, server, shards, group)
+            elif p.server == server:
+                params = dict(p.params)
+            else:
+                continue
+            if p.kind in INPUT_KINDS:
+                origin = len(origins) + 1
+                origins[origin] = server
+                params["origin"] = origin
+                params.setdefault("window", DEFAULT_WINDOW if p.kind == "pcap-in" else LIVE_WINDOW)
+            specs.append(PortSpec(p.name, p.kind, params))
+        per_server[server] = specs
     out = {}
     for server in hardware.servers:
-        ports = tuple(PortSpec(p.name, p.kind, dict(p.params)) for p in hardware.ports.values() if p.server == server)
-        out[server] = SwitchTable(version, server, ports, gs, rs, dict(switches or {}), dict(port_servers))
+        ps = dict(port_servers)
+        if shards and server in shards:
+            ps.update({p.name: server for p in hardware.ports.values()})  # each shard has its own
+        out[server] = SwitchTable(version, server, tuple(per_server[server]), gs, rs, dict(switches or {}), ps,
+                                  dict(origins))
     return out
+
+
+def _fanout_group(policy: Policy, hardware: Hardware) -> int:
+    """A PACKET_FANOUT group id for a sharded live interface (16 bits), stable for one deployment."""
+    from zlib import crc32
+
+    return crc32(f"{policy.name}:{sorted(hardware.servers)}:{os.getpid()}".encode()) & 0xFFFF

@@ -2,7 +2,9 @@
 
 Per NF group the autoscaler keeps each instance's latest :class:`LoadReport`. A group is
 *overloaded* when its instances are on average busier than ``high`` (the fraction of wall time
-spent in ``process``) or any of them dropped packets since its last report; it is *idle* when
+spent in ``process``) or packets were dropped for lack of room on the way to any of them since the
+last look (its full mailbox, or the switch's queue for it: :meth:`Autoscaler.congested`; packets
+the NF itself decided to drop are not overload); it is *idle* when
 the average is under ``low``. A decision needs the condition to hold for ``sustain`` seconds
 (hysteresis: a blip does nothing) and at least ``cooldown`` seconds since the group's last change
 (so the effect of a change is seen before the next one), and stays within the NF's min/max.
@@ -37,6 +39,7 @@ class Decision:
 class _Group:
     reports: dict[str, tuple[float, float, int]] = field(default_factory=dict)  # inst -> (t, busy, drops)
     drops_seen: dict[str, int] = field(default_factory=dict)
+    congestion: dict[str, int] = field(default_factory=dict)  # inst -> packets dropped for lack of room
     over_since: float | None = None
     idle_since: float | None = None
     last_change: float = -1e18
@@ -53,11 +56,17 @@ class Autoscaler:
         g = self.groups.setdefault(nf, _Group())
         g.reports[instance] = (now, busy, drops)
 
+    def congested(self, nf: str, instance: str, packets: int) -> None:
+        """A switch dropped ``packets`` bound for ``instance`` for lack of room (overload)."""
+        g = self.groups.setdefault(nf, _Group())
+        g.congestion[instance] = g.congestion.get(instance, 0) + packets
+
     def forget(self, nf: str, instance: str) -> None:
         g = self.groups.get(nf)
         if g is not None:
             g.reports.pop(instance, None)
             g.drops_seen.pop(instance, None)
+            g.congestion.pop(instance, None)
 
     def changed(self, nf: str, now: float) -> None:
         """The group was resized (by us or by hand): restart its clocks."""
@@ -75,7 +84,8 @@ class Autoscaler:
             return 0.0, False, 0
         dropping = False
         for inst, (_t, _b, drops) in fresh:
-            if drops > g.drops_seen.get(inst, drops):
+            drops += g.congestion.get(inst, 0)
+            if drops > g.drops_seen.get(inst, 0 if inst in g.congestion else drops):
                 dropping = True
             g.drops_seen[inst] = drops
         return sum(r[1] for _i, r in fresh) / len(fresh), dropping, len(fresh)

@@ -85,6 +85,12 @@ class NFInstance(Actor):
 
     async def on_stop(self) -> None:
         if hasattr(self, "runner"):
+            # What the pipelet still holds dies with it (a restart starts a new one): lost, and
+            # its ingress credits go back to the switches that admitted it.
+            held = self.runner.credits_held
+            fin = self.runner.release_credits()
+            if fin and self.output is not None:
+                self.send(self.output, NFOutput(self.instance, -1, (), 0, held, "stopped", fin))  # type: ignore[arg-type]
             await self.runner.stop()
 
     async def on_message(self, msg: Any) -> Any:
@@ -110,7 +116,7 @@ class NFInstance(Actor):
             return None
         if msg is _TIMER or msg == _TIMER:
             out = await self.runner.tick()
-            if any(out.values()):
+            if any(out.values()) or self.runner.has_finished:
                 self._send(-1, out)
             return None
         if msg is _REPORT or msg == _REPORT:
@@ -132,7 +138,8 @@ class NFInstance(Actor):
         dropped = st.dropped - self._sent_dropped
         self._sent_dropped = st.dropped
         outputs = tuple((port, Batch(pkts)) for port, pkts in out.items() if pkts)
-        self.send(self.output, NFOutput(self.instance, seq, outputs, dropped, lost, error))
+        self.send(self.output, NFOutput(self.instance, seq, outputs, dropped, lost, error,
+                                        self.runner.take_finished()))
 
     def _report(self) -> None:
         st = self.runner.stats
@@ -142,7 +149,7 @@ class NFInstance(Actor):
         mb = self._cell.mailbox
         rep = LoadReport(
             instance=self.instance, nf=self.nf, pps=(st.packets_in - pk0) / dt, bps=(st.bytes_in - by0) * 8 / dt,
-            queue=len(mb), drops=mb.dropped + st.dropped, busy=min(1.0, (st.busy_seconds - busy0) / dt),
+            queue=len(mb), drops=mb.dropped, busy=min(1.0, (st.busy_seconds - busy0) / dt),
             flows=len(self.runner.pipelet.flows), held=self.runner.held, packets=st.packets_in, ts=time.time())
         self._last = (now, st.packets_in, st.bytes_in, st.busy_seconds)
         self.send(self.monitor, rep)  # type: ignore[arg-type]

@@ -28,7 +28,9 @@ class NFBatch:
 @dataclass(frozen=True, slots=True)
 class NFOutput:
     """What an instance emitted for batch ``seq``: ``(port, batch)`` pairs. ``dropped`` and
-    ``lost`` count packets dropped by the NF and lost to an error since the previous output."""
+    ``lost`` count packets dropped by the NF and lost to an error since the previous output;
+    ``finished``: ``(origin, packets)`` ingress credits of the packets it is done with (dropped,
+    lost, consumed), for the switch to hand back (see :mod:`e2actors.switch.credits`)."""
 
     instance: str
     seq: int
@@ -36,6 +38,7 @@ class NFOutput:
     dropped: int = 0
     lost: int = 0
     error: str = ""
+    finished: tuple[tuple[int, int], ...] = ()
 
 
 @message(202)
@@ -48,7 +51,7 @@ class LoadReport:
     pps: float          # packets/s in over the last interval
     bps: float          # bits/s in
     queue: int          # batches waiting in the mailbox
-    drops: int          # total packets dropped (mailbox full + by the NF)
+    drops: int          # batches its full mailbox refused, in total (overload; the NF's own drops are not)
     busy: float         # fraction of wall time spent processing, 0..1
     flows: int          # flows in the pipelet's flow table
     held: int           # packets held inside (shaper queue, stream gaps)

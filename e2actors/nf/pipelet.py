@@ -99,6 +99,8 @@ class Pipelet:
         self._out: dict[str, list[Packet]] = {p: [] for p in self.ports}
         self._default_out: list[Packet] = self._out[self.ports[0]]
         self._dropped = 0
+        #: Ingress credits of the packets dropped since the runner last looked: origin -> packets.
+        self._fin: dict[int, int] = {}
 
     # --- the NF author's hooks ------------------------------------------------------------------
     async def setup(self, config: dict[str, Any]) -> None:
@@ -168,6 +170,10 @@ class Pipelet:
         """Drop ``pkt``, counting ``reason``."""
         self.drops[reason] += 1
         self._dropped += 1
+        o = pkt.origin
+        if o:
+            fin = self._fin
+            fin[o] = fin.get(o, 0) + 1
 
     # --- for the runner -------------------------------------------------------------------------
     def _take_outputs(self) -> dict[str, list[Packet]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,9 +22,24 @@ from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
 
-__all__ = ["BATCH_BUCKETS", "PipeletRunner", "RunnerStats"]
+__all__ = ["BATCH_BUCKETS", "PipeletRunner", "RunnerStats", "count_origins"]
 
 Clock = Literal["packet", "wall"]
+
+_origin = operator.attrgetter("origin")
+
+
+def count_origins(pkts: list[Packet]) -> dict[int, int]:
+    """Ingress credits held by ``pkts``: origin -> packets (origin 0, no credit, left out)."""
+    if not pkts:
+        return {}
+    o = pkts[0].origin
+    if pkts[-1].origin == o and len(pkts) < 3:
+        return {o: len(pkts)} if o else {}
+    c = collections.Counter(map(_origin, pkts))
+    c.pop(0, None)
+    return c
+
 
 #: Upper bounds (seconds) of the batch processing time histogram.
 BATCH_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1, 0.25, 1.0)
@@ -73,6 +89,10 @@ class PipeletRunner:
         self._port_set = frozenset(pipelet.ports)
         #: The latest errors of deferred stream work (see :meth:`judge`): ``(flow, text)``.
         self.stream_errors: collections.deque = collections.deque(maxlen=32)
+        # Ingress credits (see e2actors.switch.credits): what the pipelet holds, by origin (in
+        # minus out minus dropped), and what it is done with and has not handed back yet.
+        self._credit: dict[int, int] = {}
+        self._finished: dict[int, int] = {}
 
     async def start(self, config: dict[str, Any] | None = None) -> None:
         self.pipelet.config = dict(config or {})
@@ -95,6 +115,11 @@ class PipeletRunner:
         st = self.stats
         pkts = batch.packets
         n = len(pkts)
+        cin = count_origins(pkts)
+        if cin:
+            bal = self._credit
+            for o, k in cin.items():
+                bal[o] = bal.get(o, 0) + k
         st.batches += 1
         st.packets_in += n
         st.bytes_in += sum([len(x.data) for x in pkts])
@@ -116,7 +141,9 @@ class PipeletRunner:
             st.batch_hist[bisect.bisect_left(BATCH_BUCKETS, dt)] += 1
             st.errors += 1
             st.lost += n
-            p._take_outputs()  # nothing of a failed batch leaves half-done
+            # Nothing of a failed batch leaves half-done: its packets, and what it had emitted,
+            # are lost (their credits go back).
+            self._settle_lost(cin, p._take_outputs())
             raise
         dt = time.perf_counter() - t0
         st.busy_seconds += dt
@@ -229,7 +256,66 @@ class PipeletRunner:
                 st.per_port[port] += len(lst)
                 st.packets_out += len(lst)
         st.dropped = p._dropped
+        self._settle(out)
         return out
+
+    def _settle(self, out: dict[str, list[Packet]] | None) -> None:
+        """Credit accounting after a call: what left holds its credit on; what the pipelet dropped
+        is finished; once it holds nothing, whatever credit is left was consumed (a pipelet that
+        emits new packets for old ones, or raised): finished too."""
+        bal = self._credit
+        if out:
+            for lst in out.values():
+                if lst:
+                    for o, k in count_origins(lst).items():
+                        bal[o] = bal.get(o, 0) - k
+        p = self.pipelet
+        fin = self._finished
+        if p._fin:
+            for o, k in p._fin.items():
+                bal[o] = bal.get(o, 0) - k
+                fin[o] = fin.get(o, 0) + k
+            p._fin = {}
+        if bal and (out is None or self.pipelet.pending() == 0 and (self._stream is None or self._stream.held == 0)):
+            for o, k in bal.items():
+                if k:
+                    fin[o] = fin.get(o, 0) + k
+            bal.clear()
+
+    def _settle_lost(self, cin: dict[int, int], discarded: dict[str, list[Packet]]) -> None:
+        bal, fin = self._credit, self._finished
+        lost = dict(cin)
+        for lst in discarded.values():
+            for o, k in count_origins(lst).items():
+                lost[o] = lost.get(o, 0) + k
+        for o, k in lost.items():
+            bal[o] = bal.get(o, 0) - k
+            fin[o] = fin.get(o, 0) + k
+        self._settle({})
+
+    def take_finished(self) -> tuple[tuple[int, int], ...]:
+        """Ingress credits of the packets this pipelet is done with since the last call (dropped,
+        lost, consumed): ``(origin, packets)`` pairs for the switch that admitted them."""
+        fin = self._finished
+        if not fin:
+            return ()
+        self._finished = {}
+        return tuple((o, k) for o, k in fin.items() if k)
+
+    def release_credits(self) -> tuple[tuple[int, int], ...]:
+        """The instance stops: every credit it holds is finished (its held packets are lost)."""
+        self._settle(None)
+        return self.take_finished()
+
+    @property
+    def has_finished(self) -> bool:
+        """Credits wait to be handed back (:meth:`take_finished`)."""
+        return bool(self._finished)
+
+    @property
+    def credits_held(self) -> int:
+        """Ingress credits the pipelet holds (packets inside it)."""
+        return sum(self._credit.values())
 
     async def tick(self, now: float | None = None) -> dict[str, list[Packet]]:
         """Advance time without packets (timers, flow expiry, stream gap timeouts)."""

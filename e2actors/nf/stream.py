@@ -270,6 +270,11 @@ class StreamDriver:
             self._handle(events, None, None, None, now)
             self._drain_touched()
 
+    @property
+    def has_released(self) -> bool:
+        """Decided packets wait for :meth:`take_released`."""
+        return bool(self._released)
+
     def take_released(self) -> list[tuple[Packet, Verdict]]:
         """The packets decided since the last call, with their verdicts, in release order."""
         out = self._released

@@ -138,6 +138,9 @@ class Packet:
         "tcp_flags",  # TCP flag byte (FIN=1 SYN=2 RST=4 PSH=8 ACK=16 URG=32 ECE=64 CWR=128), 0 if not TCP
         "frag",  # fragment offset in bytes | 1 if more fragments follow; 0 when not a fragment
         "_fkey",  # the flow key once computed (the classifier, balancer and NFs all ask for it)
+        # The ingress credit the packet holds (0: none): which input port admitted it, so the
+        # switch that finishes it (sends it out, drops it) can give that port its credit back.
+        "origin",
     )
 
     def __init__(
@@ -148,6 +151,7 @@ class Packet:
         wirelen: int | None = None,
         linktype: int = LINKTYPE_ETHERNET,
         meta: dict[str, Any] | None = None,
+        origin: int = 0,
     ) -> None:
         n = len(data)
         self.data = data
@@ -157,6 +161,7 @@ class Packet:
         self.linktype = linktype
         self._meta = meta
         self._fkey = None
+        self.origin = origin
 
         # Fast path: most frames are untagged Ethernet + IPv4 without options (or IPv6 without
         # extension headers) + TCP/UDP, unfragmented and whole. One precompiled unpack reads every

@@ -1,7 +1,8 @@
 """Packets and batches on the wire between nodes (codec tags 100-199).
 
 A batch crossing to another node becomes one array of per-packet arrays
-``[data, ts, wirelen, port, meta, linktype]``: the frame bytes travel as msgpack binary, the
+``[data, ts, wirelen, port, meta, linktype, origin]`` (``origin``: the ingress credit the packet
+holds, see :mod:`e2actors.switch.credits`): the frame bytes travel as msgpack binary, the
 metadata as a map, and the receiving node parses each frame again (parsing is cheaper than
 shipping the parsed fields, and it keeps a hostile peer from handing us inconsistent ones).
 Local delivery never comes here: in-process batches are passed as objects.
@@ -20,18 +21,18 @@ __all__ = ["decode_packet", "encode_packet"]
 
 
 def encode_packet(p: Packet) -> tuple:
-    return (p.data, p.ts, p.wirelen, p.port, p._meta or None, p.linktype)
+    return (p.data, p.ts, p.wirelen, p.port, p._meta or None, p.linktype, p.origin)
 
 
 def decode_packet(f: Any) -> Packet:
-    if len(f) != 6 or type(f[0]) is not bytes:
+    if len(f) != 7 or type(f[0]) is not bytes or type(f[6]) is not int:
         raise CodecError("malformed packet on the wire")
-    data, ts, wirelen, port, meta, linktype = f
+    data, ts, wirelen, port, meta, linktype, origin = f
     if meta is not None:
         if type(meta) is not dict:
             raise CodecError("malformed packet metadata on the wire")
         meta = _lists(meta)  # metadata is the NFs' own data: lists stay lists (the codec gives tuples)
-    return Packet(data, ts, port, wirelen, linktype, meta)
+    return Packet(data, ts, port, wirelen, linktype, meta, origin)
 
 
 def _lists(x: Any) -> Any:

@@ -176,6 +176,16 @@ class Actor:
         or, for a remote handler that raised, :class:`RemoteError`."""
         return await self.node.ask(ref, msg, timeout=timeout)
 
+    def next_queued(self, types: frozenset[type]) -> Any:
+        """Take the next message from this actor's mailbox now if its type is one of ``types``
+        (else None): an actor that batches its input (a switch coalescing what several messages
+        bring) handles a run of them in one turn. Never an ask or a system signal."""
+        mb = self._cell.mailbox
+        q = mb._q
+        if q and type(q[0]) in types:
+            return mb.get_nowait()
+        return None
+
     def reply(self, value: Any = None) -> None:
         """Reply to the ask being handled now (instead of returning the value)."""
         cur = self._cell.current_ask

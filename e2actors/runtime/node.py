@@ -322,6 +322,15 @@ class Node:
             return peer.pending_bytes > self.max_pending_bytes // 2
         return conn._paused
 
+    def link_backlog(self, ref: ActorRef) -> int:
+        """Bytes queued on the link to ``ref``'s node (0 for a local actor)."""
+        if ref.node == self.address:
+            return 0
+        peer = self._peers.get(ref.node)
+        if peer is None:
+            return 0
+        return peer.conn.buffered if peer.conn is not None else peer.pending_bytes
+
     async def drain(self, ref: ActorRef, timeout: float | None = None) -> None:
         """Wait until the link to ``ref``'s node is no longer backed up (or ``timeout``)."""
         peer = self._peers.get(ref.node)

@@ -255,6 +255,12 @@ class Connection(asyncio.Protocol):
     def write_paused(self) -> bool:
         return self._paused
 
+    @property
+    def buffered(self) -> int:
+        """Bytes queued to the peer and not yet taken by the kernel."""
+        t = self.transport
+        return self._wbytes + (t.get_write_buffer_size() if t is not None else 0)
+
     async def drain(self) -> None:
         """Wait while the transport's write buffer is over its high-water mark."""
         if not self._paused:

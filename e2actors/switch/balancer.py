@@ -104,6 +104,7 @@ __all__ = [
     "flow_hash",
     "host_hash",
     "rendezvous_owners",
+    "shard_of",
 ]
 
 AFFINITIES = ("none", "flow", "host")
@@ -146,6 +147,16 @@ def flow_hash(key: tuple) -> int:
     if vlans:
         h = crc32(b"".join((v & 0xFFFF).to_bytes(2, "big") for v in vlans), h)
     return _fmix32(h ^ (proto & _M32))
+
+
+def shard_of(pkt: Any, n: int) -> int:
+    """Which of ``n`` shards a packet's flow belongs to (both directions alike; every fragment of
+    a datagram alike, apart from the flow's unfragmented packets, as a NIC's RSS does). The high
+    bits of :func:`flow_hash` (``h * n >> 32``, the kernel's ``reciprocal_scale``), so the shard
+    does not fix the low bits that pick a flow's bucket. Malformed frames go to shard 0."""
+    if n <= 1 or pkt.reason is not None:
+        return 0
+    return (flow_hash(pkt.flow_key) * n) >> 32
 
 
 def host_hash(addr: bytes) -> int:

@@ -8,7 +8,7 @@ from e2actors.packet.batch import Batch
 from e2actors.runtime.codec import message
 from e2actors.switch.table import SwitchTable
 
-__all__ = ["Drained", "GetSwitchStats", "GetTraces", "RemoteBatch", "SetTable"]
+__all__ = ["Credit", "Drained", "GetSwitchStats", "GetTraces", "RemoteBatch", "SetTable", "SwitchLoad"]
 
 
 @message(320)
@@ -53,3 +53,24 @@ class GetTraces:
     """Ask a switch for the traces of sampled packets that ended there (reply: a list)."""
 
     clear: bool = False
+
+
+@message(325)
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """Ingress credits handed back to the switch that holds the origins: ``(origin, packets)``
+    pairs for packets finished elsewhere (see :mod:`e2actors.switch.credits`)."""
+
+    credits: tuple[tuple[int, int], ...]
+
+
+@message(326)
+@dataclass(frozen=True, slots=True)
+class SwitchLoad:
+    """What a switch sees of its local instances' load (switch -> manager, a few times a
+    second): packets waiting in the switch for each, and packets dropped for lack of room since
+    the last report. The autoscaler counts the drops as overload."""
+
+    server: str
+    backlog: tuple[tuple[str, int], ...]
+    congestion: tuple[tuple[str, int], ...]

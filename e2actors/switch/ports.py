@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from e2actors.errors import E2Error
-from e2actors.packet.batch import DEFAULT_BATCH
+from e2actors.packet.batch import DEFAULT_BATCH, MAX_BATCH
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import PcapWriter, open_capture
 
@@ -35,6 +35,8 @@ class Port:
     kind = "port"
     is_input = False
     is_output = False
+    #: A live input that can stop reading when the deployment has no room (see pause/resume).
+    pausable = False
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -52,6 +54,12 @@ class Port:
 
     async def close(self) -> None:
         """Stop and release resources."""
+
+    def pause(self) -> None:
+        """Stop reading (live ports): the input's own buffer fills and drops, counted there."""
+
+    def resume(self) -> None:
+        """Read again after :meth:`pause`."""
 
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
@@ -71,9 +79,13 @@ class PcapInPort(Port):
     kind = "pcap-in"
     is_input = True
 
-    def __init__(self, name: str, path: str, speed: float = 0.0, loop: int = 1, batch: int = DEFAULT_BATCH) -> None:
+    def __init__(self, name: str, path: str, speed: float = 0.0, loop: int = 1, batch: int = DEFAULT_BATCH,
+                 shard: tuple[int, int] | list[int] | None = None) -> None:
         super().__init__(name)
         self.path, self.speed, self.loops, self.batch = path, float(speed), int(loop), int(batch)
+        #: (k, n): keep only the flows of shard k of n (see e2actors.manager.shards).
+        self.shard = (int(shard[0]), int(shard[1])) if shard else None
+        self.skipped = 0
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
 
@@ -83,6 +95,13 @@ class PcapInPort(Port):
 
     async def _replay(self, ingress: Ingress, gate: Gate) -> None:
         name, size = self.name, self.batch
+        if self.shard is not None and self.shard[1] > 1:
+            from e2actors.switch.balancer import shard_of
+
+            k, n = self.shard
+        else:
+            shard_of = None
+            k = n = 0
         try:
             for _ in range(self.loops):
                 t_first = None
@@ -101,7 +120,11 @@ class PcapInPort(Port):
                                     cur = []
                                 await asyncio.sleep(delay)
                             ts = time.time()
-                        cur.append(Packet(data, ts, name, wirelen, lt))
+                        pkt = Packet(data, ts, name, wirelen, lt)
+                        if shard_of is not None and shard_of(pkt, n) != k:
+                            self.skipped += 1
+                            continue
+                        cur.append(pkt)
                         if len(cur) >= size:
                             await self._push(ingress, gate, cur)
                             cur = []
@@ -202,7 +225,7 @@ def make_port(name: str, kind: str, params: dict[str, Any]) -> Port:
     """Build a port from a table's ``PortSpec``."""
     if kind == "pcap-in":
         return PcapInPort(name, params["path"], params.get("speed", 0.0), params.get("loop", 1),
-                          params.get("batch", DEFAULT_BATCH))
+                          params.get("batch", MAX_BATCH), params.get("shard"))
     if kind == "pcap-out":
         return PcapOutPort(name, params["path"])
     if kind == "memory":

@@ -332,6 +332,19 @@ class StreamDelivery:
     def has_work(self) -> bool:
         return bool(self._todo) or any(self._accounts.values())
 
+    @property
+    def has_released(self) -> bool:
+        """Packets were decided and wait for :meth:`take_released`."""
+        return self.driver.has_released
+
+    def instances(self) -> set[str]:
+        """Instances with work out or waiting to go."""
+        return {*self._outstanding, *self._todo}
+
+    def instances_awaiting(self) -> list[str]:
+        """Instances with works out (not answered yet)."""
+        return [i for i, o in self._outstanding.items() if o]
+
     def stale(self, instance: str, alive: Any) -> int:
         """Give up on the works out at ``instance`` that were sent to an actor ``alive(ref)`` says
         is gone (a replaced actor stopped before answering); returns how many."""

@@ -26,9 +26,12 @@ __all__ = ["GroupSpec", "Member", "PortSpec", "Route", "SwitchTable"]
 @dataclass(frozen=True, slots=True)
 class PortSpec:
     """An external port on this server. ``kind``: ``pcap-in`` (params: path, speed: 0 = as fast
-    as possible or a replay factor, loop), ``pcap-out`` (path), ``afpacket`` (iface), ``memory``.
+    as possible or a replay factor, loop, shard: ``[k, n]`` to keep only the flows of shard k of
+    n), ``pcap-out`` (path), ``afpacket`` (iface; fanout: a PACKET_FANOUT group id), ``memory``.
     Any kind: ``reverse_of: PORT`` makes what this port receives the return direction of ``PORT``
-    (a bump in the wire; see :mod:`e2actors.switch.switch`)."""
+    (a bump in the wire; see :mod:`e2actors.switch.switch`). Input ports: ``origin`` (the number
+    of the port's ingress credits) and ``window`` (the packets it may have in the deployment at
+    once; see :mod:`e2actors.switch.credits`)."""
 
     name: str
     kind: str
@@ -52,7 +55,10 @@ class Member:
 @message(302)
 @dataclass(frozen=True, slots=True)
 class GroupSpec:
-    """All instances of one NF, balanced with ``affinity`` (none, flow, host)."""
+    """All instances of one NF, balanced with ``affinity`` (none, flow, host). ``local``: the
+    ingress is sharded by flow across the servers (one switch per core), so each switch balances
+    new flows over its own server's members while it has some that take them (host affinity never
+    does: a host's flows arrive at every shard)."""
 
     nf: str
     members: tuple[Member, ...]
@@ -62,6 +68,7 @@ class GroupSpec:
     pipelet: str = ""
     config: dict[str, Any] = field(default_factory=dict)
     ports: tuple[str, ...] = ("out",)
+    local: bool = False
 
 
 @message(303)
@@ -88,3 +95,4 @@ class SwitchTable:
     routes: tuple[Route, ...] = ()
     switches: dict[str, ActorRef] = field(default_factory=dict)  # server -> its switch
     port_servers: dict[str, str] = field(default_factory=dict)  # external port -> server
+    origins: dict[int, str] = field(default_factory=dict)  # ingress credit origin -> its server
