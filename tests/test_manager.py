@@ -42,19 +42,18 @@ def test_running_example_takes_every_edge_and_accounts_for_every_packet(tmp_path
     policy_drops = {"switch: malformed", "switch: dropped by route logger.out->end",
                     "parental: blocked host youtube.com", "parental: blocked host www.youtube.com",
                     "parental: blocked host m.youtube.com"}
-    if workers == 0:
-        # One process: the replay is paced by the switch, so nothing is lost to overload.
-        assert set(s["drops"]) <= policy_drops, s["drops"]
-    else:
-        # Three processes on this machine's cores, replaying as fast as possible: overload drops
-        # are allowed, but only counted ones with a reason.
-        assert set(s["drops"]) - policy_drops <= {"switch: queue full", "ids: queue full", "shaper: queue full",
-                                                  "parental: queue full", "logger: queue full"} | \
-            {k for k in s["drops"] if "congested" in k}, s["drops"]
-    assert len(s["servers"]) == 1 + workers
+    # The replay is paced by the slowest consumer (ingress credits), in one process or in several:
+    # nothing is lost to overload, every drop is the policy's or an NF's decision.
+    assert set(s["drops"]) <= policy_drops, s["drops"]
+    assert s["lost"] == 0 and s["congestion_drops"] == 0
     if workers:
-        assert {i["server"] for i in s["instances"].values()} <= {"w1", "w2"}
-        assert s["inter_server_packets"] > 0
+        # One switch per worker, each with its shard of the flows and an instance of every NF:
+        # nothing crosses between workers, and the manager's process is off the packets' path.
+        assert s["servers"] == [f"w{i}" for i in range(1, workers + 1)]
+        assert {i["server"] for i in s["instances"].values()} == set(s["servers"])
+        assert s["inter_server_packets"] == 0
+    else:
+        assert len(s["servers"]) == 1
     # IDS-unsafe traffic is in the logger's pcap, which tcpdump reads.
     unsafe = list(read_packets(tmp_path / "out" / "unsafe.pcap"))
     assert 0 < len(unsafe) <= edges["ids.unsafe->logger"]

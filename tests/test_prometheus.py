@@ -86,6 +86,13 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(tmp_path: Path) ->
         batches = value(api, 'sum(e2_batch_seconds_count{nf="ids"})')
         assert batches is not None and batches > 0
         assert value(api, 'sum(e2_batch_seconds_bucket{nf="ids",le="+Inf"})') == batches
+        # Batch sizes per hop: what the ports read adds up to the packets in; the summary's mean
+        # per hop is the histogram's sum over its count.
+        assert value(api, 'sum(e2_hop_batch_packets_sum{hop="port_in"})') == s["packets_in"]
+        n_in = value(api, 'sum(e2_hop_batch_packets_count{hop="port_in"})')
+        assert n_in and abs(s["packets_in"] / n_in - s["batches"]["port_in"]) < 0.01
+        assert value(api, 'sum(e2_hop_batch_packets_bucket{hop="to_instance",le="+Inf"})') == \
+            value(api, 'sum(e2_hop_batch_packets_count{hop="to_instance"})')
         assert value(api, 'sum(e2_instance_restarts_total)') == 0
         # The series was scraped while the run lasted (a range query finds it).
         hist = query(api, 'e2_port_packets_total{port="in",direction="rx"}[30s]')

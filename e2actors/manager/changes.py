@@ -228,7 +228,8 @@ async def spawn_instance(mgr: Manager, inst: str, server: str, spec: NFSpec, bas
     ref = await mgr._spawn_on(server, "e2actors.nf.instance:NFInstance", name,
                               {"pipelet": spec.cls, "config": resolve_config(spec.config, base_dir), "nf": nf_of(inst),
                                "output": mgr.servers[server].switch, "monitor": mgr.ref,
-                               "report_interval": mgr.report_interval, "instance": inst})
+                               "report_interval": mgr.report_interval, "instance": inst,
+                               "clock": "replay" if mgr.clock == "packet" else "wall"})
     try:
         await mgr.node.ask(ref, GetStats(), timeout=10)
     except Exception as exc:

@@ -67,6 +67,11 @@ class Traffic:
     iface_in: str | None = None
     iface_out: str | None = None
 
+    @property
+    def replay(self) -> bool:
+        """A capture replayed as fast as the deployment takes it: the deployment keeps packet time."""
+        return bool(self.pcap) and not self.iface_in and not self.speed
+
     def ports(self) -> dict[str, tuple[str, dict[str, Any]]]:
         if self.iface_in:
             return {"in": ("afpacket", {"iface": self.iface_in}),
@@ -178,6 +183,12 @@ class Manager:
         self._lost_procs: list[subprocess.Popen] = []
         self.last_move_pause = 0.0
         self.recovery = Recovery(self)
+
+    @property
+    def clock(self) -> str:
+        """``packet`` while replaying a capture as fast as the deployment takes it (timeouts in
+        the capture's time, so the outcome does not depend on the machine's speed), else ``wall``."""
+        return "packet" if self.traffic.replay else "wall"
 
     # --- planning -------------------------------------------------------------------------------
     def hardware_for(self, hardware: Hardware | None) -> Hardware:
@@ -300,7 +311,8 @@ class Manager:
         sw = self.servers[server].switch
         ref = await self._spawn_on(server, "e2actors.nf.instance:NFInstance", inst,
                                    {"pipelet": spec.cls, "config": self._config(spec.config), "nf": nf, "output": sw,
-                                    "monitor": self.ref, "report_interval": self.report_interval})
+                                    "monitor": self.ref, "report_interval": self.report_interval,
+                                    "clock": "replay" if self.clock == "packet" else "wall"})
         self.instances[inst] = ref
         self.states[inst] = "running"
         self.node.watch(ref, self.ref)  # type: ignore[union-attr,arg-type]  # Terminated -> recovery
@@ -312,7 +324,8 @@ class Manager:
         assert self.plan_ is not None
         self.version += 1
         switches = {n: s.switch for n, s in self.servers.items() if s.switch is not None}
-        return self.plan_.tables(self.version, refs=self.instances, switches=switches, states=self.states)
+        return self.plan_.tables(self.version, refs=self.instances, switches=switches, states=self.states,
+                                 clock=self.clock)
 
     async def _push_tables(self) -> None:
         assert self.node is not None
@@ -552,6 +565,7 @@ class Manager:
         remote = 0
         lost = 0
         hops: dict[str, list[int]] = {}
+        t_first, t_last = [], []
         for server, s in st.get("switches", {}).items():
             if not isinstance(s, dict) or "routes" not in s:
                 continue
@@ -570,6 +584,10 @@ class Manager:
             cr = s.get("credits") or {}
             # Packets admitted and never finished (sent out, dropped, counted) when the run ended.
             lost += sum(max(0, n) for n in (cr.get("in_flight") or {}).values()) + cr.get("written_off", 0)
+            if s.get("t_first"):
+                t_first.append(s["t_first"])
+            if s.get("t_last"):
+                t_last.append(s["t_last"])
             for hop, h in (s.get("hops") or {}).items():
                 acc = hops.setdefault(hop, [0, 0])
                 acc[0] += h["batches"]
@@ -605,6 +623,9 @@ class Manager:
         return {
             "policy": plan.policy.name if plan else None,
             "seconds": round(st.get("t", 0.0), 3),
+            # From the first packet read to the last one sent out or dropped (without start-up
+            # and the quiet polls that tell the end): what throughput figures divide by.
+            "active_seconds": round(max(t_last) - min(t_first), 4) if t_first and t_last else 0.0,
             "servers": sorted(self.servers),
             "packets_in": packets_in,
             "packets_out": packets_out,

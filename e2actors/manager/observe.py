@@ -39,6 +39,29 @@ def histograms_from_stats(st: dict[str, Any]) -> list[tuple]:
             buckets.append((repr(le), float(cum)))
         buckets.append(("+Inf", float(cum + h[-1])))
         out.append(("e2_batch_seconds", "Time an NF instance spent on one batch", {"nf": nf}, buckets, sums[nf]))
+    out.extend(hop_histograms(st))
+    return out
+
+
+def hop_histograms(st: dict[str, Any]) -> list[tuple]:
+    """Batch sizes per hop of each switch (``port_in``: what a port read; ``to_instance`` /
+    ``from_instance``: batches to and from local NF instances; ``stream_work``: stream chunks'
+    packets per work; ``to_switch`` / ``from_switch``: between servers; ``to_port``: out of a
+    port; ``inline``: into an inline NF), as ``e2_hop_batch_packets``."""
+    from e2actors.switch.dataplane import HOP_BUCKETS
+
+    out = []
+    for server, s in st.get("switches", {}).items():
+        if not isinstance(s, dict):
+            continue
+        for hop, h in (s.get("hops") or {}).items():
+            cum, buckets = 0, []
+            for le, c in zip(HOP_BUCKETS, h["buckets"]):
+                cum += c
+                buckets.append((str(le), float(cum)))
+            buckets.append(("+Inf", float(cum + h["buckets"][-1])))
+            out.append(("e2_hop_batch_packets", "Packets per batch at one hop of a switch",
+                        {"server": server, "hop": hop}, buckets, float(h["packets"])))
     return out
 
 
@@ -70,6 +93,12 @@ def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], eve
              {"server": server, "actor": "switch"}, s["mailbox"]["depth"]))
         add(("e2_switch_inflight_batches", "gauge", "Batches sent to local instances, not yet back",
              {"server": server}, s["inflight"]))
+        add(("e2_switch_queued_packets", "gauge", "Packets waiting in the switch for local instances",
+             {"server": server}, s.get("queued", 0)))
+        cr = s.get("credits") or {}
+        for origin, n in (cr.get("in_flight") or {}).items():
+            add(("e2_ingress_credits_in_use", "gauge", "Packets an input port admitted that are still in the "
+                 "deployment (its credit window in use)", {"server": server, "origin": str(origin)}, max(0, n)))
         for nf, g in s.get("groups", {}).items():
             sst = g.get("stream") if isinstance(g, dict) else None
             if sst:  # a bytestream NF whose flows this switch reassembles

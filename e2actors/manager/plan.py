@@ -74,11 +74,11 @@ class Plan:
 
     def tables(self, version: int = 1, refs: Mapping[str, ActorRef] | None = None,
                switches: Mapping[str, ActorRef] | None = None,
-               states: Mapping[str, str] | None = None) -> dict[str, SwitchTable]:
+               states: Mapping[str, str] | None = None, clock: str = "wall") -> dict[str, SwitchTable]:
         """Each server's :class:`SwitchTable` (see :mod:`e2actors.manager.routing`)."""
         from e2actors.manager.routing import switch_tables
 
-        return switch_tables(self.policy, self.assignment, self.hardware, version, refs, switches, states)
+        return switch_tables(self.policy, self.assignment, self.hardware, version, refs, switches, states, clock)
 
     # --- scaling ---------------------------------------------------------------------------------
     def scale(self, nf: str, n: int) -> Plan:

@@ -92,7 +92,7 @@ def groups(policy: Policy, placement: Mapping[str, str], refs: Mapping[str, Acto
 
 def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardware, version: int = 1,
                   refs: Mapping[str, ActorRef] | None = None, switches: Mapping[str, ActorRef] | None = None,
-                  states: Mapping[str, str] | None = None) -> dict[str, SwitchTable]:
+                  states: Mapping[str, str] | None = None, clock: str = "wall") -> dict[str, SwitchTable]:
     """Each server's switch table (server -> table). ``refs`` gives instances' actors once deployed,
     ``switches`` each server's switch actor, ``states`` members' states (default ``running``)."""
     rs = routes(policy)
@@ -125,7 +125,7 @@ def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardwa
         if shards and server in shards:
             ps.update({p.name: server for p in hardware.ports.values()})  # each shard has its own
         out[server] = SwitchTable(version, server, tuple(per_server[server]), gs, rs, dict(switches or {}), ps,
-                                  dict(origins))
+                                  dict(origins), clock)
     return out
 
 

@@ -205,6 +205,11 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
         w("\nverdicts (packets): " + ", ".join(f"{k} {v:,}" for k, v in sorted(s["verdicts"].items())) + "\n")
     if s["alerts"]:
         w("IDS alerts by sid: " + ", ".join(f"{k}: {v}" for k, v in sorted(s["alerts"].items())) + "\n")
+    if s.get("batches"):
+        w("\nbatch sizes (mean packets per batch): " + ", ".join(f"{h} {m:g}" for h, m in s["batches"].items())
+          + f"; over all hops {s['batch_mean']:g}\n")
+    if s.get("lost"):
+        w(f"\nLOST: {s['lost']:,} packets admitted and never accounted for (neither sent nor dropped)\n")
     w("\nscaling events:\n")
     for e in s["scaling_events"]:
         w(f"  {e['t']:7.2f}s  {e['nf']:10} {e['kind']:12} {e['detail']}\n")

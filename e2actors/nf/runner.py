@@ -24,7 +24,11 @@ from e2actors.packet.packet import Packet
 
 __all__ = ["BATCH_BUCKETS", "PipeletRunner", "RunnerStats", "count_origins"]
 
-Clock = Literal["packet", "wall"]
+Clock = Literal["packet", "wall", "replay"]
+
+#: ``replay`` clock: wall seconds without a packet after which the pipelet's time moves on with the
+#: wall clock from the last packet's time (the end of a replay: timers fire, held packets leave).
+REPLAY_IDLE = 0.25
 
 _origin = operator.attrgetter("origin")
 
@@ -72,11 +76,17 @@ class RunnerStats:
 
 class PipeletRunner:
     """Feeds a pipelet and collects what it emits. ``clock="packet"`` takes the time from packet
-    timestamps (deterministic replays), ``"wall"`` from ``time.time()`` (live traffic)."""
+    timestamps (deterministic replays), ``"wall"`` from ``time.time()`` (live traffic);
+    ``"replay"`` is packet time while packets come, and once none came for :data:`REPLAY_IDLE`
+    seconds it moves on with the wall clock from the last packet's time (a capture replayed as
+    fast as the deployment takes it: results do not depend on the machine's speed, and what is
+    held at the end still leaves)."""
 
     def __init__(self, pipelet: Pipelet, clock: Clock = "wall") -> None:
         self.pipelet = pipelet
         self.clock = clock
+        self._last_ts = 0.0  # (replay) the latest packet time seen, and when (monotonic)
+        self._wall_last = time.monotonic()
         self.stats = RunnerStats()
         self.started = False
         self._next_timer: float | None = None
@@ -123,11 +133,14 @@ class PipeletRunner:
         st.batches += 1
         st.packets_in += n
         st.bytes_in += sum([len(x.data) for x in pkts])
-        if self.clock == "packet":
+        clock = self.clock
+        if clock == "packet":
             if n and pkts[-1].ts > p.now:
                 p.now = pkts[-1].ts
-        else:
+        elif clock == "wall":
             p.now = time.time()
+        else:
+            self._seen(pkts)
         t0 = time.perf_counter()
         try:
             if self._stream is None:
@@ -164,7 +177,7 @@ class PipeletRunner:
         st.batches += 1
         st.packets_in += packets
         st.bytes_in += nbytes
-        if self.clock != "packet":
+        if self.clock == "wall":
             p.now = time.time()
         ports = self._port_set
         t0 = time.perf_counter()
@@ -177,6 +190,8 @@ class PipeletRunner:
                     for c in carriers:
                         if c.ts > p.now:
                             p.now = c.ts
+                elif self.clock == "replay" and carriers:
+                    self._seen(carriers)
                 a = tell(p, kind, flow, direction, arg, carriers)
                 if a is not None:
                     port = a if type(a) is str else getattr(a, "port", "")
@@ -259,6 +274,16 @@ class PipeletRunner:
         self._settle(out)
         return out
 
+    def _seen(self, pkts: Any) -> None:
+        """(replay clock) packets came: their time is the pipelet's."""
+        ts = max([x.ts for x in pkts]) if pkts else 0.0
+        if ts > self._last_ts:
+            self._last_ts = ts
+        self._wall_last = time.monotonic()
+        p = self.pipelet
+        if self._last_ts > p.now:
+            p.now = self._last_ts
+
     def _settle(self, out: dict[str, list[Packet]] | None) -> None:
         """Credit accounting after a call: what left holds its credit on; what the pipelet dropped
         is finished; once it holds nothing, whatever credit is left was consumed (a pipelet that
@@ -324,6 +349,10 @@ class PipeletRunner:
             p.now = max(p.now, now)
         elif self.clock == "wall":
             p.now = time.time()
+        elif self.clock == "replay":
+            idle = time.monotonic() - self._wall_last
+            if idle > REPLAY_IDLE and self._last_ts:
+                p.now = max(p.now, self._last_ts + idle - REPLAY_IDLE)
         t0 = time.perf_counter()
         self._housekeeping()
         self.stats.busy_seconds += time.perf_counter() - t0

@@ -387,9 +387,17 @@ class PcapWriter:
         linktype: int = LINKTYPE_ETHERNET,
         snaplen: int = 262144,
         nanosecond: bool = False,
+        append: bool = False,
     ) -> None:
+        header = True
         if isinstance(dst, (str, bytes, os.PathLike)):
-            self._f: IO[bytes] = open(dst, "wb")
+            # append: go on after the records of an existing file (written by this class with the
+            # same settings); a new or empty file gets its header.
+            if append and os.path.exists(dst) and os.path.getsize(dst) >= 24:
+                header = False
+                self._f: IO[bytes] = open(dst, "ab")
+            else:
+                self._f = open(dst, "wb")
             self._owned = True
         else:
             self._f, self._owned = dst, False
@@ -400,7 +408,8 @@ class PcapWriter:
         self._mul = 1_000_000_000 if nanosecond else 1_000_000
         self._rec = struct.Struct("<IIII").pack
         magic = PCAP_MAGIC_NS if nanosecond else PCAP_MAGIC_US
-        self._f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
+        if header:
+            self._f.write(struct.pack("<IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype))
 
     def write(self, data: bytes, ts: float = 0.0, wirelen: int | None = None) -> None:
         """Append one record; frames longer than the snap length are cut (wirelen keeps the truth)."""

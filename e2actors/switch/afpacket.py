@@ -56,6 +56,9 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_IGNORE_OUTGOING = 23
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 TPACKET_V2 = 1
 SIOCGIFMTU = 0x8921
 
@@ -100,9 +103,15 @@ class AfPacketPort(Port):
     kind = "afpacket"
     is_input = True
     is_output = True
+    pausable = True
 
-    def __init__(self, name: str, iface: str, batch: int = 256, mode: str = "ring", ring_frames: int = 4096) -> None:
+    def __init__(self, name: str, iface: str, batch: int = 256, mode: str = "ring", ring_frames: int = 4096,
+                 fanout: int | None = None) -> None:
         super().__init__(name)
+        #: A PACKET_FANOUT group id: several sockets (switch processes) on this interface share
+        #: its traffic by flow hash (the kernel's symmetric hash, after defragmentation).
+        self.fanout = fanout
+        self._paused = False
         if mode not in ("ring", "recv"):
             raise E2Error(f"port {name}: afpacket mode must be ring or recv, not {mode!r}")
         self.iface = iface
@@ -147,6 +156,15 @@ class AfPacketPort(Port):
             self._unmap()
             s.close()
             raise E2Error(f"port {self.name}: cannot bind to interface {self.iface!r}: {exc}") from None
+        if self.fanout is not None:
+            try:
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT,
+                             (int(self.fanout) & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16))
+            except OSError as exc:
+                self._unmap()
+                s.close()
+                raise E2Error(f"port {self.name}: cannot join fanout group {self.fanout} on {self.iface!r}: "
+                              f"{exc}") from None
         s.setblocking(False)
         if self.mode == "recv":
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -154,7 +172,21 @@ class AfPacketPort(Port):
         self.sock = s
         self._ingress = ingress
         self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(s.fileno(), self._readable_ring if self.mode == "ring" else self._readable)
+        if not self._paused:
+            self._loop.add_reader(s.fileno(), self._readable_ring if self.mode == "ring" else self._readable)
+
+    def pause(self) -> None:
+        """Stop reading: frames wait in the kernel's ring, which drops (counted) when full."""
+        if not self._paused:
+            self._paused = True
+            if self.sock is not None and self._loop is not None:
+                self._loop.remove_reader(self.sock.fileno())
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self.sock is not None and self._loop is not None:
+                self._loop.add_reader(self.sock.fileno(), self._readable_ring if self.mode == "ring" else self._readable)
 
     def _setup_rings(self, s: socket.socket) -> None:
         need = _TX_DATA_OFF + 64 + 18 + _mtu(s, self.iface)  # slot header, sockaddr_ll, ether + vlan
@@ -366,7 +398,7 @@ class AfPacketPort(Port):
 
     async def close(self) -> None:
         if self.sock is not None:
-            if self._loop is not None:
+            if self._loop is not None and not self._paused:
                 self._loop.remove_reader(self.sock.fileno())
             self._kernel_drops()
             self._unmap()

@@ -36,7 +36,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from e2actors.nf.messages import NFBatch, StreamWork
-from e2actors.nf.runner import PipeletRunner
+from e2actors.nf.runner import REPLAY_IDLE, PipeletRunner
 from e2actors.nf.stream import CHUNK, GAP
 from e2actors.packet.batch import MAX_BATCH, Batch
 from e2actors.packet.packet import Packet
@@ -168,11 +168,69 @@ class Dataplane:
         self._dirty: dict[str, Group] = {}
         self._ready: set[str] = set()  # instances whose queue has packets
         self._sends: list[Send] = []
+        #: Wall-clock times of the first packet a port read and of the last packet that left or
+        #: was dropped here (a run's active time, across processes of one machine).
+        self.t_first = 0.0
+        self.t_last = 0.0
+        self.drops_changed = False
+        # The dataplane's clock (see _clock): "wall", or "packet" for a capture replayed as fast
+        # as the deployment takes it (timeouts in the capture's time: results do not depend on
+        # the machine's speed).
+        self.clock = "wall"
+        self.now = 0.0
+        self.last_ts = 0.0
+        self.wall = 0.0
+        self.wall_last = 0.0
+        #: Every local input port is done (a replay ended): packet time goes on with the wall.
+        self.inputs_done = False
+        self._stage_ts: dict[str, float] = {}
+
+    # --- time -----------------------------------------------------------------------------------
+    def _clock(self, wall: float, pkts: list[Packet] | None = None) -> float:
+        """The dataplane's time at wall-clock ``wall``, with ``pkts`` just arrived. Packet clock:
+        the latest packet time seen; when no packet came for REPLAY_IDLE seconds (at once when
+        the local inputs are done) it moves on with the wall clock from there. Never backwards."""
+        self.wall = wall
+        if self.clock != "packet":
+            self.now = wall
+            return wall
+        if pkts:
+            ts = max([p.ts for p in pkts])
+            if ts > self.last_ts:
+                self.last_ts = ts
+            self.wall_last = wall
+        idle = wall - self.wall_last
+        grace = 0.0 if self.inputs_done else REPLAY_IDLE
+        if idle > grace and self.last_ts:
+            t = self.last_ts + idle - grace
+            if t > self.now:
+                self.now = t
+        elif self.last_ts > self.now:
+            self.now = self.last_ts
+        return self.now
+
+    def _stage(self, key: str, pkts: list[Packet] | None) -> float:
+        """The time at one stage of the chain (a source's classification, an NF group): with the
+        packet clock, the latest packet time seen there (stages after a bytestream NF lag behind
+        the ingress by what waits for its verdicts, and their timeouts must not count that lag),
+        plus the clock's run past the last packet when the input went quiet."""
+        if self.clock != "packet":
+            return self.now
+        cur = self._stage_ts.get(key, 0.0)
+        if pkts:
+            ts = max([p.ts for p in pkts])
+            if ts > cur:
+                cur = self._stage_ts[key] = ts
+        return (cur or self.last_ts) + (self.now - self.last_ts)
 
     # --- tables ---------------------------------------------------------------------------------
-    def install(self, table: SwitchTable, runners: dict[str, PipeletRunner], now: float) -> None:
+    def install(self, table: SwitchTable, runners: dict[str, PipeletRunner], wall: float) -> None:
         """Swap in ``table`` (atomically for the traffic). ``runners``: the inline NFs' runners,
         built by the shell (they start asynchronously)."""
+        if table.clock != self.clock:
+            self.clock = table.clock
+            self.now = 0.0  # (a new kind of time: the first table's, in practice)
+        now = self._clock(wall)
         groups: dict[str, Group] = {}
         for gs in table.groups:
             old_g = self.groups.get(gs.nf)
@@ -216,6 +274,7 @@ class Dataplane:
         self.instance_nf = {m.instance: gs.nf for gs in table.groups for m in gs.members}
         self.table = table
         self.version = table.version
+        self.clock = table.clock
         self.port_names = frozenset(p.name for p in table.ports)
         self.live = self.live_traffic or any(p.kind == "afpacket" for p in table.ports)
         self.reverse_of = {spec.name: str(spec.params["reverse_of"]) for spec in table.ports
@@ -245,13 +304,16 @@ class Dataplane:
     def admit(self, port: str, pkts: list[Packet]) -> None:
         """A port read ``pkts``: they take its credit (called as they are read)."""
         o = self.port_origin.get(port)
+        if not self.t_first and pkts:
+            self.t_first = time.time()
         if o:
             for p in pkts:
                 p.origin = o
             self.credits.admit(o, len(pkts))
 
-    def ingress(self, port: str, pkts: list[Packet], now: float) -> None:
+    def ingress(self, port: str, pkts: list[Packet], wall: float) -> None:
         """A batch from a local external port."""
+        now = self._clock(wall, pkts)
         self._hop("port_in", len(pkts))
         good = []
         bad = []
@@ -278,13 +340,14 @@ class Dataplane:
             self.route(f"port:{port}", good, now)
 
     def from_instance(self, instance: str, seq: int, outputs: Any, dropped: int, lost: int,
-                      finished: Any, now: float) -> None:
+                      finished: Any, wall: float) -> None:
         """An instance's ``NFOutput``: its answer to batch ``seq`` (or, ``seq < 0``, output of
         its own: timers, held packets released)."""
+        now = self._clock(wall)
         q = self._queues.get(instance)
         if seq >= 0 and q is not None:
             q.out.pop(seq, None)
-            q.last = now
+            q.last = wall
             if q.backlog:
                 self._ready.add(instance)
         if finished:
@@ -309,8 +372,9 @@ class Dataplane:
             if batch.packets:
                 self.route(f"nf:{nf}.{port}", batch.packets, now)
 
-    def from_inline(self, nf: str, out: dict[str, list[Packet]], finished: Any, now: float) -> None:
+    def from_inline(self, nf: str, out: dict[str, list[Packet]], finished: Any, wall: float) -> None:
         """What an inline NF emitted (the shell ran it)."""
+        now = self._clock(wall)
         if finished:
             self.credits.finish_counts(finished)
         for port, lst in out.items():
@@ -322,8 +386,9 @@ class Dataplane:
             self.credits.finish_counts(finished)
         self.drops[f"nf error in {nf}: {type(exc).__name__}"] += len(pkts)
 
-    def from_remote(self, target: str, pkts: list[Packet], now: float) -> None:
+    def from_remote(self, target: str, pkts: list[Packet], wall: float) -> None:
         """A ``RemoteBatch`` from another server's switch."""
+        now = self._clock(wall, pkts)
         self.remote_rx += len(pkts)
         self._hop("from_switch", len(pkts))
         kind, _, name = target.partition(":")
@@ -381,7 +446,8 @@ class Dataplane:
             self._deliver(r.target, pkts, r.name, now)
             return
         if cls.needs_domain(source):
-            idxs = [self._classify_domain(source, pkt, now) for pkt in pkts]
+            snow = self._stage(source, pkts)
+            idxs = [self._classify_domain(source, pkt, snow) for pkt in pkts]
         else:
             idxs = cls.classify_many(source, pkts)
         by_route: dict[int, list[Packet]] = {}
@@ -500,6 +566,7 @@ class Dataplane:
                 lst.extend(pkts)
             g.sent[nf] += len(pkts)
             return
+        now = self._stage(nf, pkts)
         if g.only is not None:  # affinity none, one instance: no per-packet choice to make
             self._to_instance(g, g.only, pkts, now)
             return
@@ -550,7 +617,7 @@ class Dataplane:
         q = self._queues.get(inst)
         if q is None:
             q = self._queues[inst] = _Queue()
-            q.last = now
+            q.last = self.wall
         room = self.max_queue - len(q.backlog)
         if room < len(pkts):
             over = pkts[max(room, 0):]
@@ -559,7 +626,7 @@ class Dataplane:
             self.congestion[inst] += len(over)
         if pkts:
             if not q.backlog and not q.out:
-                q.last = now  # (an idle instance's clock starts with its first packet)
+                q.last = self.wall  # (an idle instance's clock starts with its first packet)
             q.backlog.extend(pkts)
             self._ready.add(inst)
 
@@ -624,6 +691,7 @@ class Dataplane:
     def drop(self, pkts: list[Packet], reason: str) -> None:
         """Drop ``pkts``, counted under ``reason`` (their credits go back)."""
         self.drops[reason] += len(pkts)
+        self.drops_changed = True
         self.credits.finish(pkts)
         if self.trace_every:
             self._finish_traces(pkts, f"drop {reason}")
@@ -644,21 +712,25 @@ class Dataplane:
         h[2][min((n - 1).bit_length(), len(HOP_BUCKETS)) if n > 0 else 0] += 1
 
     # --- the end of a turn ----------------------------------------------------------------------
-    def take(self, now: float) -> tuple[list[Send], dict[str, list[Packet]], dict[str, list[Packet]]]:
+    def take(self, wall: float) -> tuple[list[Send], dict[str, list[Packet]], dict[str, list[Packet]]]:
         """What this turn decided: ``(sends, port outputs, inline work)``. Sends are
         ``(ref, message, context)``; report each failed send, and each send with a context, to
         :meth:`settle`. Port outputs are counted finished here (the shell hands them to the
         ports). Inline work: ``nf -> packets`` to run; feed the result to :meth:`from_inline`
         and call ``take`` again."""
+        now = self._clock(wall)
         if self._dirty:
             self._pump_streams(now)
         sends = self._sends
         self._sends = []
         if self._ready:
-            self._fill(now, sends)
+            self._fill(wall, sends)
         if self._to_remote:
             self._flush_remote(sends)
         ports = self._to_ports
+        if ports or self.drops_changed:
+            self.t_last = wall
+            self.drops_changed = False
         if ports:
             self._to_ports = {}
             for lst in ports.values():
@@ -676,7 +748,7 @@ class Dataplane:
                     sends.append((ref, Credit(pairs), None))
         return sends, ports, inline
 
-    def _fill(self, now: float, sends: list[Send]) -> None:
+    def _fill(self, wall: float, sends: list[Send]) -> None:
         """Cut the waiting packets of ready instances into batches, within their windows."""
         ready = self._ready
         self._ready = set()
@@ -706,7 +778,7 @@ class Dataplane:
                 self._seq += 1
                 q.out[self._seq] = pkts
                 if len(q.out) == 1:
-                    q.last = now
+                    q.last = wall
                 self._hop("to_instance", len(pkts))
                 sends.append((m.ref, NFBatch(Batch(pkts), self._seq), inst))
 
@@ -818,7 +890,7 @@ class Dataplane:
             if g is None or m is None:
                 self.drop(self._held.pop(inst), f"held for vanished instance {inst}")
             elif m.state != "moving":
-                self._to_instance(g, inst, self._held.pop(inst), time.time())
+                self._to_instance(g, inst, self._held.pop(inst), self.now)
 
     def _forget_gone(self) -> None:
         """Batches at instances that failed or left the table will not come back: count their
@@ -846,13 +918,14 @@ class Dataplane:
                 st.fail(inst, f"lost with failed instance {inst}" if m is not None else f"instance {inst} gone")
                 self._dirty[nf] = g
 
-    def housekeeping(self, now: float, alive: Any = None) -> list[Send]:
+    def housekeeping(self, wall: float, alive: Any = None) -> list[Send]:
         """Timeouts (domain holds, stream gaps, flows, drains, stalled instances). ``alive(ref)``
         tells whether a local actor still runs (for stream work at replaced actors). Returns the
         ``Drained`` notices for the manager; call :meth:`take` after."""
+        now = self._clock(wall)
         notices: list[Send] = []
         for key, (t0, pkts) in list(self._pending.items()):
-            if now - t0 >= self.hold_seconds:
+            if self._stage(key[0], None) - t0 >= self.hold_seconds:
                 del self._pending[key]
                 self._pending_n -= len(pkts)
                 self.hosts.give_up(pkts[0], now)
@@ -863,7 +936,7 @@ class Dataplane:
             self._deliver(t, lst, n, now)
         self.hosts.expire(now)
         for inst, q in self._queues.items():
-            if q.backlog and q.out and now - q.last > self.stall_timeout:
+            if q.backlog and q.out and wall - q.last > self.stall_timeout:
                 # The instance took batches and has not answered for a long time: what waits
                 # for it goes, so the ingress' credits are not held by a stuck consumer.
                 self.drop(q.backlog, f"instance {inst} stalled")
@@ -874,13 +947,14 @@ class Dataplane:
         for nf, g in self.groups.items():
             if g.balancer is None:
                 continue
+            gnow = self._stage(nf, None)
             if g.stream is not None:
-                g.stream.advance(now)  # gap and idle timeouts of the reassembled flows
+                g.stream.advance(gnow)  # gap and idle timeouts of the reassembled flows
                 if alive is not None:
                     self._stale_stream_work(g, alive)
                 if g.stream.has_work or g.stream.has_released:
                     self._dirty[nf] = g
-            g.balancer.tick(now)
+            g.balancer.tick(gnow)
             for inst in g.balancer.take_drained():  # each drain is reported once
                 if self.manager is not None:
                     notices.append((self.manager, Drained(nf, inst, self.server), None))
@@ -944,7 +1018,8 @@ class Dataplane:
             "pending_domain_flows": len(self._pending), "hosts_learned": self.hosts.learned,
             "classifier": self.classifier.stats() if self.classifier is not None else None,
             "credits": self.credits.stats(), "congestion": dict(self.congestion),
-            "hops": self.hop_stats(),
+            "hops": self.hop_stats(), "t_first": self.t_first, "t_last": self.t_last,
+            "clock": {"kind": self.clock, "now": self.now, "last_packet": self.last_ts, "inputs_done": self.inputs_done},
         }
 
 

@@ -86,6 +86,7 @@ class PcapInPort(Port):
         #: (k, n): keep only the flows of shard k of n (see e2actors.manager.shards).
         self.shard = (int(shard[0]), int(shard[1])) if shard else None
         self.skipped = 0
+        self._t0 = 0.0
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
 
@@ -102,13 +103,23 @@ class PcapInPort(Port):
         else:
             shard_of = None
             k = n = 0
+        offset = 0.0  # later loops of a capture replayed in packet time come after the earlier ones
+        t_max = 0.0
         try:
-            for _ in range(self.loops):
+            for loop in range(self.loops):
                 t_first = None
                 wall0 = time.monotonic()
+                if loop and self.speed <= 0:
+                    offset = t_max + 1.0 - self._t0
                 with open_capture(self.path) as reader:
                     cur: list[Packet] = []
                     for ts, data, wirelen, lt, _if in reader:
+                        if not self._t0:
+                            self._t0 = ts
+                        if offset:
+                            ts += offset
+                        if ts > t_max:
+                            t_max = ts
                         if self.speed > 0:
                             if t_first is None:
                                 t_first = ts
@@ -236,5 +247,5 @@ def make_port(name: str, kind: str, params: dict[str, Any]) -> Port:
         from e2actors.switch.afpacket import AfPacketPort
 
         return AfPacketPort(name, params["iface"], params.get("batch", 256), params.get("mode", "ring"),
-                            params.get("ring_frames", 4096))
+                            params.get("ring_frames", 4096), params.get("fanout"))
     raise E2Error(f"port {name}: unknown kind {kind!r} (pcap-in, pcap-out, memory, null, afpacket)")

@@ -319,7 +319,7 @@ class Switch(Actor):
             cls = resolve_pipelet(gs.pipelet, self.node.allow_spawn)
             p = cls()
             p.name = f"{gs.nf}@{self.server}"
-            runner = PipeletRunner(p, clock="wall")
+            runner = PipeletRunner(p, clock="replay" if table.clock == "packet" else "wall")
             await runner.start(dict(gs.config))
             runners[gs.nf] = runner
         old_runners = [g.runner for g in dp.groups.values() if g.runner is not None]
@@ -348,6 +348,8 @@ class Switch(Actor):
         def alive(ref: ActorRef) -> bool:
             return ref.node != here or node.is_alive(ref)
 
+        inputs = [p for p in self.ports.values() if p.is_input]
+        dp.inputs_done = bool(inputs) and all(p.done for p in inputs)
         for ref, msg, _ctx in dp.housekeeping(now, alive):
             self._send(ref, msg, None)
         for nf, g in list(dp.groups.items()):

@@ -96,3 +96,6 @@ class SwitchTable:
     switches: dict[str, ActorRef] = field(default_factory=dict)  # server -> its switch
     port_servers: dict[str, str] = field(default_factory=dict)  # external port -> server
     origins: dict[int, str] = field(default_factory=dict)  # ingress credit origin -> its server
+    #: ``wall``, or ``packet``: the deployment replays a capture as fast as it goes, and switches
+    #: keep time by the packets' timestamps (see e2actors.switch.dataplane).
+    clock: str = "wall"

@@ -1,22 +1,34 @@
 """``Logger``: writes every packet it sees to a pcap file and a JSON line with its metadata.
 
-Config: ``pcap`` (path; ``{instance}`` is replaced by the instance name so several instances do
-not share a file), ``jsonl`` (path, default: the pcap path with ``.jsonl``), ``snaplen``. The pcap
-is readable by tcpdump; each JSON line holds time, lengths, addresses, ports, the flow's direction
-and ``meta`` (the verdicts and tags earlier NFs attached). Packets pass on to ``out``.
+Config: ``pcap`` (path), ``jsonl`` (path, default: the pcap path with ``.jsonl``), ``snaplen``.
+The pcap is readable by tcpdump; each JSON line holds time, lengths, addresses, ports, the flow's
+direction and ``meta`` (the verdicts and tags earlier NFs attached). Packets pass on to ``out``.
+
+Several instances (a scale-out, or one per shard) never write one file at once. With
+``{instance}`` in a path, each instance writes its own file (``{instance}`` replaced by its name,
+``/`` made ``_``). Without it, each instance writes a part file next to it,
+``PATH.part-INSTANCE-PID``, and when the last instance of the group on that machine stops, the
+parts are merged into ``PATH`` by timestamp (each instance's own order kept) under a lock file
+``PATH.lock``; parts left by a process that died are merged too. An instance restarted after a
+crash appends to its part (nothing it wrote is wiped).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import glob
+import heapq
 import json
 import os
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
-from e2actors.packet.pcap import PcapWriter
+from e2actors.packet.pcap import PcapWriter, open_capture
 
-__all__ = ["Logger"]
+__all__ = ["Logger", "merge_parts"]
 
 
 class Logger(Pipelet):
@@ -27,16 +39,24 @@ class Logger(Pipelet):
 
     async def setup(self, config: dict[str, Any]) -> None:
         name = self.name.replace("/", "_")
-        pcap = str(config.get("pcap", "logger-{instance}.pcap")).format(instance=name)
-        jsonl = config.get("jsonl")
-        jsonl = str(jsonl).format(instance=name) if jsonl else os.path.splitext(pcap)[0] + ".jsonl"
+        pcap_t = str(config.get("pcap", "logger-{instance}.pcap"))
+        jsonl_t = config.get("jsonl")
+        jsonl_t = str(jsonl_t) if jsonl_t else os.path.splitext(pcap_t)[0] + ".jsonl"
+        pcap, jsonl = pcap_t.format(instance=name), jsonl_t.format(instance=name)
         for path in (pcap, jsonl):
             d = os.path.dirname(path)
             if d:
                 os.makedirs(d, exist_ok=True)
         self.pcap_path, self.jsonl_path = pcap, jsonl
-        self.writer = PcapWriter(pcap, snaplen=int(config.get("snaplen", 262144)))
-        self.jsonl: TextIO = open(jsonl, "a", encoding="utf-8")
+        # One file per instance, or a part of a shared one (see the module docstring).
+        self.shared = "{instance}" not in pcap_t
+        suffix = f".part-{name}-{os.getpid()}"
+        self._files = [(pcap, pcap + suffix if self.shared else pcap),
+                       (jsonl, jsonl + suffix if self.shared and "{instance}" not in jsonl_t else jsonl)]
+        wpcap, wjsonl = self._files[0][1], self._files[1][1]
+        # (A restart after a crash goes on after what its part holds.)
+        self.writer = PcapWriter(wpcap, snaplen=int(config.get("snaplen", 262144)), append=self.shared)
+        self.jsonl: TextIO = open(wjsonl, "a" if self.shared else "w", encoding="utf-8")
 
     async def process(self, batch: Batch) -> None:
         w = self.writer
@@ -60,6 +80,92 @@ class Logger(Pipelet):
     async def teardown(self) -> None:
         self.writer.close()
         self.jsonl.close()
+        if self.shared:
+            for path, part in self._files:
+                if part != path:
+                    merge_parts(path, part)
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+    with open(path + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _alive(part: str) -> bool:
+    try:
+        pid = int(part.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def merge_parts(path: str, part: str) -> bool:
+    """``part`` of shared output ``path`` is complete: mark it done, and if no other writer of
+    ``path`` is still at work, merge every done part into ``path`` (by timestamp) and remove
+    them. Returns True when this call merged."""
+    with _locked(path):
+        done = part.replace(".part-", ".done-", 1)
+        if os.path.exists(part):
+            os.replace(part, done)
+        if any(_alive(p) for p in glob.glob(glob.escape(path) + ".part-*")):
+            return False  # another instance still writes: the last one merges
+        parts = sorted(glob.glob(glob.escape(path) + ".done-*")) + \
+            sorted(glob.glob(glob.escape(path) + ".part-*"))  # (parts of writers that died)
+        if not parts:
+            return False
+        tmp = path + ".merging"
+        if path.endswith(".jsonl"):
+            _merge_jsonl(parts, tmp)
+        else:
+            _merge_pcap(parts, tmp)
+        os.replace(tmp, path)
+        for p in parts:
+            os.unlink(p)
+        return True
+
+
+def _merge_pcap(parts: list[str], out: str) -> None:
+    def records(k: int, p: str) -> Iterator[tuple]:
+        try:
+            with open_capture(p) as r:
+                for j, (ts, data, wirelen, _lt, _if) in enumerate(r):
+                    yield ts, k, j, data, wirelen
+        except Exception:  # an empty or cut part (a writer killed mid-record): what it holds
+            return
+
+    with PcapWriter(out) as w:
+        for ts, _k, _j, data, wirelen in heapq.merge(*(records(k, p) for k, p in enumerate(parts))):
+            w.write(data, ts, wirelen)
+
+
+def _merge_jsonl(parts: list[str], out: str) -> None:
+    def lines(k: int, p: str) -> Iterator[tuple]:
+        with open(p, encoding="utf-8") as f:
+            for j, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    ts = float(json.loads(line).get("ts", 0.0))
+                except (ValueError, AttributeError):
+                    ts = 0.0
+                yield ts, k, j, line if line.endswith("\n") else line + "\n"
+
+    with open(out, "w", encoding="utf-8") as f:
+        for _ts, _k, _j, line in heapq.merge(*(lines(k, p) for k, p in enumerate(parts))):
+            f.write(line)
 
 
 def _jsonable(x: Any) -> Any:
