@@ -44,6 +44,7 @@ async def deploy(tmp_path: Path, policy_text: str, **kw) -> tuple[Manager, objec
     kw.setdefault("workers", 2)
     kw.setdefault("worker_cores", 2)
     kw.setdefault("autoscale", False)
+    kw.setdefault("shards", False)  # the ports in this process, the instances on the workers
     mgr = Manager(**kw)
     plan = mgr.plan(Policy.load(pol))
     await mgr.deploy(plan, Traffic())

@@ -208,8 +208,10 @@ ports:
     # 3. The IDS signature split across two TCP segments: flagged unsafe, logged to the pcap.
     c.curl(f"http://{WEB_IP2}:8081/id", None, 3)  # the flow is cut once unsafe: curl's result does not matter
     time.sleep(1.5)  # the logger flushes its files once a second
-    assert pcap.exists() or list(tmp.glob("unsafe*.pcap")), list(tmp.iterdir())
-    logged = pcap if pcap.exists() else sorted(tmp.glob("unsafe*.pcap"))[0]
+    # (during the run, a logger group's pcap is in part files, one per instance: PATH.part-INSTANCE-PID)
+    parts = sorted(tmp.glob("unsafe.pcap.part-*"))
+    assert pcap.exists() or parts, list(tmp.iterdir())
+    logged = pcap if pcap.exists() else parts[0]
     td = subprocess.run(["tcpdump", "-r", str(logged), "-n", "-A"], capture_output=True, text=True, timeout=20)
     assert td.returncode == 0, td.stderr
     # The segment that completed the signature (its first half went out before anything matched)

@@ -37,7 +37,7 @@ async def feed(port, trace: list[bytes], start: int, rate: float, seconds: float
 async def test_scale_out_and_in_under_load(tmp_path: Path) -> None:
     pol = tmp_path / "burn.yaml"
     pol.write_text(POLICY)
-    mgr = Manager(workers=2, worker_cores=1, allow=("scaling_nfs",), report_interval=0.2,
+    mgr = Manager(workers=2, worker_cores=1, allow=("scaling_nfs",), report_interval=0.2, shards=False,
                   scaling=ScalingPolicy(high=0.6, low=0.15, sustain=0.6, cooldown=1.5))
     try:
         plan = mgr.plan(Policy.load(pol))

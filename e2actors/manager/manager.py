@@ -66,6 +66,9 @@ class Traffic:
     out: str | None = None
     iface_in: str | None = None
     iface_out: str | None = None
+    #: Live interfaces as a bump in the wire: what arrives on ``iface_out`` is the return direction
+    #: (it takes the policy as if it entered at ``in``, and leaves through ``iface_in``).
+    both_ways: bool = False
 
     @property
     def replay(self) -> bool:
@@ -74,8 +77,10 @@ class Traffic:
 
     def ports(self) -> dict[str, tuple[str, dict[str, Any]]]:
         if self.iface_in:
-            return {"in": ("afpacket", {"iface": self.iface_in}),
-                    "out": ("afpacket", {"iface": self.iface_out or self.iface_in})}
+            out: dict[str, Any] = {"iface": self.iface_out or self.iface_in}
+            if self.both_ways:
+                out["reverse_of"] = "in"
+            return {"in": ("afpacket", {"iface": self.iface_in}), "out": ("afpacket", out)}
         if self.pcap:
             return {"in": ("pcap-in", {"path": self.pcap, "speed": self.speed, "loop": self.loop}),
                     "out": ("pcap-out", {"path": self.out}) if self.out else ("null", {})}
@@ -279,7 +284,10 @@ class Manager:
                                                "live": any(p.kind == "afpacket" for p in hw.ports.values())})
         for inst, server in plan.assignment.items():
             await self._spawn_instance(inst, server)
-        await self._push_tables()
+        # Shards sharing live interfaces join each PACKET_FANOUT group in the same order (the
+        # kernel hands a flow to the member at the same index in every group: both directions
+        # of a connection reach one switch), so their first tables go one server at a time.
+        await self._push_tables(sequential=bool(hw.shards) and any(p.kind == "afpacket" for p in hw.ports.values()))
         self.deployed = True
         self.t0 = time.monotonic()
         self._event("*", "deploy", f"{len(self.instances)} instances on {len(self.servers)} servers")
@@ -327,7 +335,7 @@ class Manager:
         return self.plan_.tables(self.version, refs=self.instances, switches=switches, states=self.states,
                                  clock=self.clock)
 
-    async def _push_tables(self) -> None:
+    async def _push_tables(self, sequential: bool = False) -> None:
         assert self.node is not None
         tables = self.tables()
 
@@ -336,7 +344,12 @@ class Manager:
             await self.node.ask(self.servers[server].switch, SetTable(t), timeout=10)  # type: ignore[arg-type]
             log.debug("table v%d on %s in %.1f ms", t.version, server, (time.monotonic() - t0) * 1e3)
 
-        await asyncio.gather(*(push(s, t) for s, t in tables.items() if self.servers.get(s) and self.servers[s].switch))
+        todo = [(s, t) for s, t in tables.items() if self.servers.get(s) and self.servers[s].switch]
+        if sequential:
+            for s, t in todo:
+                await push(s, t)
+        else:
+            await asyncio.gather(*(push(s, t) for s, t in todo))
 
     # --- scaling --------------------------------------------------------------------------------
     async def scale(self, nf: str, n: int, reason: str = "by request") -> None:
@@ -607,6 +620,7 @@ class Manager:
                                "dropped": i["dropped"], "refused_batches": i.get("mailbox_dropped", 0),
                                "lost": i["lost"],
                                "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
+                               "counters": dict(i.get("counters", {})),
                                "busy_seconds": round(i["busy_seconds"], 4)}
             for reason, n in i.get("drops", {}).items():
                 drops[f"{nf_of(inst)}: {reason}"] += n
@@ -649,6 +663,17 @@ class Manager:
     async def stop(self) -> None:
         """Stop switches, instances and workers."""
         if self.node is not None:
+            # Instances first, each with its teardown (files closed, a logger group's parts
+            # merged), wherever they run: an agent outlives the run.
+            node = self.node
+
+            async def stop_one(ref: ActorRef) -> None:
+                try:
+                    await node.ask(node.system_ref(ref.node), StopActor(ref.name), timeout=5)
+                except Exception as exc:
+                    log.debug("stopping %s: %r", ref, exc)
+
+            await asyncio.gather(*(stop_one(r) for r in list(self.instances.values()) if r.node != node.address))
             for srv in self.servers.values():
                 if srv.switch is not None and srv.node_address != self.node.address:
                     try:

@@ -105,9 +105,10 @@ def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardwa
     group = _fanout_group(policy, hardware)
     for server in hardware.servers:
         specs = []
-        for p in hardware.ports.values():
+        for k, p in enumerate(hardware.ports.values()):
             if shards and server in shards:
-                params = shard_port_params(p.kind, p.params, server, shards, group)
+                # A fanout group is per interface: each port its own id.
+                params = shard_port_params(p.kind, p.params, server, shards, (group + k) & 0xFFFF)
             elif p.server == server:
                 params = dict(p.params)
             else:

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", default="mixed", help="traffic profile for --gen")
     p.add_argument("--in", dest="iface_in", metavar="IFACE", help="live input interface (AF_PACKET)")
     p.add_argument("--out", dest="iface_out", metavar="IFACE", help="live output interface (AF_PACKET)")
+    p.add_argument("--both-ways", action="store_true",
+                   help="with --in/--out: a bump in the wire; what arrives on --out is the return direction "
+                        "(it takes the policy as if it entered at --in, and leaves through --in)")
     p.add_argument("--out-pcap", help="write what leaves the policy to this pcap (capture input)")
     p.add_argument("--speed", type=float, default=0.0, help="replay speed factor (0: as fast as possible)")
     p.add_argument("--loop", type=int, default=1, help="replay the capture this many times")
@@ -86,7 +89,7 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
         raise E2Error("live interfaces need --duration SECONDS")
     traffic = None if (hw_live and not pcap and not args.iface_in) else Traffic(
         pcap=pcap, speed=args.speed, loop=args.loop, out=args.out_pcap,
-        iface_in=args.iface_in, iface_out=args.iface_out)
+        iface_in=args.iface_in, iface_out=args.iface_out, both_ways=args.both_ways)
     from e2actors.manager.control import read_or_create_secret, serve_for
 
     secret = None

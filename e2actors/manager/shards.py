@@ -120,7 +120,7 @@ def shard_port_params(kind: str, params: Mapping[str, object], server: str, shar
     elif kind == "pcap-out" and out.get("path"):
         out["path"] = shard_path(str(out["path"]), server)
     elif kind == "afpacket" and len(shards) > 1:
-        out["fanout"] = group
+        out["fanout"] = group  # (one group per interface: the caller gives each port its own)
     return out
 
 

@@ -158,8 +158,9 @@ class AfPacketPort(Port):
             raise E2Error(f"port {self.name}: cannot bind to interface {self.iface!r}: {exc}") from None
         if self.fanout is not None:
             try:
-                s.setsockopt(SOL_PACKET, PACKET_FANOUT,
-                             (int(self.fanout) & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16))
+                # (the flags' top bit makes it an unsigned int: passed as bytes)
+                s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack(
+                    "=I", (int(self.fanout) & 0xFFFF) | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)))
             except OSError as exc:
                 self._unmap()
                 s.close()
