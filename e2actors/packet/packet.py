@@ -346,6 +346,8 @@ class Packet:
                         frag = fw & 0xFFF9  # offset (bits 3-15) and M flag (bit 0), like IPv4 above
                         proto = data[off]
                         off += 8
+                        if frag > 1:
+                            break  # a later fragment: what follows is data, not more headers
                     else:
                         break
                 if reason is not None:
