@@ -46,7 +46,7 @@ def tshark_hosts(tshark: str, path: str, flows: set[Flow]) -> dict[Flow, str | N
     for line in out.splitlines():
         s4, s6, sp, d4, d6, dp, host, sni = line.split("|")
         f = frozenset({(s4 or s6, int(sp)), (d4 or d6, int(dp))})
-        if f in seen:
+        if f in seen or f not in got:
             continue  # the first request of the connection decides
         seen.add(f)
         got[f] = normalize_host(host or sni) if (host or sni) else None

@@ -90,7 +90,7 @@ class Receiver:
 def lab() -> Iterator[Lab]:
     need_root()
     need_tool("ip")
-    lab = Lab("e2f")
+    lab = Lab("f15")
     try:
         yield lab
     finally:
