@@ -34,10 +34,11 @@ What comes back:
   (``"defrag overlap"``, ``"defrag timeout"``...), so a pipelet can ``drop(pkt, reason)`` it and
   every packet stays accounted for.
 
-The rules are those of Linux (``net/ipv4/ip_fragment.c``, ``net/ipv6/reassembly.c`` and
-``inet_fragment.c`` since 4.20), for IPv4 and IPv6 alike, and ``tests/test_defrag.py`` checks them
-against the kernel of the machine running the tests (crafted fragments sent into a network
-namespace, what its UDP socket receives compared with what we reassemble):
+The rules are those of current Linux kernels (``net/ipv4/ip_fragment.c``, ``net/ipv6/reassembly.c``,
+``inet_frag_queue_insert`` in ``inet_fragment.c``), for IPv4 and IPv6 alike, and
+``tests/test_fragments_netns.py`` checks them against the kernel of the machine running the tests
+(crafted fragments sent into a network namespace: what its UDP socket receives must be what we
+reassemble, byte for byte):
 
 - **Key.** IPv4: source, destination, identification, protocol (and VLAN tags); IPv6: source,
   destination, the fragment header's identification (and VLAN tags).
@@ -54,8 +55,10 @@ namespace, what its UDP socket receives compared with what we reassemble):
   drops the datagram (``"defrag bad length"``). A fragment with MF set whose length is not a
   multiple of 8: IPv4 cuts it down to the multiple of 8 (Linux does), IPv6 drops that fragment alone
   (``"defrag unaligned"``; RFC 8200 asks for a parameter problem). An empty fragment drops the
-  datagram (``"defrag empty fragment"``). A datagram longer than 65,535 bytes (IPv4 total length,
-  IPv6 payload length) is dropped (``"defrag too big"``, the ping of death).
+  datagram (``"defrag empty fragment"``). A fragment reaching past 65,535 bytes of payload (the
+  ping of death) drops its datagram (IPv4) or itself alone (IPv6, a parameter problem in RFC 8200),
+  reason ``"defrag too big"``; so does a reassembled IPv4 datagram longer than 65,535 bytes with
+  its header.
 - **Time.** A datagram not complete ``timeout`` seconds (IPv4, Linux's ``ipfrag_time`` 30 s) or
   ``timeout6`` seconds (IPv6, 60 s) after its first fragment arrived is dropped (``"defrag
   timeout"``); the timer does not restart when more fragments come. Time is what the caller says
