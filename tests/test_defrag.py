@@ -226,3 +226,15 @@ def test_hostile_bytes_never_raise(v6: int, edits: list[tuple[int, int]], cut: i
             assert out is None or out is q or not out.frag
     d.flush()
     assert len(d) == 0 and d.held_bytes == 0
+
+
+def test_classifier_routes_a_first_fragment_by_its_ports() -> None:
+    """The switch drops malformed frames before classifying: a first fragment now reaches the
+    classifier and ``udp port 53`` takes it (as tcpdump's filter does), its later pieces go on."""
+    from e2actors.switch.classifier import Classifier
+    from e2actors.switch.table import Route
+
+    routes = (Route("port:in", "udp port 53", "port:dns", "dns"), Route("port:in", "", "port:out", "rest"))
+    cls = Classifier(routes)
+    first, *later = frags4()
+    assert [cls.classify("port:in", p, None) for p in (first, *later)] == [0, 1, 1]

@@ -250,8 +250,10 @@ def test_profile_uses_the_same_learning() -> None:
     assert [h for h in (tr.lookup(p, 0.0) for p in pkts) if h is not UNKNOWN][0] == host
 
 
-def test_udp_bytes_feed_the_sniffer_in_arrival_order() -> None:
+def test_udp_first_datagram_decides_alone() -> None:
     tr = HostTracker()
-    a = Packet(ether(ipv4(C, S, 17, udp(C, S, 6000, 80, b"GET / HTTP/1.1\r\n"))))
-    b = Packet(ether(ipv4(C, S, 17, udp(C, S, 6000, 80, b"Host: u.example\r\n\r\n"))))
-    assert tr.lookup(a, 0.0) is UNKNOWN and tr.lookup(b, 0.1) == "u.example"
+    whole = Packet(ether(ipv4(C, S, 17, udp(C, S, 6000, 80, b"GET / HTTP/1.1\r\nHost: u.example\r\n\r\n"))))
+    assert tr.lookup(whole, 0.0) == "u.example"
+    a = Packet(ether(ipv4(C, S, 17, udp(C, S, 6001, 80, b"GET / HTTP/1.1\r\n"))))
+    b = Packet(ether(ipv4(C, S, 17, udp(C, S, 6001, 80, b"Host: u.example\r\n\r\n"))))
+    assert tr.lookup(a, 0.0) is None and tr.lookup(b, 0.1) is None and len(tr) == 0

@@ -15,8 +15,8 @@ How a flow's host is decided (the same code as the HostFilter NF's, so both alwa
   bytes are not HTTP/1.x or TLS, carry no name, pass ``max_bytes`` undecided, lose bytes to a gap,
   or the connection ends first. Without the handshake (a flow joined mid-stream) the stream starts
   at the first data segment seen.
-- **UDP**: each datagram's payload, in arrival order, feeds the same sniffer (so plain UDP gets
-  None at once, whatever the first datagram's bytes are).
+- **UDP**: the first datagram with a payload decides alone, with the same peek (HTTP and TLS do
+  not run over plain UDP, so UDP flows get None at once and are never held for long).
 - **Anything else** (ICMP, other protocols, IP fragments, non-IP frames) has no host: None at once.
 
 Answers are kept (a bounded LRU with idle expiry) for the flow's life; a flow still being learnt
@@ -30,7 +30,7 @@ import collections
 from collections.abc import Hashable
 
 from e2actors.packet.flowtable import FlowTable
-from e2actors.packet.l7 import HostSniffer
+from e2actors.packet.l7 import FOUND, HostSniffer, peek_host
 from e2actors.packet.packet import Packet
 from e2actors.packet.reassembly import Chunk, End, Event, Gap, Reassembler
 
@@ -86,10 +86,8 @@ class HostTracker:
         if proto == 17 and not pkt.frag and pkt.reason is None:
             if pkt.payload_len <= 0:
                 return UNKNOWN
-            sn = self._sniffer(key, now)
-            if sn.data(pkt.direction, pkt.payload):
-                return self._learn(key, sn.host, sn.kind or sn.why, now)
-            return UNKNOWN
+            state, host, how = peek_host(pkt.payload, self.max_bytes)
+            return self._learn(key, host if state == FOUND else None, how or "no host", now)
         return None
 
     def give_up(self, pkt: Packet, now: float) -> None:
