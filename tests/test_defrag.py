@@ -238,3 +238,60 @@ def test_classifier_routes_a_first_fragment_by_its_ports() -> None:
     cls = Classifier(routes)
     first, *later = frags4()
     assert [cls.classify("port:in", p, None) for p in (first, *later)] == [0, 1, 1]
+
+
+def test_crafted_fragments_against_tshark_and_tcpdump(tmp_path) -> None:
+    """Crafted first and later fragments (UDP and TCP, IPv4 and IPv6, a VLAN tag, an IPv6
+    destination options header after the fragment header): ports as tshark dissects them with
+    reassembly off, filters as tcpdump matches them, datagrams as tshark reassembles them."""
+    import subprocess
+
+    from conftest import need_tool
+
+    from e2actors.packet.pcap import PcapWriter
+
+    tshark, tcpdump = need_tool("tshark"), need_tool("tcpdump")
+    seg = tcp(A, B, 40000, 80, flags="PA", payload=b"GET /" + b"t" * 2000 + b" HTTP/1.1\r\n\r\n")
+    seg6 = tcp(A6, B6, 40001, 80, flags="PA", payload=b"u" * 1500)
+    dgs = [
+        ipv4(A, B, 17, udp(A, B, 5353, 53, BIG), ident=100),
+        ipv4(A, B, 6, seg, ident=101),
+        ipv6(A6, B6, 17, udp(A6, B6, 5353, 53, BIG[:1700])),
+        ipv6(A6, B6, 6, seg6, ext=((60, b"\x01\x04\0\0\0\0"),)),
+    ]
+    frames = []
+    for i, dg in enumerate(dgs):
+        frames += [ether(f, vlans=(7,) if i == 1 else ()) for f in fragment(dg, 1000, ident=100 + i)]
+    frames = frames[::2] + frames[1::2]  # interleaved and out of order
+    path = str(tmp_path / "crafted-frags.pcap")
+    with PcapWriter(path) as w:
+        for i, f in enumerate(frames, 1):
+            w.write(f, ts=float(i))
+    pkts = [Packet(f, ts=float(i)) for i, f in enumerate(frames, 1)]
+    assert not any(p.malformed for p in pkts)
+
+    def fields(*args: str) -> list[list[str]]:
+        out = subprocess.run([tshark, "-r", path, "-T", "fields", "-E", "separator=|", *args],
+                             capture_output=True, text=True, check=True).stdout
+        return [line.split("|") for line in out.splitlines()]
+
+    rows = fields("-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-e", "udp.srcport",
+                  "-e", "udp.dstport", "-e", "tcp.srcport", "-e", "tcp.dstport")
+    theirs = [(int(us or ts or -1), int(ud or td or -1)) for us, ud, ts, td in rows]
+    assert [(p.sport, p.dport) for p in pkts] == theirs
+    assert sum(p.sport > 0 for p in pkts) == 4
+    for expr in ("udp port 53", "tcp port 80", "port 80 or port 53", "ip6 proto 44", "vlan and tcp", "ip6 and tcp"):
+        r = subprocess.run([tcpdump, "-r", path, "-n", "-tt", "--", expr], capture_output=True, text=True)
+        want = {float(line.split()[0]) for line in r.stdout.splitlines()}
+        f = compile_filter(expr)
+        assert {p.ts for p in pkts if f.match(p.data, p.wirelen)} == want, expr
+    rows = fields("-e", "frame.number", "-e", "ip.reassembled.length", "-e", "ipv6.reassembled.length",
+                  "-Y", "ip.reassembled.length || ipv6.reassembled.length")
+    d = Defragmenter()
+    mine = {}
+    for p in pkts:
+        o = d.feed(p)
+        if o is not None:
+            mine[int(p.ts)] = len(o.data) - o.l3_offset - (20 if o.ip_version == 4 else 40)
+            assert o.data[o.l3_offset:] in dgs  # byte for byte the datagram that was cut up
+    assert len(mine) == 4 and mine == {int(n): int(r4 or r6) for n, r4, r6 in rows}
