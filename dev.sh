@@ -13,7 +13,7 @@ VENV=.venv
 # Debian packages the tests and the demo use (tools the tests compare against, real captures).
 DEB_PACKAGES=(tcpdump tshark iproute2 ethtool curl python3-dpkt
               golang-github-google-gopacket-dev sip-tester golang-github-jasonish-go-idsrules-dev
-              graphviz prometheus iperf3 openssl)
+              graphviz prometheus iperf3 openssl nginx iptables iputils-ping)
 
 have_deb() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 

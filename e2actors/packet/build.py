@@ -21,6 +21,7 @@ from e2actors.packet.packet import ETH_ARP, ETH_IPV4, ETH_IPV6, parse_addr
 __all__ = [
     "arp",
     "ether",
+    "fragment",
     "icmp",
     "icmp6",
     "ip",
@@ -143,6 +144,54 @@ def ipv6(
     plen = len(body) if payload_length is None else payload_length
     first = (6 << 28) | ((traffic_class & 0xFF) << 20) | (flow_label & 0xFFFFF)
     return struct.pack("!IHBB", first, plen, nh, hop_limit) + _addr(src) + _addr(dst) + body
+
+
+def fragment(packet: bytes, size: int, ident: int | None = None) -> list[bytes]:
+    """Split an IPv4 or IPv6 packet (as :func:`ipv4`/:func:`ipv6` build them) into fragments, as a
+    sending stack does: each carries at most ``size`` bytes of the fragmentable part (rounded down to
+    a multiple of 8), in offset order.
+
+    IPv4: every fragment copies the whole header (options too: this builder does not tell copied
+    options from the others), with its own total length, MF flag, offset and checksum; ``ident``
+    overrides the identification. IPv6: a fragment header (identification ``ident``, default 0) goes
+    after the unfragmentable part (the fixed header, hop-by-hop and routing headers).
+    """
+    size &= ~7
+    if size < 8:
+        raise ValueError("fragments must carry at least 8 bytes")
+    out: list[bytes] = []
+    if packet[0] >> 4 == 4:
+        ihl = (packet[0] & 15) * 4
+        hdr = bytearray(packet[:ihl])
+        if ident is not None:
+            hdr[4:6] = struct.pack("!H", ident & 0xFFFF)
+        body = packet[ihl:struct.unpack_from("!H", packet, 2)[0]]
+        for off in range(0, max(len(body), 1), size):
+            piece = body[off:off + size]
+            h = bytearray(hdr)
+            h[2:4] = struct.pack("!H", ihl + len(piece))
+            fw = (struct.unpack_from("!H", hdr, 6)[0] & 0x4000) | (0x2000 if off + size < len(body) else 0) | (off >> 3)
+            h[6:8] = struct.pack("!H", fw)
+            h[10:12] = b"\0\0"
+            h[10:12] = struct.pack("!H", internet_checksum(bytes(h)))
+            out.append(bytes(h) + piece)
+        return out
+    nh_at, off = 6, 40
+    nh = packet[6]
+    while nh in (0, 43):  # hop-by-hop and routing headers stay in every fragment
+        nh_at = off
+        nh = packet[off]
+        off += (packet[off + 1] + 1) * 8
+    unfrag = bytearray(packet[:off])
+    unfrag[nh_at] = 44
+    body = packet[off:40 + struct.unpack_from("!H", packet, 4)[0]]
+    for o in range(0, max(len(body), 1), size):
+        piece = body[o:o + size]
+        fh = struct.pack("!BBHI", nh, 0, o | (1 if o + size < len(body) else 0), (ident or 0) & 0xFFFFFFFF)
+        u = bytearray(unfrag)
+        u[4:6] = struct.pack("!H", len(u) - 40 + 8 + len(piece))
+        out.append(bytes(u) + fh + piece)
+    return out
 
 
 def ip(src: str | bytes, dst: str | bytes, proto: int, payload: bytes, **kw: object) -> bytes:

@@ -18,11 +18,18 @@ segmentation); the first handshake message must be a ClientHello (type 1); the p
 legacy_version, random, legacy_session_id (at most 32 bytes), cipher_suites (even, at least 2),
 legacy_compression_methods (at least 1) and the extensions to ``server_name`` (type 0) and its first
 ``host_name`` entry (type 0). Every length is checked against its container.
+
+A connection's host: :func:`peek_host` decides over a client's first bytes (HTTP, then TLS, up to a
+bound) and :class:`HostSniffer` applies it to one connection's byte stream *in order* (as the TCP
+reassembler delivers it: by sequence number, duplicates dropped, gaps reported). They are the one
+implementation behind the switch's host learning for ``domain`` conditions
+(:class:`e2actors.switch.hosts.HostTracker`) and the HostFilter NF, so both always decide a flow alike.
 """
 
 from __future__ import annotations
 
-__all__ = ["FOUND", "MORE", "NO", "http_host", "normalize_host", "parse_http_host", "parse_tls_sni", "tls_sni"]
+__all__ = ["FOUND", "MORE", "NO", "HostSniffer", "http_host", "normalize_host", "parse_http_host", "parse_tls_sni",
+           "peek_host", "tls_sni"]
 
 FOUND = "found"
 MORE = "more"
@@ -264,3 +271,106 @@ def tls_sni(data: bytes) -> str | None:
     """The SNI host name of a TLS ClientHello at the start of ``data``, or None."""
     state, host = parse_tls_sni(data)
     return host if state == FOUND else None
+
+
+# --- one connection's host ---------------------------------------------------------------------------
+def peek_host(data: bytes, max_bytes: int = 8192) -> tuple[str, str | None, str]:
+    """The decision over a client's first bytes (in stream order): ``(FOUND, host, "http"|"tls")``,
+    ``(MORE, None, "")`` while more bytes may tell, or ``(NO, None, why)`` with ``why`` = ``"no
+    host"`` (not HTTP/1.x or TLS, malformed, or no Host/SNI) or ``"bound"`` (``max_bytes`` or more
+    bytes and still undecided)."""
+    state, host = parse_http_host(data)
+    if state == FOUND:
+        return FOUND, host, "http"
+    if state == NO:  # TLS starts with 0x16, never an HTTP method's first byte: at most one is MORE
+        state, host = parse_tls_sni(data)
+        if state == FOUND:
+            return FOUND, host, "tls"
+    if state == MORE:
+        if len(data) < max_bytes:
+            return MORE, None, ""
+        return NO, None, "bound"
+    return NO, None, "no host"
+
+
+class HostSniffer:
+    """The host (HTTP Host or TLS SNI) of one connection, from its byte stream in order.
+
+    The client is the first direction to deliver bytes (HTTP and TLS clients speak first; a server
+    that speaks first, like SMTP's banner, makes the flow host-less). Feed it what a
+    :class:`~e2actors.packet.reassembly.Reassembler` delivers: :meth:`data` for each chunk,
+    :meth:`gap` for bytes given up on, :meth:`end` when the stream ends. Each returns True once the
+    flow is decided; then :attr:`host` is the host or None, :attr:`kind` is ``"http"`` or ``"tls"``
+    when found, and :attr:`why` says why not (``"no host"``, ``"bound"``, ``"gap"``, ``"end"``).
+    Bytes of the other direction and everything after the decision are ignored; at most
+    ``max_bytes`` client bytes are buffered (plus the chunk that crosses the bound).
+    """
+
+    __slots__ = ("max_bytes", "client", "buf", "decided", "host", "kind", "why")
+
+    def __init__(self, max_bytes: int = 8192) -> None:
+        self.max_bytes = max_bytes
+        self.client = -1  # direction of the client, -1 until one delivers bytes
+        self.buf = b""
+        self.decided = False
+        self.host: str | None = None
+        self.kind = ""
+        self.why = ""
+
+    def data(self, direction: int, data: bytes) -> bool:
+        """Take in-order bytes of one direction; True once decided."""
+        if self.decided:
+            return True
+        if self.client < 0:
+            if not data:
+                return False
+            self.client = direction
+        elif direction != self.client or not data:
+            return False
+        buf = self.buf + data if self.buf else data
+        state, host, how = peek_host(buf, self.max_bytes)
+        if state == MORE:
+            self.buf = buf
+            return False
+        return self._decide(host, how)
+
+    def gap(self, direction: int) -> bool:
+        """Bytes of ``direction`` were given up on: the client's stream cannot be read on. A gap
+        before any byte makes its direction the client (its first bytes are what is missing)."""
+        if self.decided:
+            return True
+        if self.client < 0:
+            self.client = direction
+        if direction != self.client:
+            return False
+        return self._decide(None, "gap")
+
+    def end(self) -> bool:
+        """The connection ended undecided (no host); always True."""
+        if not self.decided:
+            self._decide(None, "end")
+        return True
+
+    def _decide(self, host: str | None, how: str) -> bool:
+        self.decided = True
+        self.buf = b""
+        self.host = host
+        if host is None:
+            self.why = how
+        else:
+            self.kind = how
+        return True
+
+    # msgpack-safe form, for a pipelet's exported state: [decided, client, buffered bytes]
+    def to_list(self) -> list:
+        """``[decided, client, buffered bytes]`` (msgpack-safe; the host itself is the caller's)."""
+        return [self.decided, self.client, self.buf]
+
+    @classmethod
+    def from_list(cls, state: list, max_bytes: int = 8192) -> HostSniffer:
+        """The sniffer :meth:`to_list` described (a decided one keeps no host: it is decided)."""
+        sn = cls(max_bytes)
+        sn.decided = bool(state[0])
+        sn.client = int(state[1])
+        sn.buf = bytes(state[2])
+        return sn

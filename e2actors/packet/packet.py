@@ -20,7 +20,10 @@ Sentinels: absent offsets and ports are ``-1``, absent addresses ``b""``, ``prot
 there is no IP layer, ``ethertype`` is ``-1`` when the link layer gives none (an 802.3 length field
 below 0x600 is kept as is: no network layer is parsed behind it). ``frag`` packs the fragment offset
 in bytes with the more-fragments flag in bit 0 (``frag_offset``/``more_fragments`` unpack it); a
-non-first fragment has ``l4_offset == -1`` and its ``payload_offset`` at the fragment's data.
+first fragment (offset 0, more to come) parses its transport header and ports like libpcap does
+(the UDP length and TCP lengths cover the whole datagram, so they are not checked against the
+fragment; its payload is the fragment's share); a non-first fragment has ``l4_offset == -1``, ports
+-1 and its ``payload_offset`` at the fragment's data. :mod:`e2actors.packet.defrag` reassembles.
 Offsets index ``data`` directly, so the filter language's ``ip[...]``/``tcp[...]`` byte access
 is ``data[l3_offset + i]`` / ``data[l4_offset + i]``; ``wirelen`` is what ``less``/``greater`` test.
 """
@@ -348,6 +351,8 @@ class Packet:
                         frag = fw & 0xFFF9  # offset (bits 3-15) and M flag (bit 0), like IPv4 above
                         proto = data[off]
                         off += 8
+                        if frag > 1:
+                            break  # a later fragment: what follows is data, not more headers
                     else:
                         break
                 if reason is not None:
@@ -375,10 +380,15 @@ class Packet:
                 break  # other link-layer protocols: no network layer we know
 
             # ---- transport layer (off = its start, end = end of the IP payload) ---------------
+            # A first fragment (frag == 1: offset 0, more to come) carries the transport header
+            # but only the start of the payload: its ports are real (libpcap's port tests match it
+            # too), the lengths in the header cover the whole datagram.
             l4 = off
             if proto == 6:
                 if off + 20 > end:
-                    reason = "truncated tcp header"
+                    # A first fragment that does not hold the whole TCP header (RFC 1858's tiny
+                    # fragment attack): its flags and ports cannot be judged, so it is not trusted.
+                    reason = "tcp header split across fragments" if frag and end == lend else "truncated tcp header"
                     break
                 sport, dport, doff, flags = _tcp_hdr(data, off)
                 pay = off + (doff >> 4) * 4
@@ -388,7 +398,7 @@ class Packet:
                         pay = -1
                         break
                     if pay > lend:
-                        reason = "tcp data offset past end"
+                        reason = "tcp header split across fragments" if frag else "tcp data offset past end"
                         pay = -1
                         break
                     pay = end  # options cut by the snap length: not the sender's fault
@@ -401,7 +411,7 @@ class Packet:
                 if ulen < 8:
                     reason = "bad udp length"
                     break
-                if off + ulen > lend:
+                if off + ulen > lend and not frag:  # a first fragment holds only the start
                     reason = "udp length beyond ip payload"
                     break
                 pay = off + 8

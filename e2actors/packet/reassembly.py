@@ -209,6 +209,20 @@ class Reassembler:
         fl = self._flows.get(flow)
         return fl.dirs[direction].pbytes if fl is not None else 0
 
+    def forget(self, flow: Hashable) -> bool:
+        """Drop a live flow at once, with no events and its buffered bytes discarded (for a user
+        that has seen all it needs of it). Its next packet starts a new flow. False if not live."""
+        fl = self._flows.pop(flow, None)
+        if fl is None:
+            return False
+        for dr in fl.dirs:
+            self.total -= dr.pbytes
+            dr.pbytes = 0
+            dr.pending = []
+            self._waiting.pop(dr, None)
+        fl.closed = True
+        return True
+
     # --- input -----------------------------------------------------------------------------------
     def feed(self, pkt: Packet, now: float | None = None) -> list[Event]:
         """Take one packet (in arrival order); ``now`` defaults to ``pkt.ts``."""

@@ -16,17 +16,20 @@ leading ``*.`` or ``.`` ignored). Each attribute (allow/block, category, port) c
 specific entry that sets it, so ``allow: [kids.youtube.com]`` carves an exception out of
 ``block: [youtube.com]``. A domain both blocked and allowed is a config error.
 
-The host comes from the first direction of the flow to send bytes (HTTP and TLS clients speak first):
-:func:`e2actors.packet.l7.parse_http_host` or :func:`~e2actors.packet.l7.parse_tls_sni` over its
-bytes, buffered across segments up to ``max_buffer``. Until the host is known the packets pass (the
-flow's initial verdict is the first port, ``out``); then the decision is a sticky verdict for the rest
-of the flow (the first request decides: later requests of a keep-alive connection are not looked at):
+The host is decided by :class:`e2actors.packet.l7.HostSniffer` over the flow's reassembled stream
+(in sequence order, duplicates dropped, gaps reported), the same code the switch's ``domain``
+learning runs, so both decide every flow alike: the client is the first direction to send bytes
+(HTTP and TLS clients speak first), its bytes are buffered across segments up to ``max_buffer`` and
+read as HTTP/1.x (Host) or TLS (SNI). Until the host is known the packets pass (the flow's initial
+verdict is the first port, ``out``); then the decision is a sticky verdict for the rest of the flow
+(the first request decides: later requests of a keep-alive connection are not looked at):
 
 - blocked: ``Verdict(drop=True)`` (``on_block: drop``) or ``Verdict(port="blocked")``, with
   ``meta = {"host": h, "action": "blocked", "category": c}``;
 - otherwise ``Verdict(port=<port map or "out">, meta={"host": h, "category": c})`` (``category`` only
   when tagged): every flow whose host is known carries ``meta["host"]``;
-- no host (not HTTP/TLS, malformed, no Host/SNI, over ``max_buffer``, a gap): ``action_default``.
+- no host (not HTTP/TLS, malformed, no Host/SNI, over ``max_buffer``, a gap in the client's bytes,
+  the flow ended first): ``action_default``.
 
 Ports named in ``port`` are added to this instance's ports (the policy must wire them).
 Counters: ``flows``, ``host_http``, ``host_tls``, ``no_host``, ``gave_up``, ``blocked``, ``tagged``.
@@ -39,7 +42,7 @@ from collections.abc import Hashable
 from typing import Any
 
 from e2actors.nf.pipelet import Pipelet, Verdict
-from e2actors.packet.l7 import FOUND, MORE, normalize_host, parse_http_host, parse_tls_sni
+from e2actors.packet.l7 import HostSniffer, normalize_host
 
 __all__ = ["DomainTable", "HostFilter"]
 
@@ -166,53 +169,48 @@ class HostFilter(Pipelet):
         return Verdict(drop=True, meta=meta, reason=reason)
 
     # --- streams ---------------------------------------------------------------------------------
-    # Flow state (msgpack-safe): [decided, client direction or -1, buffered client bytes]
+    # Flow state: a HostSniffer (exported as [decided, client direction or -1, buffered client bytes]).
     def on_stream(self, flow: Hashable, direction: int, data: bytes) -> Verdict | None:
         now = self.now  # the runner's clock: packet time in replays, wall time live
-        st = self.flows.touch(flow, now)
-        if st is None:
+        sn = self.flows.touch(flow, now)
+        if sn is None:
             self._new += 1
             if self._new & 1023 == 0:
                 for k, v in self.flows.expire(now):
                     self.on_flow_end(k, v)
-            st = [False, direction, b""]
-            self.flows.set(flow, st, now)
+            sn = HostSniffer(self.max_buffer)
+            self.flows.set(flow, sn, now)
             self.counters["flows"] += 1
-        if st[0] or direction != st[1] or not data:
+        if sn.decided or not sn.data(direction, data):
             return None
-        buf = st[2] + data if st[2] else data
-        state, host = parse_http_host(buf)
-        if state == FOUND:
-            self.counters["host_http"] += 1
-            return self._done(st, host)
-        if state != MORE:
-            state, host = parse_tls_sni(buf)
-            if state == FOUND:
-                self.counters["host_tls"] += 1
-                return self._done(st, host)
-        if state == MORE and len(buf) < self.max_buffer:
-            st[2] = buf
-            return None
-        if state == MORE:
-            self.counters["gave_up"] += 1
-        return self._done(st, None)
+        return self._done(sn)
 
-    def _done(self, st: list[Any], host: str | None) -> Verdict:
-        st[0] = True
-        st[2] = b""
-        return self.decide(host)
+    def _done(self, sn: HostSniffer) -> Verdict:
+        if sn.host is not None:
+            self.counters["host_" + sn.kind] += 1
+        elif sn.why in ("bound", "gap"):
+            self.counters["gave_up"] += 1
+        return self.decide(sn.host)
 
     def on_gap(self, flow: Hashable, direction: int, missing: int) -> Verdict | None:
-        st = self.flows.get(flow)
-        if st is None or st[0] or direction != st[1]:
+        now = self.now
+        sn = self.flows.touch(flow, now)
+        if sn is None:  # the flow's first bytes are missing
+            sn = HostSniffer(self.max_buffer)
+            self.flows.set(flow, sn, now)
+            self.counters["flows"] += 1
+        if sn.decided or not sn.gap(direction):
             return None
-        self.counters["gave_up"] += 1
-        return self._done(st, None)
+        return self._done(sn)
 
     def on_flow_end(self, flow: Hashable, state: Any) -> None:
         self.flows.pop(flow)
 
+    def export_state(self) -> dict[str, Any]:
+        return {"flows": [(k, sn.to_list(), t) for k, sn, t in self.flows.export()],
+                "counters": dict(self.counters)}
+
     def import_state(self, data: dict[str, Any]) -> None:
-        entries = [(k, [bool(v[0]), int(v[1]), bytes(v[2])], t) for k, v, t in data.get("flows", ())]
+        entries = [(k, HostSniffer.from_list(v, self.max_buffer), t) for k, v, t in data.get("flows", ())]
         self.flows.load(entries)
         self.counters.update(data.get("counters", {}))
