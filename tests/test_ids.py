@@ -58,13 +58,25 @@ async def test_flow_direction_is_respected() -> None:
     assert v.port == "unsafe" and v.meta["sid"] == 1002
 
 
-async def test_client_from_ports_beats_first_sender() -> None:
+async def test_client_is_the_first_packets_sender_as_suricata() -> None:
     # A server-first protocol: the telnet server (port 23, the low end) speaks first.
-    nf = await ids(['alert tcp any 23 -> any any (msg:"bad login"; flow:from_server; content:"Login incorrect"; '
-                    'nocase; sid:7;)'])
+    rules = ['alert tcp any 23 -> any any (msg:"bad login"; flow:from_server; content:"Login incorrect"; '
+             'nocase; sid:7;)']
+    nf = await ids(rules)
     flow = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x02", 50000, ())  # low end = server
+    nf.set_client(flow, 1)  # the SYN came from the high end
+    nf.set_server(flow, 0)
     assert nf.on_stream(flow, 0, b"login: ").port == "safe"
     assert nf.on_stream(flow, 1, b"root\r\n") is None
+    assert nf.on_stream(flow, 0, b"LOGIN INCORRECT\r\n").meta["sid"] == 7
+    # Joined mid-stream (no SYN): the first sender is the client, whatever the ports (Suricata
+    # with midstream on does the same), so the server's words are "to_server" here.
+    nf = await ids(rules)
+    assert nf.on_stream(flow, 0, b"login: ").port == "safe"
+    assert nf.on_stream(flow, 0, b"LOGIN INCORRECT\r\n") is None
+    # A SYN/ACK seen first: its receiver is the client.
+    nf = await ids(rules)
+    nf.set_server(flow, 0)
     assert nf.on_stream(flow, 0, b"LOGIN INCORRECT\r\n").meta["sid"] == 7
 
 
@@ -96,13 +108,25 @@ async def test_tcp_after_unsafe_follows_in_process() -> None:
     nf = await ids()
     a, b = "198.18.0.1", "198.19.0.1"
     pkts = [Packet(ether(ip(a, b, 6, tcp(a, b, 40000, 80, flags="S")))),
+            Packet(ether(ip(b, a, 6, tcp(b, a, 80, 40000, flags="SA")))),
             Packet(ether(ip(a, b, 6, tcp(a, b, 40000, 80, flags="A"))))]
-    await nf.process(Batch(pkts[:1]))
+    await nf.process(Batch(pkts[:2]))
     flow = pkts[0].flow_key
     assert nf.on_stream(flow, pkts[0].direction, b"GET /etc/passwd").port == "unsafe"
-    await nf.process(Batch(pkts[1:]))
+    await nf.process(Batch(pkts[2:]))
     out = nf._take_outputs()
-    assert out["unsafe"] == [pkts[1]] and pkts[1].meta["sid"] == 1001
+    assert out["unsafe"] == [pkts[2]] and pkts[2].meta["sid"] == 1001
+
+
+async def test_established_needs_the_syn_answered() -> None:
+    """flow:established: a SYN never answered is not established; mid-stream flows are."""
+    nf = await ids()
+    flow = FLOW
+    nf.set_client(flow, 0)  # a SYN, no SYN/ACK
+    assert nf.on_stream(flow, 0, b"GET /etc/passwd").port == "safe"  # 1001 needs established
+    assert nf.on_stream(flow, 0, b" cmd.exe").meta["sid"] == 1003  # 1003 does not
+    nf = await ids()
+    assert nf.on_stream(flow, 0, b"GET /etc/passwd").meta["sid"] == 1001  # mid-stream: established
 
 
 async def test_udp_packets_through_process() -> None:
@@ -161,15 +185,17 @@ async def test_real_et_rules_in_the_ids() -> None:
     path = need_path(ET_TELNET, "Emerging Threats telnet rules (Debian golang-github-jasonish-go-idsrules-dev)")
     nf = IDS()
     await nf.setup({"rules": path})
-    assert nf.counters["rules"] == 6 and nf.counters["rules_skipped"] == 4
+    assert nf.counters["rules"] == 10 and nf.counters["rules_skipped"] == 0
     flow = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x02", 50000, ())
     assert nf.on_stream(flow, 1, b"wget http://x/bin/bus").port == "safe"
     v = nf.on_stream(flow, 1, b"ybox; chmod")
     assert v.meta["sid"] == 2023016
     flow2 = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x03", 50000, ())
+    nf.set_client(flow2, 1)  # the telnet client's SYN (the server speaks first)
     nf.on_stream(flow2, 0, b"\r\n\r\nUser Access Verification\r\n\r\nPassword required, but none set")
     assert nf.flows[flow2][1] == 1  # safe: the content is past depth 31
     flow3 = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x04", 50000, ())
+    nf.set_client(flow3, 1)
     assert nf.on_stream(flow3, 0, b"Password required, but none set\r\n").meta["sid"] == 2008860
 
 

@@ -903,6 +903,8 @@ def parse_rule(line: str, source: str = "<rule>", vars: Mapping[str, str] | None
         reasons.append("payload and HTTP buffers in one rule")
     if has_http and rule.proto not in ("tcp", "http", "ip"):
         reasons.append(f"HTTP buffers on protocol {rule.proto}")
+    if has_http and rule.side == TO_CLIENT:
+        reasons.append("HTTP request buffers with flow:to_client")
     if has_http and rule.packet_only:
         reasons.append("HTTP buffers with dsize/no_stream")
     if rule.packet_only and rule.stream_only:
@@ -1304,7 +1306,7 @@ class Matcher:
 
     def feed(self, state: list[Any], data: bytes) -> list[int]:
         """Consume the next ``data`` of a stream direction; return the items first seen in it."""
-        pos, tail, seen, pids = state
+        pos, tail, seen, pids = state[0], state[1], state[2], state[3]
         state[0] = pos + len(data)
         self.hits = hits = set()
         lim = self.scan_limit
