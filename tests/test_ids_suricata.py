@@ -145,7 +145,7 @@ def build() -> tuple[Trace, dict[str, int]]:
     t.tcp_flow([("c", 9, b"XX!!!"), ("c", 4, b"EVIL-ONE!"), ("c", 0, b"....")])
     mark("overlap new starts before")
     # new segment starts after the buffered one -> the buffered bytes stay: no "EVIL-ONE"
-    t.tcp_flow([("c", 4, b"EVIL-OXX"), ("c", 9, b"NE"), ("c", 0, b"....")])
+    t.tcp_flow([("c", 4, b"EVIL-OXX"), ("c", 10, b"NE"), ("c", 0, b"....")])
     mark("overlap old kept")
     t.tcp_flow([("c", 0, b"HELLO EVIL-ONE"), ("s", 0, b"EVIL-TWO")], handshake=False, fin=False)
     mark("midstream client first")
