@@ -1171,17 +1171,19 @@ class _Literals:
             flags = [hyperscan.HS_FLAG_CASELESS if nc else 0 for _, nc in pats]
             db.compile(expressions=[p for p, _ in pats], ids=list(range(len(pats))), flags=flags, literal=True)
             lens = [len(p) for p, _ in pats]
-            scratch = hyperscan.Scratch(db)
-            db.scratch = scratch
+            db.scratch = hyperscan.Scratch(db)
+            found: list[tuple[int, int, int]] = []
+            add = found.append
+
+            def on(i: int, _frm: int, to: int, _flags: int, _ctx: Any) -> None:
+                add((i, to - lens[i], to))
+
+            dbscan = db.scan
 
             def scan(data: bytes) -> list[tuple[int, int, int]]:
-                out: list[tuple[int, int, int]] = []
-                add = out.append
-
-                def on(i: int, _frm: int, to: int, _flags: int, _ctx: Any) -> None:
-                    add((i, to - lens[i], to))
-
-                db.scan(data, match_event_handler=on)
+                dbscan(data, match_event_handler=on)
+                out = found[:]
+                found.clear()
                 return out
 
             self._scan = scan
