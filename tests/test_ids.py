@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
 from conftest import need_path
@@ -245,3 +247,48 @@ async def test_generated_attack_traffic() -> None:
     for flow, has in sigs.items():
         assert verdict[flow] == ("unsafe" if has else "safe"), flow
     assert sum(nf.alerts.values()) == sum(sigs.values())
+
+
+# --- issue 15: direction on UDP, HTTP buffers, flowbits; issue 14: the build stays off the loop --------
+async def test_udp_client_is_the_first_datagrams_sender() -> None:
+    """A non-matching first datagram fixes the client: the server's reply is to_client."""
+    nf = await ids(['alert udp any any -> any any (msg:"q"; flow:to_server; content:"QUERYX"; sid:11;)',
+                    'alert udp any any -> any any (msg:"e"; flow:established; content:"PONGX"; sid:13;)'])
+    c, s = "198.18.0.9", "198.19.0.53"
+    first = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 53, b"hello PONGX"))))
+    reply = Packet(ether(ip(s, c, 17, udp(s, c, 53, 5353, b"QUERYX PONGX"))))
+    again = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 53, b"QUERYX"))))
+    await nf.process(Batch([first, reply, again]))
+    out = nf._take_outputs()
+    assert out["safe"] == [first]  # PONGX in the first datagram: not established yet
+    assert out["unsafe"] == [reply, again]
+    assert reply.meta["sid"] == 13 and again.meta["sid"] == 11
+
+
+async def test_http_buffers_and_flowbits_in_the_ids() -> None:
+    nf = await ids(['alert tcp any any -> any any (msg:"admin"; flow:to_server; http.method; content:"POST"; '
+                    'http.uri; content:"/admin/passwd"; http.host; content:"example.com"; sid:21;)',
+                    'alert tcp any any -> any any (msg:"set"; content:"LOGIN"; flowbits:set,in; noalert; sid:22;)',
+                    'alert tcp any any -> any any (msg:"isset"; content:"WELCOME"; flowbits:isset,in; sid:23;)'],
+                   stop_on_alert=False)
+    assert nf.on_stream(FLOW, 0, b"POST /admin/%70ass").port == "safe"
+    assert nf.on_stream(FLOW, 0, b"wd HTTP/1.1\r\nHost: WWW.EXAMPLE.com\r\n\r\n").meta["sid"] == 21
+    f2 = (6, b"\x01", 40001, b"\x02", 23, ())
+    assert nf.on_stream(f2, 1, b"WELCOME").port == "safe"  # the bit is not set
+    assert nf.on_stream(f2, 0, b"LOGIN bob") is None  # noalert
+    assert nf.on_stream(f2, 1, b"WELCOME bob").meta["sid"] == 23
+    assert nf.alerts == {21: 1, 23: 1}
+
+
+async def test_rule_build_does_not_block_the_event_loop() -> None:
+    """A big rule set compiles in a thread: other tasks run while setup() is in progress."""
+    rules = [f'alert tcp any any -> any any (msg:"r{i}"; content:"pattern-{i:06d}-xyz"; '
+             f'content:"second-{i}"; distance:0; sid:{i + 1};)' for i in range(6000)]
+    nf = IDS()
+    task = asyncio.create_task(nf.setup({"rules": rules}))
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0.001)
+    await task
+    assert turns > 1 and len(nf.rules) == 6000

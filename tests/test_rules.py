@@ -6,16 +6,21 @@ import logging
 
 import pytest
 from conftest import need_path
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from e2actors.errors import E2Error
 from e2actors.nf.rules import (
     TO_CLIENT,
     TO_SERVER,
+    MAX_CONTENT,
+    MAX_PCRE,
     Content,
     Matcher,
     Rule,
     RuleError,
     SkippedRule,
+    inspect,
     load_rules,
     parse_ports,
     parse_rule,
@@ -265,3 +270,58 @@ def test_empty_rule_set_matcher() -> None:
     m = Matcher([])
     st = m.new_state()
     assert m.feed(st, b"anything") == [] and m.match_once(b"x") == []
+
+
+# --- bounds and hostile rule files (issue 14) ----------------------------------------------------------
+def test_content_longer_than_the_bound_is_refused_with_its_line() -> None:
+    ok = 'alert tcp any any -> any any (content:"' + "a" * MAX_CONTENT + '"; sid:1;)'
+    assert parse_rules(ok).rules[0].contents[0].pattern == b"a" * MAX_CONTENT
+    for n in (MAX_CONTENT + 1, 100_000):  # the 100 KB content of issue 14
+        text = '# x\nalert tcp any any -> any any (content:"' + "a" * n + '"; sid:2;)\n'
+        # (100 KB is also past the rule-length bound: either way the rule's line is named)
+        with pytest.raises(RuleError, match=r"^big\.rules:2: (content|rule) longer than \d+ (bytes|characters)"):
+            parse_rules(text, "big.rules")
+    hexed = 'alert tcp any any -> any any (content:"|' + "41 " * (MAX_CONTENT + 1) + '|"; sid:3;)'
+    with pytest.raises(RuleError, match="content longer"):
+        parse_rules(hexed, "hex.rules")
+    with pytest.raises(RuleError, match="pcre longer"):
+        parse_rules('alert tcp any any -> any any (pcre:"/' + "a" * (MAX_PCRE + 1) + '/"; sid:4;)', "p.rules")
+
+
+_FRAGMENTS = st.sampled_from([
+    "alert", "drop", "pass", "tcp", "udp", "http", "any", "$HOME_NET", "[80,443]", "!80", "1024:", "->", "<>",
+    "(", ")", ";", ":", ",", '"', "\\", "|", "!", "content", "content:\"x\"", "nocase", "depth:3", "offset:-1",
+    "distance:0", "within:2", "pcre:\"/a+b/i\"", "pcre:\"/(?=x)/\"", "isdataat:5,relative", "byte_test:2,>,5,0",
+    "byte_jump:2,0,relative", "dsize:>5", "flowbits:set,a", "flowbits:isset,a|b", "flowbits:noalert",
+    "flow:to_server,established", "http.uri", "http_uri", "pkt_data", "sid:1", "sid:x", "rev:2", "msg:\"m\"",
+    "|41 4", "|41|", "99999999999999999999999", " ", "\t", "\n", "#", "startswith", "endswith",
+])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(_FRAGMENTS, st.text(max_size=12)), max_size=40))
+def test_fuzzed_rule_text_loads_or_is_a_rule_error_with_a_line(parts: list[str]) -> None:
+    text = " ".join(parts)
+    try:
+        rs = parse_rules(text, "fuzz.rules")
+    except RuleError as e:
+        assert e.source.startswith("fuzz.rules:") and e.source.split(":")[1].isdigit()
+        return
+    for r in rs.rules:  # whatever loaded can be compiled and matched
+        m = Matcher([r])
+        m.match_once(b"GET /a+b x" * 3)
+        for _, els in r.buffers:
+            inspect(els, b"xabAB" * 10)
+    rs2 = parse_rules(text, "fuzz.rules", strict=False)  # non-strict never raises on a rule line
+    assert len(rs2.rules) == len(rs.rules)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_fuzzed_bytes_as_a_rules_file(tmp_path_factory, data: bytes) -> None:
+    p = tmp_path_factory.mktemp("fz") / "f.rules"
+    p.write_bytes(data)
+    try:
+        load_rules(p)
+    except RuleError as e:
+        assert e.source.startswith(f"{p}:")
