@@ -13,7 +13,10 @@ VENV=.venv
 # Debian packages the tests and the demo use (tools the tests compare against, real captures).
 DEB_PACKAGES=(tcpdump tshark iproute2 ethtool curl python3-dpkt
               golang-github-google-gopacket-dev sip-tester golang-github-jasonish-go-idsrules-dev
-              graphviz prometheus iperf3 openssl nginx iptables iputils-ping)
+              graphviz prometheus iperf3 openssl nginx iptables iputils-ping tcpreplay)
+# Packages from bookworm-backports (the IDS is compared with Suricata 7 there: tests/test_ids_suricata.py).
+BACKPORTS_PACKAGES=(suricata)
+BACKPORTS_LINE="deb http://deb.debian.org/debian bookworm-backports main"
 
 have_deb() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
@@ -28,6 +31,23 @@ apt_install() {
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
     else
         echo "dev.sh: not root; missing Debian packages (tests that need them skip): ${missing[*]}" >&2
+    fi
+}
+
+apt_install_backports() {
+    local missing=()
+    for p in "$@"; do have_deb "$p" || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+        if ! grep -rqs "bookworm-backports" /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            echo "$BACKPORTS_LINE" > /etc/apt/sources.list.d/bookworm-backports.list
+        fi
+        echo "dev.sh: installing from bookworm-backports: ${missing[*]}" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq >&2
+        apt-get install -y -qq --no-install-recommends -t bookworm-backports "${missing[@]}" >&2
+    else
+        echo "dev.sh: not root; missing backports packages (tests that need them skip): ${missing[*]}" >&2
     fi
 }
 
@@ -56,6 +76,7 @@ case "$cmd" in
         ;;
     test)
         apt_install "${DEB_PACKAGES[@]}"
+        apt_install_backports "${BACKPORTS_PACKAGES[@]}"
         ensure_venv
         exec "$VENV/bin/python" -m pytest -q "$@"
         ;;

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "plan": "e2actors.manager.plancli",
     "run": "e2actors.manager.runcli",
     "apply": "e2actors.manager.control",
+    "rules": "e2actors.nf.rulescli",
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
 from conftest import need_path
@@ -58,13 +60,25 @@ async def test_flow_direction_is_respected() -> None:
     assert v.port == "unsafe" and v.meta["sid"] == 1002
 
 
-async def test_client_from_ports_beats_first_sender() -> None:
+async def test_client_is_the_first_packets_sender_as_suricata() -> None:
     # A server-first protocol: the telnet server (port 23, the low end) speaks first.
-    nf = await ids(['alert tcp any 23 -> any any (msg:"bad login"; flow:from_server; content:"Login incorrect"; '
-                    'nocase; sid:7;)'])
+    rules = ['alert tcp any 23 -> any any (msg:"bad login"; flow:from_server; content:"Login incorrect"; '
+             'nocase; sid:7;)']
+    nf = await ids(rules)
     flow = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x02", 50000, ())  # low end = server
+    nf.set_client(flow, 1)  # the SYN came from the high end
+    nf.set_server(flow, 0)
     assert nf.on_stream(flow, 0, b"login: ").port == "safe"
     assert nf.on_stream(flow, 1, b"root\r\n") is None
+    assert nf.on_stream(flow, 0, b"LOGIN INCORRECT\r\n").meta["sid"] == 7
+    # Joined mid-stream (no SYN): the first sender is the client, whatever the ports (Suricata
+    # with midstream on does the same), so the server's words are "to_server" here.
+    nf = await ids(rules)
+    assert nf.on_stream(flow, 0, b"login: ").port == "safe"
+    assert nf.on_stream(flow, 0, b"LOGIN INCORRECT\r\n") is None
+    # A SYN/ACK seen first: its receiver is the client.
+    nf = await ids(rules)
+    nf.set_server(flow, 0)
     assert nf.on_stream(flow, 0, b"LOGIN INCORRECT\r\n").meta["sid"] == 7
 
 
@@ -96,13 +110,25 @@ async def test_tcp_after_unsafe_follows_in_process() -> None:
     nf = await ids()
     a, b = "198.18.0.1", "198.19.0.1"
     pkts = [Packet(ether(ip(a, b, 6, tcp(a, b, 40000, 80, flags="S")))),
+            Packet(ether(ip(b, a, 6, tcp(b, a, 80, 40000, flags="SA")))),
             Packet(ether(ip(a, b, 6, tcp(a, b, 40000, 80, flags="A"))))]
-    await nf.process(Batch(pkts[:1]))
+    await nf.process(Batch(pkts[:2]))
     flow = pkts[0].flow_key
     assert nf.on_stream(flow, pkts[0].direction, b"GET /etc/passwd").port == "unsafe"
-    await nf.process(Batch(pkts[1:]))
+    await nf.process(Batch(pkts[2:]))
     out = nf._take_outputs()
-    assert out["unsafe"] == [pkts[1]] and pkts[1].meta["sid"] == 1001
+    assert out["unsafe"] == [pkts[2]] and pkts[2].meta["sid"] == 1001
+
+
+async def test_established_needs_the_syn_answered() -> None:
+    """flow:established: a SYN never answered is not established; mid-stream flows are."""
+    nf = await ids()
+    flow = FLOW
+    nf.set_client(flow, 0)  # a SYN, no SYN/ACK
+    assert nf.on_stream(flow, 0, b"GET /etc/passwd").port == "safe"  # 1001 needs established
+    assert nf.on_stream(flow, 0, b" cmd.exe").meta["sid"] == 1003  # 1003 does not
+    nf = await ids()
+    assert nf.on_stream(flow, 0, b"GET /etc/passwd").meta["sid"] == 1001  # mid-stream: established
 
 
 async def test_udp_packets_through_process() -> None:
@@ -161,15 +187,17 @@ async def test_real_et_rules_in_the_ids() -> None:
     path = need_path(ET_TELNET, "Emerging Threats telnet rules (Debian golang-github-jasonish-go-idsrules-dev)")
     nf = IDS()
     await nf.setup({"rules": path})
-    assert nf.counters["rules"] == 6 and nf.counters["rules_skipped"] == 4
+    assert nf.counters["rules"] == 10 and nf.counters["rules_skipped"] == 0
     flow = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x02", 50000, ())
     assert nf.on_stream(flow, 1, b"wget http://x/bin/bus").port == "safe"
     v = nf.on_stream(flow, 1, b"ybox; chmod")
     assert v.meta["sid"] == 2023016
     flow2 = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x03", 50000, ())
+    nf.set_client(flow2, 1)  # the telnet client's SYN (the server speaks first)
     nf.on_stream(flow2, 0, b"\r\n\r\nUser Access Verification\r\n\r\nPassword required, but none set")
     assert nf.flows[flow2][1] == 1  # safe: the content is past depth 31
     flow3 = (6, b"\x0a\x00\x00\x01", 23, b"\x0a\x00\x00\x04", 50000, ())
+    nf.set_client(flow3, 1)
     assert nf.on_stream(flow3, 0, b"Password required, but none set\r\n").meta["sid"] == 2008860
 
 
@@ -219,3 +247,48 @@ async def test_generated_attack_traffic() -> None:
     for flow, has in sigs.items():
         assert verdict[flow] == ("unsafe" if has else "safe"), flow
     assert sum(nf.alerts.values()) == sum(sigs.values())
+
+
+# --- issue 15: direction on UDP, HTTP buffers, flowbits; issue 14: the build stays off the loop --------
+async def test_udp_client_is_the_first_datagrams_sender() -> None:
+    """A non-matching first datagram fixes the client: the server's reply is to_client."""
+    nf = await ids(['alert udp any any -> any any (msg:"q"; flow:to_server; content:"QUERYX"; sid:11;)',
+                    'alert udp any any -> any any (msg:"e"; flow:established; content:"PONGX"; sid:13;)'])
+    c, s = "198.18.0.9", "198.19.0.53"
+    first = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 53, b"hello PONGX"))))
+    reply = Packet(ether(ip(s, c, 17, udp(s, c, 53, 5353, b"QUERYX PONGX"))))
+    again = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 53, b"QUERYX"))))
+    await nf.process(Batch([first, reply, again]))
+    out = nf._take_outputs()
+    assert out["safe"] == [first]  # PONGX in the first datagram: not established yet
+    assert out["unsafe"] == [reply, again]
+    assert reply.meta["sid"] == 13 and again.meta["sid"] == 11
+
+
+async def test_http_buffers_and_flowbits_in_the_ids() -> None:
+    nf = await ids(['alert tcp any any -> any any (msg:"admin"; flow:to_server; http.method; content:"POST"; '
+                    'http.uri; content:"/admin/passwd"; http.host; content:"example.com"; sid:21;)',
+                    'alert tcp any any -> any any (msg:"set"; content:"LOGIN"; flowbits:set,in; noalert; sid:22;)',
+                    'alert tcp any any -> any any (msg:"isset"; content:"WELCOME"; flowbits:isset,in; sid:23;)'],
+                   stop_on_alert=False)
+    assert nf.on_stream(FLOW, 0, b"POST /admin/%70ass").port == "safe"
+    assert nf.on_stream(FLOW, 0, b"wd HTTP/1.1\r\nHost: WWW.EXAMPLE.com\r\n\r\n").meta["sid"] == 21
+    f2 = (6, b"\x01", 40001, b"\x02", 23, ())
+    assert nf.on_stream(f2, 1, b"WELCOME").port == "safe"  # the bit is not set
+    assert nf.on_stream(f2, 0, b"LOGIN bob") is None  # noalert
+    assert nf.on_stream(f2, 1, b"WELCOME bob").meta["sid"] == 23
+    assert nf.alerts == {21: 1, 23: 1}
+
+
+async def test_rule_build_does_not_block_the_event_loop() -> None:
+    """A big rule set compiles in a thread: other tasks run while setup() is in progress."""
+    rules = [f'alert tcp any any -> any any (msg:"r{i}"; content:"pattern-{i:06d}-xyz"; '
+             f'content:"second-{i}"; distance:0; sid:{i + 1};)' for i in range(6000)]
+    nf = IDS()
+    task = asyncio.create_task(nf.setup({"rules": rules}))
+    turns = 0
+    while not task.done():
+        turns += 1
+        await asyncio.sleep(0.001)
+    await task
+    assert turns > 1 and len(nf.rules) == 6000

@@ -19,7 +19,7 @@ from e2actors import Node
 from e2actors.nf.instance import NFInstance
 from e2actors.nf.messages import GetStats, StreamVerdicts, StreamWork
 from e2actors.nf.pipelet import Pipelet, Verdict
-from e2actors.nf.stream import CHUNK, GAP, OPEN, StreamDriver, tell
+from e2actors.nf.stream import CHUNK, GAP, OPEN, SYNACK, StreamDriver, tell
 from e2actors.packet.packet import Packet
 from e2actors.runtime import codec
 from e2actors.runtime.ref import ActorRef
@@ -163,8 +163,10 @@ def test_deferred_packets_wait_for_their_verdict_and_keep_their_order() -> None:
     for p in pkts[:5]:  # handshake, one data segment, the third one (out of order)
         drv.push(p)
     jobs = drv.take_jobs()
-    assert [j.kind for j in jobs] == [OPEN, CHUNK]
-    assert jobs[0].direction == pkts[0].direction
+    assert [j.kind for j in jobs] == [OPEN, OPEN, CHUNK]  # the SYN, the SYN/ACK, the bytes
+    assert jobs[0].direction == pkts[0].direction and jobs[0].arg is None
+    assert jobs[1].direction == pkts[1].direction and jobs[1].arg == SYNACK
+    jobs = [jobs[0], jobs[2]]
     assert [c.data for c in jobs[1].carriers] == [pkts[3].data]
     # The handshake left at once; the data segment waits for its verdict, the next for its bytes.
     assert [p.data for p, _ in drv.take_released()] == [p.data for p in pkts[:3]]

@@ -121,6 +121,10 @@ class Pipelet:
         """Bytestream NFs: the runner saw ``flow`` open (a SYN without ACK) from ``direction``,
         which is therefore the client's side."""
 
+    def set_server(self, flow: Hashable, direction: int) -> None:
+        """Bytestream NFs: the side sending in ``direction`` answered ``flow``'s SYN (a SYN/ACK):
+        it is the server, and the handshake was seen."""
+
     def on_gap(self, flow: Hashable, direction: int, missing: int) -> Verdict | str | None:
         """Bytestream NFs: ``missing`` bytes of ``flow`` never arrived in time; the stream goes on
         after them. Return a verdict as :meth:`on_stream` does (default: keep the current one)."""

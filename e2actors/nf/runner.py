@@ -109,6 +109,12 @@ class PipeletRunner:
         if self.clock == "wall":
             self.pipelet.now = time.time()
         await self.pipelet.setup(self.pipelet.config)
+        opts = getattr(self.pipelet, "reassembly", None)
+        if opts and self._stream is not None and not self._stream.pending:
+            # The pipelet chose reassembly options (e.g. the IDS's overlap policy) in its setup.
+            from e2actors.nf.stream import StreamDriver
+
+            self._stream = StreamDriver(self.pipelet, **opts)
         self.started = True
 
     async def stop(self) -> None:

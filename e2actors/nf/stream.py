@@ -25,7 +25,8 @@ Rules (both ways):
   current one.
 - Each Gap goes to ``pipelet.on_gap(flow, direction, missing)``; a sticky verdict from it becomes
   the current one (the bytes after the gap come in the next chunk and take on_stream's verdict).
-- A SYN without ACK tells the pipelet which side is the client (``pipelet.set_client``).
+- A SYN without ACK tells the pipelet which side is the client (``pipelet.set_client``); a SYN/ACK
+  tells it which side answered (``pipelet.set_server``: the handshake was seen).
 - A packet with no new bytes (SYN, pure ACK, full retransmission, FIN/RST without data, a late
   packet of an ended flow) takes the flow's current verdict *when its turn to leave comes*, so it
   follows the decision made on the bytes sent before it.
@@ -57,6 +58,8 @@ __all__ = ["CHUNK", "END", "GAP", "OPEN", "StreamDriver", "StreamJob", "tell"]
 
 #: Kinds of :class:`StreamJob`.
 OPEN, CHUNK, GAP, END = 0, 1, 2, 3
+#: The ``arg`` of an OPEN job for a SYN/ACK (its direction is the server's); None for a SYN.
+SYNACK = "synack"
 
 _LAZY = object()  # entry state: no new bytes; takes the flow's current verdict when it leaves
 _PASSED = object()  # a resolved barrier (the place of a gap's verdict in its flow's queue)
@@ -103,7 +106,10 @@ def tell(pipelet: Pipelet, kind: int, flow: Hashable, direction: int, arg: Any,
     if kind == GAP:
         return pipelet.on_gap(flow, direction, arg)
     if kind == OPEN:
-        pipelet.set_client(flow, direction)
+        if arg == SYNACK:
+            pipelet.set_server(flow, direction)
+        else:
+            pipelet.set_client(flow, direction)
         return None
     if kind != END:
         raise ValueError(f"unknown stream event kind {kind!r}")
@@ -215,8 +221,11 @@ class StreamDriver:
                     if old.queue:
                         fs.prev = old
                         old.next = fs
-        if pkt.tcp_flags & 0x12 == 0x02 and key is not None:  # a SYN opens the flow: its sender is the client
-            self._open(key, pkt.direction)
+        if key is not None and pkt.tcp_flags & 0x02:
+            if pkt.tcp_flags & 0x12 == 0x02:  # a SYN opens the flow: its sender is the client
+                self._open(key, pkt.direction)
+            else:  # a SYN/ACK: its sender answered, it is the server (the handshake was seen)
+                self._open(key, pkt.direction, SYNACK)
         if not events and not fs.queue and not r.last_held and fs.prev is None:
             # The common case (a pure ACK, ...): nothing waits in its flow, no bytes to judge.
             v = fs.current
@@ -386,12 +395,12 @@ class StreamDriver:
         self._counts["errors"] += 1
         self.errors.append((flow, text))
 
-    def _open(self, flow: Hashable, direction: int) -> None:
+    def _open(self, flow: Hashable, direction: int, how: str | None = None) -> None:
         if self.deferred:
-            self._jobs.append(StreamJob(OPEN, flow, direction, None, ()))
+            self._jobs.append(StreamJob(OPEN, flow, direction, how, ()))
             return
         try:
-            tell(self.pipelet, OPEN, flow, direction, None)  # type: ignore[arg-type]
+            tell(self.pipelet, OPEN, flow, direction, how)  # type: ignore[arg-type]
         except Exception as exc:
             self._error(flow, repr(exc))
 

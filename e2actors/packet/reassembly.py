@@ -15,11 +15,19 @@ which bytes. Pure code (no asyncio, no sockets); the switch and the test harness
 
 Policies (what a monitor has to choose, since it cannot see what the receiver accepted):
 
-- **First copy wins.** When segments overlap (retransmissions, overlapping out-of-order segments),
-  the bytes seen first are kept and later copies of the same sequence numbers are ignored. Later
-  bytes that *differ* from the kept ones are counted in ``stats["overlap_conflicts"]`` (a sign of an
-  evasion attempt or a broken stack). Out-of-order bytes are compared while buffered; bytes already
-  delivered are compared against a short history (``history`` bytes per direction, 0 disables).
+- **Overlaps** (``overlap``). When segments overlap (retransmissions, overlapping out-of-order
+  segments) with *different* bytes, a receiver keeps one copy; which one depends on its TCP stack
+  (Novak and Sturges, "Target-Based TCP Stream Reassembly", 2007). For bytes still buffered (waiting
+  behind a hole) the policy decides: ``"first"`` (the default) keeps the bytes seen first;
+  ``"last"`` takes the latest copy; ``"bsd"`` takes the new copy where the new segment starts
+  before the segment that supplied the buffered bytes, else keeps them (Suricata 7 gave this result
+  under each of its host-os policies in our tests: tests/test_ids_suricata.py); ``"linux"`` is
+  ``"bsd"`` plus: a new segment starting at the same sequence number and ending later wins. Bytes
+  already *delivered* cannot be taken back: a later different copy of them is ignored under every
+  policy. A replacing segment's bytes stay carried by the packet that first carried those
+  sequence numbers. Differing bytes are counted in ``stats["overlap_conflicts"]`` (a sign of an
+  evasion attempt or a broken stack), replaced ones in ``stats["overlap_replaced"]``. Delivered
+  bytes are compared against a short history (``history`` bytes per direction, 0 disables).
 - **Start of stream.** With a SYN seen, data starts at ISN + 1. Joining mid-stream (no SYN), the
   stream starts at the first data segment (or FIN) seen in that direction; anything before it is
   treated as old (a retransmission).
@@ -56,7 +64,10 @@ from typing import Union
 
 from e2actors.packet.packet import Packet
 
-__all__ = ["Chunk", "End", "Event", "Gap", "Reassembler"]
+__all__ = ["Chunk", "End", "Event", "Gap", "OVERLAP_POLICIES", "Reassembler"]
+
+#: Overlap policies for buffered bytes (see the module docstring).
+OVERLAP_POLICIES = ("first", "last", "bsd", "linux")
 
 _M32 = 0xFFFFFFFF
 _HALF = 0x80000000
@@ -124,7 +135,8 @@ class _Dir:
         self.started = False
         self.base = 0  # sequence number of stream offset 0
         self.off = 0  # offset of the next byte expected (everything before is delivered or skipped)
-        # Out-of-order pieces [start, end, data, packet], sorted, never overlapping, all > off.
+        # Out-of-order pieces [start, end, data, packet, (segment start, end)], sorted, never
+        # overlapping, all > off; the segment is the one that supplied the piece (overlap policies).
         self.pending: list[list] = []
         self.pbytes = 0
         self.fin = -1  # stream offset of the FIN, -1 until one is seen
@@ -161,7 +173,7 @@ class Reassembler:
     """
 
     __slots__ = ("max_flow_buffer", "max_total_buffer", "gap_timeout", "idle_timeout", "history", "linger",
-                 "stats", "total", "last_key", "last_held", "_flows", "_closed", "_waiting")
+                 "overlap", "stats", "total", "last_key", "last_held", "_flows", "_closed", "_waiting")
 
     def __init__(
         self,
@@ -172,11 +184,15 @@ class Reassembler:
         *,
         history: int = 4096,
         linger: float = 5.0,
+        overlap: str = "first",
     ) -> None:
         if max_flow_buffer < 0 or max_total_buffer < 0 or history < 0:
             raise ValueError("buffer bounds and history must be >= 0")
         if gap_timeout <= 0 or idle_timeout <= 0 or linger < 0:
             raise ValueError("gap_timeout and idle_timeout must be > 0, linger >= 0")
+        if overlap not in OVERLAP_POLICIES:
+            raise ValueError(f"overlap must be one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}")
+        self.overlap = overlap
         self.max_flow_buffer = max_flow_buffer
         self.max_total_buffer = max_total_buffer
         self.gap_timeout = gap_timeout
@@ -186,7 +202,7 @@ class Reassembler:
         self.stats: dict[str, int] = dict.fromkeys(
             ("segments", "bytes", "delivered", "out_of_order", "retransmitted", "overlap_bytes",
              "overlap_conflicts", "gaps", "gap_bytes", "overflow_skips", "flows", "ends_fin", "ends_rst",
-             "ends_idle", "ends_flush", "after_fin", "rst_ignored", "late", "ignored"), 0)
+             "ends_idle", "ends_flush", "after_fin", "rst_ignored", "late", "ignored", "overlap_replaced"), 0)
         self.total = 0  # out-of-order bytes buffered over all flows
         self.last_key: Hashable | None = None
         self.last_held = False
@@ -308,6 +324,7 @@ class Reassembler:
                 self._check_history(dr, start, pkt.payload)
             return
         data = pkt.payload
+        seg = (start, end)  # the segment as sent (overlap policies compare segments)
         fin = dr.fin
         if fin >= 0 and end > fin:
             if start >= fin:
@@ -330,10 +347,10 @@ class Reassembler:
             if self.history:
                 self._remember(dr, start, data)
             return
-        self._insert(dr, start, end, data, pkt, now, events)
+        self._insert(dr, start, end, data, pkt, now, events, seg)
 
     def _insert(self, dr: _Dir, start: int, end: int, data: bytes, pkt: Packet, now: float,
-                events: list[Event]) -> None:
+                events: list[Event], seg: tuple[int, int] | None = None) -> None:
         """Buffer the parts of [start, end) not already buffered (first copy wins), deliver what
         became in order, and enforce the bounds."""
         st = self.stats
@@ -348,21 +365,33 @@ class Reassembler:
         cur = start
         overlap = 0
         n = len(p)
+        if seg is None:
+            seg = (start, end)
+        policy = self.overlap
         while i < n and p[i][0] < end:
-            ps, pe, pd, _pp = p[i]
+            piece = p[i]
+            ps, pe, pd = piece[0], piece[1], piece[2]
             if ps > cur:
-                new.append([cur, ps, data[cur - start : ps - start], pkt])
+                new.append([cur, ps, data[cur - start : ps - start], pkt, seg])
             a = max(cur, ps)
             b = min(end, pe)
             if b > a:
                 overlap += b - a
-                c = _diff(data[a - start : b - start], pd[a - ps : b - ps])
+                nd = data[a - start : b - start]
+                c = _diff(nd, pd[a - ps : b - ps])
                 if c:
                     st["overlap_conflicts"] += c
+                    if policy != "first":
+                        o0, o1 = piece[4]
+                        if (policy == "last" or seg[0] < o0
+                                or (policy == "linux" and seg[0] == o0 and seg[1] > o1)):
+                            # The new copy wins: same bytes counted, same carrier, new content.
+                            piece[2] = pd[: a - ps] + nd + pd[b - ps :]
+                            st["overlap_replaced"] += b - a
             cur = max(cur, pe)
             i += 1
         if cur < end:
-            new.append([cur, end, data[cur - start :] if cur > start else data, pkt])
+            new.append([cur, end, data[cur - start :] if cur > start else data, pkt, seg])
         if overlap:
             st["retransmitted"] += 1
             st["overlap_bytes"] += overlap
