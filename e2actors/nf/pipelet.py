@@ -188,6 +188,13 @@ class Pipelet:
         return out
 
     @classmethod
+    def reassembly_options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        """Bytestream NFs: options for the TCP reassembly that feeds :meth:`on_stream` (e.g. an
+        ``overlap`` policy), from the NF's config — the switch reassembles before the instance
+        ever sees the config. Default: none."""
+        return {}
+
+    @classmethod
     def describe(cls) -> dict[str, Any]:
         """The NF description defaults this class gives the manager."""
         return {"ports": list(cls.ports), "affinity": cls.affinity, "input": cls.input, "cost_pps": cls.cost_pps}

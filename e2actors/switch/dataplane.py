@@ -224,9 +224,11 @@ class Dataplane:
         return (cur or self.last_ts) + (self.now - self.last_ts)
 
     # --- tables ---------------------------------------------------------------------------------
-    def install(self, table: SwitchTable, runners: dict[str, PipeletRunner], wall: float) -> None:
+    def install(self, table: SwitchTable, runners: dict[str, PipeletRunner], wall: float,
+                stream_options: dict[str, dict[str, Any]] | None = None) -> None:
         """Swap in ``table`` (atomically for the traffic). ``runners``: the inline NFs' runners,
-        built by the shell (they start asynchronously)."""
+        built by the shell (they start asynchronously); ``stream_options``: reassembly options of
+        bytestream NFs (from their pipelet class)."""
         if table.clock != self.clock:
             self.clock = table.clock
             self.now = 0.0  # (a new kind of time: the first table's, in practice)
@@ -241,7 +243,7 @@ class Dataplane:
             if gs.input == "bytestream":
                 # The reassembly state outlives table changes (scaling, moves on this server).
                 stream = old_g.stream if old_g is not None and old_g.stream is not None \
-                    else StreamDelivery(gs.nf, gs.ports)
+                    else StreamDelivery(gs.nf, gs.ports, **(stream_options or {}).get(gs.nf, {}))
             members = local_members(gs, self.server)
             if old_g is not None and old_g.balancer is not None:
                 old_g.balancer.update(members, now)  # migration avoidance keeps live flows

@@ -322,13 +322,21 @@ class Switch(Actor):
             runner = PipeletRunner(p, clock="replay" if table.clock == "packet" else "wall")
             await runner.start(dict(gs.config))
             runners[gs.nf] = runner
+        stream_options: dict[str, dict[str, Any]] = {}
+        for gs in table.groups:
+            if gs.input == "bytestream" and not gs.inline and gs.nf not in dp.groups:
+                try:
+                    stream_options[gs.nf] = resolve_pipelet(gs.pipelet, self.node.allow_spawn).reassembly_options(
+                        dict(gs.config))
+                except Exception as exc:  # (the instances say why they cannot load it)
+                    log.warning("switch %s: reassembly options of %s: %r", self.server, gs.nf, exc)
         old_runners = [g.runner for g in dp.groups.values() if g.runner is not None]
         # --- swap
         for name, p in self.ports.items():
             if new_ports.get(name) is not p:
                 await p.close()
                 self._paused.discard(name)
-        dp.install(table, runners, time.time())
+        dp.install(table, runners, time.time(), stream_options)
         for r in old_runners:
             if all(r is not n for n in runners.values()):
                 await r.stop()

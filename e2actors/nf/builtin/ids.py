@@ -201,6 +201,10 @@ class IDS(Pipelet):
         #: Options for the reassembly that feeds :meth:`on_stream` (the runner reads them).
         self.reassembly: dict[str, Any] = {}
 
+    @classmethod
+    def reassembly_options(cls, config: dict[str, Any]) -> dict[str, Any]:
+        return {"overlap": str(config["overlap"])} if "overlap" in config else {}
+
     # --- setup -----------------------------------------------------------------------------------
     async def setup(self, config: dict[str, Any]) -> None:
         self.config = config
