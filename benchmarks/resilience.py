@@ -126,7 +126,8 @@ async def main(rate: float, hb: float) -> dict:
     tmp = tempfile.mkdtemp(prefix="e2res-")
     with open(os.path.join(tmp, "v1.yaml"), "w") as f:
         f.write(V1)
-    mgr = Manager(workers=3, worker_cores=2, autoscale=False, allow=("heal_nfs",), heartbeat_timeout=hb)
+    mgr = Manager(workers=3, worker_cores=2, autoscale=False, allow=("heal_nfs",), heartbeat_timeout=hb,
+                  shards=False)  # (the ports here, the instances on the workers)
     res: dict = {}
     try:
         await mgr.deploy(mgr.plan(Policy.load(os.path.join(tmp, "v1.yaml"))), Traffic())

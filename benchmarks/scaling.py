@@ -71,7 +71,9 @@ async def throughput(d: str, workers: int, pcap: str) -> float:
 
 
 async def scale_out(d: str) -> dict:
-    mgr = Manager(workers=2, worker_cores=1, allow=("scaling_nfs",), report_interval=0.1,
+    # (the ports in this process, the instances on the workers: the scale-out moves new flows
+    # to the other worker's new instance)
+    mgr = Manager(workers=2, worker_cores=1, allow=("scaling_nfs",), report_interval=0.1, shards=False,
                   scaling=ScalingPolicy(high=0.7, low=0.05, sustain=0.3, cooldown=1.0))
     first_over: list[float] = []
     orig = mgr._on_report
