@@ -67,7 +67,7 @@ async def ceiling(pcap: str, outdir: str) -> float:
             cfg = {**cfg, "pcap": os.path.join(outdir, "ceiling-unsafe.pcap")}
         p = resolve_pipelet(spec.cls, ("e2actors.",))()
         p.name = f"{name}#1"
-        r = PipeletRunner(p, clock="wall")
+        r = PipeletRunner(p, clock="packet")
         await r.start(cfg)
         runners[name] = r
     ids, logger, parental, shaper = (runners[n] for n in ("ids", "logger", "parental", "shaper"))

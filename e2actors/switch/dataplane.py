@@ -817,7 +817,8 @@ class Dataplane:
             if g is None or g.stream is None:
                 return
             if ok:
-                g.stream.sent(w)
+                if msg.seq >= 0:
+                    g.stream.sent(w)
             else:
                 g.stream.refused(w)  # retried by housekeeping, not in a loop here
                 self._dirty[g.spec.nf] = g
@@ -881,7 +882,7 @@ class Dataplane:
         w.ref = m.ref
         if ask:
             self._hop("stream_work", sum(len(j.carriers) for j in w.jobs if j.kind == CHUNK))
-        self._sends.append((m.ref, msg, w if ask else None))
+        self._sends.append((m.ref, msg, w))
 
     # --- tables and time --------------------------------------------------------------------------
     def _release_held(self) -> None:

@@ -96,12 +96,12 @@ class PcapInPort(Port):
 
     async def _replay(self, ingress: Ingress, gate: Gate) -> None:
         name, size = self.name, self.batch
-        if self.shard is not None and self.shard[1] > 1:
-            from e2actors.switch.balancer import shard_of
+        sharded = self.shard is not None and self.shard[1] > 1
+        if sharded:
+            from e2actors.switch.balancer import shard_of, shard_of_frame
 
-            k, n = self.shard
+            k, n = self.shard  # type: ignore[misc]
         else:
-            shard_of = None
             k = n = 0
         offset = 0.0  # later loops of a capture replayed in packet time come after the earlier ones
         t_max = 0.0
@@ -131,10 +131,20 @@ class PcapInPort(Port):
                                     cur = []
                                 await asyncio.sleep(delay)
                             ts = time.time()
-                        pkt = Packet(data, ts, name, wirelen, lt)
-                        if shard_of is not None and shard_of(pkt, n) != k:
-                            self.skipped += 1
-                            continue
+                        if sharded:
+                            # Most frames are decided from their bytes (no parse for other
+                            # shards' packets); the rest are parsed first.
+                            sh = shard_of_frame(data, lt, n)
+                            if sh < 0:
+                                pkt = Packet(data, ts, name, wirelen, lt)
+                                sh = shard_of(pkt, n)
+                            elif sh == k:
+                                pkt = Packet(data, ts, name, wirelen, lt)
+                            if sh != k:
+                                self.skipped += 1
+                                continue
+                        else:
+                            pkt = Packet(data, ts, name, wirelen, lt)
                         cur.append(pkt)
                         if len(cur) >= size:
                             await self._push(ingress, gate, cur)
