@@ -17,7 +17,7 @@ from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport
 from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
-from e2actors.switch.messages import Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
+from e2actors.switch.messages import CloseInputs, Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 from nfkit import connection
 from peer_node import Forward, Ping, Pong
@@ -70,6 +70,7 @@ SAMPLES = [
     Drained("ids", "ids#1", "s2"),
     GetTraces(True),
     Credit(((1, 250), (2, 3))),
+    CloseInputs(),
     SwitchLoad("s1", (("ids#0", 120),), (("ids#0", 4),)),
 ]
 

@@ -149,6 +149,8 @@ def test_two_switch_processes_share_live_interfaces_by_flow(topo: Topo, tmp_path
     assert flows >= 10 and both == flows
     assert s["inter_server_packets"] == 0
     assert not {k for k in s["drops"] if not k.startswith("switch: malformed")}, s["drops"]
+    # Stopped by a signal: the inputs closed and what was inside left before the account.
+    assert s["lost"] == 0
 
 
 def test_overload_on_a_live_port_drops_at_the_ring_only(topo: Topo, tmp_path: Path) -> None:

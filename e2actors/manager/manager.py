@@ -536,6 +536,20 @@ class Manager:
                     pass
         return out
 
+    async def close_inputs(self, drain: float = 5.0) -> bool:
+        """Stop reading input everywhere (the end of a live run, or a stop asked for) and wait up
+        to ``drain`` seconds for what is in the deployment to leave; True when it all did."""
+        from e2actors.switch.messages import CloseInputs
+
+        assert self.node is not None
+        for srv in self.servers.values():
+            if srv.switch is not None:
+                try:
+                    await self.node.ask(srv.switch, CloseInputs(), timeout=5)
+                except Exception as exc:
+                    log.warning("closing the inputs of %s: %r", srv.name, exc)
+        return await self.wait_done(timeout=drain)
+
     def instance_counts(self) -> dict[str, int]:
         assert self.plan_ is not None
         return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining")

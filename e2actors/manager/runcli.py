@@ -144,6 +144,10 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
+        if not done:
+            # Ended by --duration or a signal: read no more, and let what is inside leave, so
+            # the account closes (bounded: a second signal is not needed).
+            await mgr.close_inputs(drain=5.0)
         st = await mgr.stats()
         if metrics is not None:
             metrics.update(st)

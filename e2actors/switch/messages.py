@@ -8,7 +8,7 @@ from e2actors.packet.batch import Batch
 from e2actors.runtime.codec import message
 from e2actors.switch.table import SwitchTable
 
-__all__ = ["Credit", "Drained", "GetSwitchStats", "GetTraces", "RemoteBatch", "SetTable", "SwitchLoad"]
+__all__ = ["CloseInputs", "Credit", "Drained", "GetSwitchStats", "GetTraces", "RemoteBatch", "SetTable", "SwitchLoad"]
 
 
 @message(320)
@@ -74,3 +74,10 @@ class SwitchLoad:
     server: str
     backlog: tuple[tuple[str, int], ...]
     congestion: tuple[tuple[str, int], ...]
+
+
+@message(327)
+@dataclass(frozen=True, slots=True)
+class CloseInputs:
+    """Read no more from the input ports (ask; the end of a live run): what is in the deployment
+    still goes its way, so the run's account closes exactly."""

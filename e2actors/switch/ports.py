@@ -55,6 +55,11 @@ class Port:
     async def close(self) -> None:
         """Stop and release resources."""
 
+    def stop_input(self) -> None:
+        """Read no more (the end of a run): the port is done as an input; it still sends."""
+        self.pause()
+        self.done = True
+
     def pause(self) -> None:
         """Stop reading (live ports): the input's own buffer fills and drops, counted there."""
 
@@ -161,6 +166,11 @@ class PcapInPort(Port):
         self.rx_bytes += sum([len(p.data) for p in pkts])
         ingress(self.name, pkts)
         await asyncio.sleep(0)  # let the rest of the switch run between batches
+
+    def stop_input(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.done = True
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():

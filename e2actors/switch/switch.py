@@ -50,7 +50,8 @@ from e2actors.runtime.actor import Actor
 from e2actors.runtime.messages import Tick
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.dataplane import Dataplane, Group
-from e2actors.switch.messages import Credit, GetSwitchStats, GetTraces, RemoteBatch, SetTable, SwitchLoad
+from e2actors.switch.messages import (CloseInputs, Credit, GetSwitchStats, GetTraces, RemoteBatch, SetTable,
+                                     SwitchLoad)
 from e2actors.switch.ports import Port, make_port
 from e2actors.switch.table import SwitchTable
 
@@ -77,7 +78,7 @@ class Switch(Actor):
 
     mailbox_size = 65536
     overflow = "drop"
-    urgent = frozenset({SetTable, GetSwitchStats, GetTraces, Credit})
+    urgent = frozenset({SetTable, GetSwitchStats, GetTraces, Credit, CloseInputs})
     # Never dropped for lack of room: an instance's output (at most one per batch this switch
     # sent, bounded by its window) and port input (bounded by the port's credit window) — losing
     # one would lose its packets uncounted and their credits with them.
@@ -162,6 +163,11 @@ class Switch(Actor):
             return v
         if t is GetSwitchStats:
             return self.stats()
+        if t is CloseInputs:
+            for p in self.ports.values():
+                if p.is_input and not p.done:
+                    p.stop_input()
+            return True
         if t is GetTraces:
             out = list(self.dp.traces)
             if msg.clear:
