@@ -79,3 +79,10 @@ class PolicyError(E2Error):
 
 class PlacementError(E2Error):
     """The instances cannot be placed: not enough cores (or NIC bandwidth) on the servers."""
+
+
+class ChangeFailed(E2Error):
+    """A change to a running deployment could not be applied; it was rolled back to what ran
+    before. ``diff``: the policy difference it tried to apply, when it was a policy update."""
+
+    diff: object = None

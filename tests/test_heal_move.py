@@ -7,7 +7,7 @@ from pathlib import Path
 
 from healkit import EXT, SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
 
-from e2actors.manager.changes import pick_rebalance
+from e2actors.manager.rebalance import pick_rebalance
 from nfkit import chain_policy
 
 NAT_POLICY = nat_policy("natp")
@@ -65,7 +65,7 @@ def test_pick_rebalance_evens_out_servers() -> None:
     hw = Hardware([Server("main", 0), Server("w1", 4), Server("w2", 4)],
                   {"in": PortPlace("in", "main"), "out": PortPlace("out", "main")})
     plan = make_plan(pol, hw)
-    from e2actors.manager.changes import with_assignment
+    from e2actors.manager.diff import with_assignment
 
     plan = with_assignment(plan, {i: "w1" for i in plan.instances_of("nat")})
     busy = {i: 0.4 for i in plan.instances_of("nat")}

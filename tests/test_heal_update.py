@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from healkit import SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
 
-from e2actors.manager.changes import ChangeFailed
+from e2actors.errors import ChangeFailed
 from e2actors.manager.policy import Policy
 
 V1 = nat_policy("v1")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from e2actors.cli import command
-from e2actors.errors import E2Error
+from e2actors.errors import ChangeFailed, E2Error
 from e2actors.runtime.actor import Actor
 from e2actors.runtime.codec import message
 from e2actors.runtime.node import Node, run
@@ -74,7 +74,6 @@ class ControlActor(Actor):
         raise E2Error(f"control does not handle {type(msg).__name__}")
 
     async def _apply(self, msg: ApplyPolicy) -> dict[str, Any]:
-        from e2actors.manager.changes import ChangeFailed
         from e2actors.manager.policy import Policy
 
         try:

@@ -25,33 +25,36 @@ import dataclasses
 import logging
 import os
 import secrets
-import subprocess
-import sys
-import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from e2actors.errors import E2Error, RemoteError, SpawnRefused
+from e2actors.errors import E2Error
+from e2actors.manager import changes
+from e2actors.manager.deployment import MAIN, Deployment, Event, ServerHandle, check_agent
+from e2actors.manager.drain import DrainTracker
 from e2actors.manager.hardware import Hardware, PortPlace, Server
 from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan, make_plan
-from e2actors.manager.policy import Policy
+from e2actors.manager.policy import Policy, resolve_config
+from e2actors.manager.rebalance import BusyTracker, rebalance
+from e2actors.manager.recovery import Recovery
 from e2actors.manager.scaling import Autoscaler, ScalingPolicy
+from e2actors.manager.shards import merge_captures, shard_hardware, shard_path
 from e2actors.nf.messages import GetStats, LoadReport
 from e2actors.runtime.actor import Actor
-from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Terminated, Tick
+from e2actors.runtime.messages import NodeLost, Terminated, Tick
 from e2actors.runtime.node import Node
 from e2actors.runtime.ref import ActorRef
-from e2actors.switch.messages import Drained, GetSwitchStats, SetTable, SwitchLoad
+from e2actors.switch.messages import CloseInputs, Drained, GetSwitchStats, GetTraces, SwitchLoad
 from e2actors.switch.table import SwitchTable
 
-__all__ = ["Manager", "Traffic"]
+# (check_agent and resolve_config were defined here; they stay importable from here)
+__all__ = ["Manager", "Traffic", "check_agent", "resolve_config"]
 
 log = logging.getLogger("e2actors.manager")
-
-MAIN = "main"
 
 
 @dataclass
@@ -87,25 +90,6 @@ class Traffic:
         return {"in": ("memory", {}), "out": ("memory", {})}
 
 
-@dataclass
-class Event:
-    t: float
-    nf: str
-    kind: str
-    detail: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"t": round(self.t, 3), "nf": self.nf, "kind": self.kind, "detail": self.detail}
-
-
-@dataclass
-class _Server:
-    name: str
-    node_address: str
-    switch: ActorRef | None = None
-    proc: subprocess.Popen | None = None
-
-
 class ManagerActor(Actor):
     """Receives load reports, drain notices and node losses; decides on a timer."""
 
@@ -120,24 +104,14 @@ class ManagerActor(Actor):
         self.every(self.tick_interval, Tick("manager"))
 
     async def on_message(self, msg: Any) -> Any:
-        m = self.manager
-        if isinstance(msg, LoadReport):
-            m._on_report(msg)
-        elif isinstance(msg, Drained):
-            m._on_drained(msg)
-        elif isinstance(msg, SwitchLoad):
-            m._on_switch_load(msg)
-        elif isinstance(msg, NodeLost):
-            m._on_node_lost(msg)
-        elif isinstance(msg, Terminated):
-            m.recovery.on_terminated(msg)
-        elif isinstance(msg, Tick):
-            await m._tick()
+        await self.manager.handle(msg)
         return None
 
 
 class Manager:
-    """Plans, deploys, monitors and scales one deployment (see the module docstring)."""
+    """Plans, deploys, monitors and scales one deployment (see the module docstring). The
+    deployment's state and every call to its nodes are its :attr:`deployment`'s; the manager
+    decides (scaling, rebalancing) and is the actor that hears from the deployment."""
 
     def __init__(self, *, workers: int = 0, worker_cores: int = 4, secret: bytes | None = None,
                  autoscale: bool = True, scaling: ScalingPolicy | None = None, trace_every: int = 0,
@@ -160,34 +134,54 @@ class Manager:
         self.max_inflight = max_inflight
         self.node: Node | None = None
         self.ref: ActorRef | None = None
-        self.plan_: Plan | None = None
-        self.servers: dict[str, _Server] = {}
-        self.instances: dict[str, ActorRef] = {}
-        self.states: dict[str, str] = {}
-        self.version = 0
-        self.events: list[Event] = []
-        self.t0 = time.monotonic()
         self.traffic = Traffic()
-        self._tmp = tempfile.mkdtemp(prefix="e2actors-")
-        self._lock = asyncio.Lock()
-        self._draining: dict[str, set[str]] = {}  # instance -> servers that have not reported drained
-        self._drain_started: dict[str, float] = {}
+        self.deployment = Deployment(allow=self.allow, secret=self.secret, heartbeat_timeout=heartbeat_timeout,
+                                     report_interval=report_interval, workers=bool(workers))
+        self.drains = DrainTracker()
         self._last_stats: dict[str, Any] = {}
-        self._final_instances: dict[str, dict[str, Any]] = {}
         self.started = False
         self.deployed = False
         # Keeping the deployment healthy (moves, updates, failures: changes.py, recovery.py)
-        from e2actors.manager.recovery import Recovery
-
         self.rebalance_enabled = rebalance
         self.rebalance_threshold = rebalance_threshold
         self.rebalance_every = rebalance_every
         self._last_rebalance = 0.0
-        self._busy: dict[str, tuple[float, float]] = {}  # instance -> (busy fraction, when reported)
-        self._gen = 0  # numbers the actors that replace instances (moves, upgrades, recovery)
-        self._lost_procs: list[subprocess.Popen] = []
-        self.last_move_pause = 0.0
-        self.recovery = Recovery(self)
+        self.busy = BusyTracker()  # instance -> busy fraction, from load reports (rebalancing)
+        self.recovery = Recovery(self.deployment, self.autoscaler)
+
+    # --- the deployment's state, read through the manager ------------------------------------------
+    @property
+    def plan_(self) -> Plan | None:
+        """The plan in force (None before :meth:`deploy`)."""
+        return self.deployment.plan
+
+    @property
+    def servers(self) -> Mapping[str, ServerHandle]:
+        return self.deployment.servers
+
+    @property
+    def instances(self) -> Mapping[str, ActorRef]:
+        return self.deployment.instances
+
+    @property
+    def states(self) -> Mapping[str, str]:
+        return self.deployment.states
+
+    @property
+    def version(self) -> int:
+        return self.deployment.version
+
+    @property
+    def events(self) -> list[Event]:
+        return self.deployment.events
+
+    @property
+    def t0(self) -> float:
+        return self.deployment.t0
+
+    @property
+    def last_move_pause(self) -> float:
+        return self.deployment.last_move_pause
 
     @property
     def clock(self) -> str:
@@ -201,8 +195,6 @@ class Manager:
         if hardware is not None:
             return hardware
         if self.workers and self.shards:
-            from e2actors.manager.shards import shard_hardware
-
             return shard_hardware(self.workers, self.worker_cores)
         if self.workers:
             servers = [Server(MAIN, 0)] + [Server(f"w{i}", self.worker_cores) for i in range(1, self.workers + 1)]
@@ -224,260 +216,151 @@ class Manager:
         await self.node.start()
         self.ref = self.node.spawn(ManagerActor, "manager", manager=self)
         self.node.subscribe(self.ref)
+        self.deployment.attach(self.node, self.ref)
         self.started = True
-
-    async def _start_servers(self, hardware: Hardware) -> None:
-        assert self.node is not None
-        for name, srv in hardware.servers.items():
-            if name in self.servers:
-                continue
-            if srv.address:
-                addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
-                await check_agent(self.node, name, addr, srv.cores)
-                self.servers[name] = _Server(name, addr)
-            elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
-                self.servers[name] = _Server(name, self.node.address)
-            else:
-                self.servers[name] = await self._start_worker(name, srv.cores)
-
-    async def _start_worker(self, name: str, cores: int) -> _Server:
-        secret_file = os.path.join(self._tmp, "secret")
-        if not os.path.exists(secret_file):
-            with open(secret_file, "wb") as f:
-                f.write(self.secret)
-            os.chmod(secret_file, 0o600)
-        sock = f"unix://{self._tmp}/{name}.sock"
-        cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
-               "--name", name, "--cores", str(cores), "--exit-with-parent",
-               "--heartbeat-timeout", str(self.heartbeat_timeout)]
-        for a in self.allow:
-            cmd += ["--allow", a]
-        env = dict(os.environ)
-        # Workers import the policy's pipelet classes as this process does: same search path.
-        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *(p for p in sys.path if p), env.get("PYTHONPATH", "")])
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
-        line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)  # type: ignore[union-attr]
-        if not line.startswith("READY "):
-            proc.kill()
-            raise E2Error(f"worker {name} did not start: {line!r}")
-        addr = line.split()[1]
-        assert self.node is not None
-        await self.node.connect(addr)
-        return _Server(name, addr, proc=proc)
 
     async def deploy(self, plan: Plan, traffic: Traffic | None = None) -> None:
         """Start what ``plan`` needs (workers, switches, instances) and install the tables."""
         await self.start()
-        assert self.node is not None and self.ref is not None
+        dep = self.deployment
         self.traffic = traffic or Traffic()
+        dep.clock = self.clock
         # No traffic given: the hardware file's ports (kind and params, e.g. AF_PACKET) stay.
         ports = self.traffic.ports() if traffic is not None else {}
         hw = plan.hardware
         hw.ports = {n: dataclasses.replace(p, kind=ports[n][0], params=ports[n][1]) if n in ports else p
                     for n, p in hw.ports.items()}
-        self.plan_ = plan
-        await self._start_servers(hw)
-        for name, srv in self.servers.items():
-            srv.switch = await self._spawn_on(name, "e2actors.switch.switch:Switch", f"switch-{name}",
-                                              {"server": name, "manager": self.ref, "trace_every": self.trace_every,
-                                               "max_inflight": self.max_inflight,
-                                               "live": any(p.kind == "afpacket" for p in hw.ports.values())})
+        dep.set_plan(plan)
+        await dep.start_servers(hw)
+        live = any(p.kind == "afpacket" for p in hw.ports.values())
+        await dep.start_switches(trace_every=self.trace_every, max_inflight=self.max_inflight, live=live)
         for inst, server in plan.assignment.items():
-            await self._spawn_instance(inst, server)
+            await self._spawn_instance(plan, inst, server)
         # Shards sharing live interfaces join each PACKET_FANOUT group in the same order (the
         # kernel hands a flow to the member at the same index in every group: both directions
         # of a connection reach one switch), so their first tables go one server at a time.
-        await self._push_tables(sequential=bool(hw.shards) and any(p.kind == "afpacket" for p in hw.ports.values()))
+        await dep.push_tables(sequential=bool(hw.shards) and live)
         self.deployed = True
-        self.t0 = time.monotonic()
-        self._event("*", "deploy", f"{len(self.instances)} instances on {len(self.servers)} servers")
+        dep.t0 = time.monotonic()
+        dep.record("*", "deploy", f"{len(dep.instances)} instances on {len(dep.servers)} servers")
 
-    async def _spawn_on(self, server: str, cls: str, name: str, kwargs: dict[str, Any]) -> ActorRef:
-        assert self.node is not None
-        srv = self.servers[server]
-        if srv.node_address == self.node.address:
-            from e2actors.runtime.node import load_class
-
-            return self.node.spawn(load_class(cls, self.allow), name, **kwargs)
-        try:
-            return await self.node.ask(self.node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
-        except RemoteError as exc:
-            if "SpawnRefused" in str(exc):  # the agent's allow-list said no: say which server and class
-                what = kwargs.get("pipelet", cls)
-                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
-                                   f"{str(exc).partition(': ')[2]} (start it with --allow MODULE to permit)") from None
-            raise
-
-    async def _spawn_instance(self, inst: str, server: str) -> None:
-        assert self.plan_ is not None
+    async def _spawn_instance(self, plan: Plan, inst: str, server: str) -> None:
+        """Start member ``inst`` (not ``in``/``out``, not an inline NF's) under its own name."""
         nf = nf_of(inst)
         if nf in ("in", "out"):
             return
-        spec = self.plan_.policy.nfs[nf]
+        spec = plan.policy.nfs[nf]
         if spec.inline:
             return
-        sw = self.servers[server].switch
-        ref = await self._spawn_on(server, "e2actors.nf.instance:NFInstance", inst,
-                                   {"pipelet": spec.cls, "config": self._config(spec.config), "nf": nf, "output": sw,
-                                    "monitor": self.ref, "report_interval": self.report_interval,
-                                    "clock": "replay" if self.clock == "packet" else "wall"})
-        self.instances[inst] = ref
-        self.states[inst] = "running"
-        self.node.watch(ref, self.ref)  # type: ignore[union-attr,arg-type]  # Terminated -> recovery
-
-    def _config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return resolve_config(config, self.plan_.policy.base_dir if self.plan_ is not None else ".")
+        ref = await self.deployment.spawn_instance(inst, server, spec, plan.policy.base_dir)
+        self.deployment.add_instance(inst, ref)
 
     def tables(self) -> dict[str, SwitchTable]:
-        assert self.plan_ is not None
-        self.version += 1
-        switches = {n: s.switch for n, s in self.servers.items() if s.switch is not None}
-        return self.plan_.tables(self.version, refs=self.instances, switches=switches, states=self.states,
-                                 clock=self.clock)
-
-    async def _push_tables(self, sequential: bool = False) -> None:
-        assert self.node is not None
-        tables = self.tables()
-
-        async def push(server: str, t: SwitchTable) -> None:
-            t0 = time.monotonic()
-            await self.node.ask(self.servers[server].switch, SetTable(t), timeout=10)  # type: ignore[arg-type]
-            log.debug("table v%d on %s in %.1f ms", t.version, server, (time.monotonic() - t0) * 1e3)
-
-        todo = [(s, t) for s, t in tables.items() if self.servers.get(s) and self.servers[s].switch]
-        if sequential:
-            for s, t in todo:
-                await push(s, t)
-        else:
-            await asyncio.gather(*(push(s, t) for s, t in todo))
+        """A new version of every switch's table from the plan in force."""
+        return self.deployment.tables()
 
     # --- scaling --------------------------------------------------------------------------------
     async def scale(self, nf: str, n: int, reason: str = "by request") -> None:
         """Resize ``nf`` to ``n`` instances: new ones are placed incrementally and take new flows;
         removed ones drain (no new flows; stopped once their flows ended)."""
-        async with self._lock:
-            plan = self.plan_
+        dep = self.deployment
+        async with dep.lock:
+            plan = dep.plan
             assert plan is not None
-            cur = [i for i in plan.instances_of(nf) if self.states.get(i, "running") != "draining"]
+            cur = [i for i in plan.instances_of(nf) if dep.states.get(i, "running") != "draining"]
             if n == len(cur):
                 return
             t_decided = time.monotonic()
             if n > len(cur):
                 new_plan = plan.scale(nf, len(plan.instances_of(nf)) + (n - len(cur)))
                 added = [i for i in new_plan.instances_of(nf) if i not in plan.instances_of(nf)]
-                self.plan_ = new_plan
+                dep.set_plan(new_plan)
                 for inst in added:
-                    await self._spawn_instance(inst, new_plan.assignment[inst])
-                await self._push_tables()
-                self._event(nf, "scale-out", f"{len(cur)} -> {n} ({reason}); new: "
-                            + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added)
-                            + f"; in service after {(time.monotonic() - t_decided) * 1e3:.0f} ms", at=t_decided)
+                    await self._spawn_instance(new_plan, inst, new_plan.assignment[inst])
+                await dep.push_tables()
+                dep.record(nf, "scale-out", f"{len(cur)} -> {n} ({reason}); new: "
+                           + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added)
+                           + f"; in service after {(time.monotonic() - t_decided) * 1e3:.0f} ms", at=t_decided)
             else:
                 victims = sorted(cur, key=lambda i: int(i.partition("#")[2]))[n - len(cur):]
                 for v in victims:
-                    self.states[v] = "draining"
-                    self._draining[v] = set(self.servers)
-                    self._drain_started[v] = time.monotonic()
-                await self._push_tables()
-                self._event(nf, "scale-in", f"{len(cur)} -> {n} ({reason}); draining: {', '.join(victims)}",
-                            at=t_decided)
+                    dep.set_state(v, "draining")
+                    self.drains.start(v, dep.servers, time.monotonic())
+                await dep.push_tables()
+                dep.record(nf, "scale-in", f"{len(cur)} -> {n} ({reason}); draining: {', '.join(victims)}",
+                           at=t_decided)
             self.autoscaler.changed(nf, time.monotonic())
 
-    def _on_drained(self, msg: Drained) -> None:
-        pending = self._draining.get(msg.instance)
-        if pending is None:
-            return
-        pending.discard(msg.server)
-        if not pending:
-            asyncio.get_running_loop().create_task(self._retire(msg.instance))
-
     async def _retire(self, inst: str) -> None:
-        async with self._lock:
-            if inst not in self._draining:
+        """A drained instance leaves the plan and the tables, then stops."""
+        dep = self.deployment
+        async with dep.lock:
+            if not self.drains.finish(inst):
                 return
-            del self._draining[inst]
-            self._drain_started.pop(inst, None)
-            plan = self.plan_
-            assert plan is not None and self.node is not None
+            plan = dep.plan
+            assert plan is not None
             nf = nf_of(inst)
             keep = [i for i in plan.instances_of(nf) if i != inst]
             # Plan.scale drops the highest-numbered instances: that is the one draining.
-            self.plan_ = plan.scale(nf, len(keep))
-            if inst in self.plan_.assignment or set(self.plan_.instances_of(nf)) != set(keep):
+            new_plan = plan.scale(nf, len(keep))
+            dep.set_plan(new_plan)
+            if inst in new_plan.assignment or set(new_plan.instances_of(nf)) != set(keep):
                 log.warning("retiring %s: the plan removed a different instance", inst)
-            server = plan.assignment[inst]
-            try:
-                stats = await self.node.ask(self.instances[inst], GetStats(), timeout=2)
-                self._final_instances[inst] = {**stats, "server": server, "retired": True}
-            except Exception:
-                pass
-            self.states.pop(inst, None)
-            ref = self.instances.pop(inst, None)
-            await self._push_tables()
+            ref = dep.remove_instance(inst)
+            await dep.push_tables()
             if ref is not None:
-                try:
-                    await self.node.ask(self.node.system_ref(ref.node), StopActor(ref.name), timeout=5)
-                except Exception as exc:
-                    log.warning("stopping %s: %r", inst, exc)
+                await dep.retire(inst, ref, plan.assignment[inst], "drained", key=inst)
             self.autoscaler.forget(nf, inst)
-            self._event(nf, "retired", f"{inst} drained and stopped")
+            dep.record(nf, "retired", f"{inst} drained and stopped")
+
+    # --- what the manager actor hears -------------------------------------------------------------
+    async def handle(self, msg: Any) -> None:
+        """One message to the manager actor: load reports, drain notices, node losses, its timer."""
+        if isinstance(msg, LoadReport):
+            self._on_report(msg)
+        elif isinstance(msg, Drained):
+            self._on_drained(msg)
+        elif isinstance(msg, SwitchLoad):
+            self._on_switch_load(msg)
+        elif isinstance(msg, NodeLost):
+            self.recovery.on_node_lost(msg)
+        elif isinstance(msg, Terminated):
+            self.recovery.on_terminated(msg)
+        elif isinstance(msg, Tick):
+            await self._tick()
 
     def _on_report(self, r: LoadReport) -> None:
         self.autoscaler.report(r.nf, r.instance, r.busy, r.drops, time.monotonic())
-        self._busy[r.instance] = (r.busy, time.monotonic())
+        self.busy.report(r.instance, r.busy, time.monotonic())
+
+    def _on_drained(self, msg: Drained) -> None:
+        if self.drains.drained(msg.instance, msg.server):
+            self.deployment.spawn_task(self._retire(msg.instance), f"retire {msg.instance}")
 
     def _on_switch_load(self, msg: SwitchLoad) -> None:
         for inst, n in msg.congestion:
             self.autoscaler.congested(nf_of(inst), inst, n)
 
-    def _on_node_lost(self, msg: NodeLost) -> None:
-        self.recovery.on_node_lost(msg)
-
-    # --- changing a running deployment (see changes.py) ------------------------------------------
-    async def move(self, instance: str, server: str) -> float:
-        """Move ``instance`` to ``server`` with its state; returns how long its packets were held."""
-        from e2actors.manager.changes import move
-
-        return await move(self, instance, server)
-
-    async def update(self, policy: Policy, dry_run: bool = False) -> Any:
-        """Apply a new policy live as one transaction; returns the :class:`PolicyDiff`."""
-        from e2actors.manager.changes import update
-
-        return await update(self, policy, dry_run=dry_run)
-
-    async def upgrade(self, nf: str, cls: str, config: dict[str, Any] | None = None) -> Any:
-        """Replace ``nf``'s pipelet class live; the new instances take over the old ones' state."""
-        from e2actors.manager.changes import upgrade
-
-        return await upgrade(self, nf, cls, config)
-
-    async def rebalance(self) -> tuple[str, str, str] | None:
-        """One move evening out the servers' load (instance, from, to), or None."""
-        from e2actors.manager.changes import rebalance
-
-        return await rebalance(self, self.rebalance_threshold)
-
     async def _tick(self) -> None:
+        dep = self.deployment
         now = time.monotonic()
-        for inst, t0 in list(self._drain_started.items()):
-            if now - t0 > 30 and inst in self._draining:  # a switch never answered: retire anyway
-                self._draining[inst] = set()
-                asyncio.get_running_loop().create_task(self._retire(inst))
-        if self.rebalance_enabled and self.deployed and not self._lock.locked() \
+        for inst in self.drains.overdue(now):  # a switch never answered: retire anyway
+            dep.spawn_task(self._retire(inst), f"retire {inst}")
+        if self.rebalance_enabled and self.deployed and not dep.lock.locked() \
                 and now - self._last_rebalance >= self.rebalance_every:
             self._last_rebalance = now
-            asyncio.get_running_loop().create_task(self._rebalance_quietly())
-        if not (self.autoscale and self.deployed and self.plan_ is not None) or self._lock.locked():
+            dep.spawn_task(self._rebalance_quietly(), "rebalance")
+        plan = dep.plan
+        if not (self.autoscale and self.deployed and plan is not None) or dep.lock.locked():
             return
-        for nf, spec in self.plan_.policy.nfs.items():
+        for nf, spec in plan.policy.nfs.items():
             if spec.inline:
                 continue
-            cur = [i for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining"]
-            if any(self.states.get(i) == "draining" for i in self.plan_.instances_of(nf)):
+            cur = [i for i in plan.instances_of(nf) if dep.states.get(i) != "draining"]
+            if any(dep.states.get(i) == "draining" for i in plan.instances_of(nf)):
                 continue  # one change at a time per group
             lo = spec.min_instances
-            shards = self.plan_.hardware.shards
+            shards = plan.hardware.shards
             if shards:  # an instance in every shard, or its flows would cross to another one
                 lo = max(lo, min(len(shards), spec.max_instances or len(shards)))
             d = self.autoscaler.decide(nf, len(cur), lo, spec.max_instances, now)
@@ -486,68 +369,71 @@ class Manager:
             try:
                 await self.scale(nf, d.target, reason=d.reason)
             except E2Error as exc:
-                self._event(nf, "scale-failed", str(exc))
+                dep.record(nf, "scale-failed", str(exc))
                 self.autoscaler.changed(nf, now)
 
     async def _rebalance_quietly(self) -> None:
         try:
             await self.rebalance()
         except Exception as exc:
-            self._event("*", "rebalance-failed", repr(exc))
+            self.deployment.record("*", "rebalance-failed", repr(exc))
         self._last_rebalance = time.monotonic()
 
-    def _event(self, nf: str, kind: str, detail: str, at: float | None = None) -> None:
-        e = Event((at if at is not None else time.monotonic()) - self.t0, nf, kind, detail)
-        self.events.append(e)
-        log.info("%s %s: %s", nf, kind, detail)
+    # --- changing a running deployment (see changes.py) ------------------------------------------
+    async def move(self, instance: str, server: str) -> float:
+        """Move ``instance`` to ``server`` with its state; returns how long its packets were held."""
+        return await changes.move(self.deployment, instance, server)
+
+    async def update(self, policy: Policy, dry_run: bool = False) -> Any:
+        """Apply a new policy live as one transaction; returns the :class:`PolicyDiff`."""
+        d = await changes.update(self.deployment, policy, dry_run=dry_run, autoscaler=self.autoscaler)
+        if dry_run or not d.applied:
+            return d
+        for n, spec in policy.nfs.items():  # new bounds on kept NFs
+            cur = self.instance_counts().get(n, 0)
+            lo, hi = spec.min_instances, spec.max_instances or cur
+            if not spec.inline and (cur < lo or cur > hi):
+                await self.scale(n, min(max(cur, lo), hi), reason="policy update bounds")
+        return d
+
+    async def upgrade(self, nf: str, cls: str, config: dict[str, Any] | None = None) -> Any:
+        """Replace ``nf``'s pipelet class live; the new instances take over the old ones' state."""
+        assert self.plan_ is not None
+        return await self.update(changes.upgraded_policy(self.plan_.policy, nf, cls, config))
+
+    async def rebalance(self) -> tuple[str, str, str] | None:
+        """One move evening out the servers' load (instance, from, to), or None."""
+        busy = self.busy.recent(time.monotonic(), 3 * self.report_interval + 1.0)
+        choice = await rebalance(self.deployment, busy, self.rebalance_threshold)
+        if choice is not None:
+            self.busy.clear()  # measure afresh after the change
+        return choice
 
     # --- observing ------------------------------------------------------------------------------
     async def stats(self) -> dict[str, Any]:
         """Live counters of every switch and instance (one round of asks)."""
-        assert self.node is not None
-        node = self.node
-
-        async def ask(ref: ActorRef, msg: Any) -> Any:
-            try:
-                return await node.ask(ref, msg, timeout=5)
-            except Exception as exc:
-                return {"error": repr(exc)}
-
-        sw_names = [n for n, s in self.servers.items() if s.switch is not None]
-        sw = await asyncio.gather(*(ask(self.servers[n].switch, GetSwitchStats()) for n in sw_names))  # type: ignore[arg-type]
-        inames = list(self.instances)
-        ins = await asyncio.gather(*(ask(self.instances[i], GetStats()) for i in inames))
-        out = {"switches": dict(zip(sw_names, sw)), "instances": dict(zip(inames, ins)),
-               "t": time.monotonic() - self.t0}
+        dep = self.deployment
+        sw = await dep.ask_each(dep.switches(), GetSwitchStats())
+        ins = await dep.ask_each(dict(dep.instances), GetStats())
+        out = {"switches": _errors_as_dicts(sw), "instances": _errors_as_dicts(ins),
+               "t": time.monotonic() - dep.t0}
         self._last_stats = out
         return out
 
     async def traces(self) -> list[dict[str, Any]]:
         """Paths of the sampled packets (``trace_every``), from every switch."""
-        from e2actors.switch.messages import GetTraces
-
-        assert self.node is not None
         out: list[dict[str, Any]] = []
-        for srv in self.servers.values():
-            if srv.switch is not None:
-                try:
-                    out.extend(await self.node.ask(srv.switch, GetTraces(), timeout=5))
-                except Exception:
-                    pass
+        for r in (await self.deployment.ask_each(self.deployment.switches(), GetTraces())).values():
+            if not isinstance(r, BaseException):
+                out.extend(r)
         return out
 
     async def close_inputs(self, drain: float = 5.0) -> bool:
         """Stop reading input everywhere (the end of a live run, or a stop asked for) and wait up
         to ``drain`` seconds for what is in the deployment to leave; True when it all did."""
-        from e2actors.switch.messages import CloseInputs
-
-        assert self.node is not None
-        for srv in self.servers.values():
-            if srv.switch is not None:
-                try:
-                    await self.node.ask(srv.switch, CloseInputs(), timeout=5)
-                except Exception as exc:
-                    log.warning("closing the inputs of %s: %r", srv.name, exc)
+        for server, r in (await self.deployment.ask_each(self.deployment.switches(), CloseInputs())).items():
+            if isinstance(r, BaseException):
+                log.warning("closing the inputs of %s: %r", server, r)
         return await self.wait_done(timeout=drain)
 
     def instance_counts(self) -> dict[str, int]:
@@ -626,7 +512,7 @@ class Manager:
         instances: dict[str, Any] = {}
         verdicts: Counter = Counter()
         alerts: Counter = Counter()
-        for inst, i in {**self._final_instances, **st.get("instances", {})}.items():
+        for inst, i in {**self.deployment.retired, **st.get("instances", {})}.items():
             if not isinstance(i, dict) or "packets_in" not in i:
                 continue
             server = plan.assignment.get(inst, i.get("server", "?")) if plan else "?"
@@ -677,35 +563,9 @@ class Manager:
     async def stop(self) -> None:
         """Stop switches, instances and workers."""
         if self.node is not None:
-            # Instances first, each with its teardown (files closed, a logger group's parts
-            # merged), wherever they run: an agent outlives the run.
-            node = self.node
-
-            async def stop_one(ref: ActorRef) -> None:
-                try:
-                    await node.ask(node.system_ref(ref.node), StopActor(ref.name), timeout=5)
-                except Exception as exc:
-                    log.debug("stopping %s: %r", ref, exc)
-
-            await asyncio.gather(*(stop_one(r) for r in list(self.instances.values()) if r.node != node.address))
-            for srv in self.servers.values():
-                if srv.switch is not None and srv.node_address != self.node.address:
-                    try:
-                        await self.node.ask(self.node.system_ref(srv.node_address), StopActor(srv.switch.name), timeout=5)
-                    except Exception:
-                        pass
+            await self.deployment.stop_all()
             await self.node.stop()
-        for proc in self._lost_procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-        for srv in self.servers.values():
-            if srv.proc is not None:
-                try:
-                    srv.proc.stdin.close()  # type: ignore[union-attr]
-                    srv.proc.wait(5)
-                except Exception:
-                    srv.proc.kill()
+        self.deployment.reap()
         self._merge_outputs()
         self.started = False
 
@@ -715,14 +575,17 @@ class Manager:
         plan = self.plan_
         if plan is None or not plan.hardware.shards:
             return
-        from e2actors.manager.shards import merge_captures, shard_path
-
         for p in plan.hardware.ports.values():
             path = p.params.get("path")
             if p.kind == "pcap-out" and path:
                 parts = [shard_path(str(path), s) for s in plan.hardware.shards]
                 if any(os.path.exists(x) for x in parts):
                     merge_captures(parts, str(path))
+
+
+
+def _errors_as_dicts(replies: dict[str, Any]) -> dict[str, Any]:
+    return {k: {"error": repr(v)} if isinstance(v, BaseException) else v for k, v in replies.items()}
 
 
 def _is_congestion(reason: str) -> bool:
@@ -733,52 +596,6 @@ def _is_congestion(reason: str) -> bool:
 
 
 _ERROR_KINDS = ("failed", "node-lost", "update-failed", "scale-failed", "rebalance-failed")
-
-
-async def check_agent(node: Node, name: str, address: str, cores: int, timeout: float = 10.0) -> Any:
-    """Connect to the agent of server ``name`` and check it before deploying anything on it: it
-    authenticates (shared secret, and TLS when configured), runs our version, and offers at least
-    the ``cores`` the hardware file gives the server. Raises :class:`E2Error` saying what is wrong."""
-    from e2actors._version import __version__
-    from e2actors.errors import AuthError, TransportError
-    from e2actors.runtime.messages import GetNodeInfo
-
-    try:
-        await asyncio.wait_for(node.connect(address), timeout)
-    except AuthError as exc:
-        raise E2Error(f"agent of server {name} at {address} refused us: authentication failed "
-                      f"(wrong shared secret, or TLS on one side only): {exc}") from None
-    except (TransportError, OSError, asyncio.TimeoutError) as exc:
-        raise E2Error(f"agent of server {name} at {address} is unreachable: {exc or type(exc).__name__}") from None
-    try:
-        info = await node.ask(node.system_ref(address), GetNodeInfo(), timeout=timeout)
-    except Exception as exc:
-        raise E2Error(f"agent of server {name} at {address} does not describe itself: {exc}") from None
-    if info.version != __version__:
-        raise E2Error(f"agent of server {name} at {address} runs e2actors {info.version}, "
-                      f"the manager {__version__}: run the same version everywhere")
-    if info.cores < cores:
-        raise E2Error(f"agent of server {name} at {address} offers {info.cores} cores, "
-                      f"the hardware file gives it {cores}")
-    log.info("agent %s at %s: %s, e2actors %s, %d cores, pid %d", name, address, info.name, info.version,
-             info.cores, info.pid)
-    return info
-
-
-def resolve_config(config: dict[str, Any], base: str) -> dict[str, Any]:
-    """Relative paths in an NF's config that name existing files are the policy directory's
-    (rules files); others (outputs such as a logger's pcap) stay relative to the cwd."""
-
-    def fix(v: Any) -> Any:
-        if isinstance(v, str) and v and not os.path.isabs(v) and "\n" not in v:
-            p = os.path.join(base, v)
-            if os.path.isfile(p):
-                return os.path.abspath(p)
-        if isinstance(v, list):
-            return [fix(x) for x in v]
-        return v
-
-    return {k: fix(v) for k, v in config.items()}
 
 
 def _progress(st: dict[str, Any]) -> tuple:

@@ -96,7 +96,7 @@ class Plan:
             counts[nf] = have + list(range(top + 1, top + 1 + n - len(have)))
         else:
             counts[nf] = have[:n]
-        sizing = _resized(self.sizing, {k: len(v) for k, v in counts.items()})
+        sizing = self.sizing.resized({k: len(v) for k, v in counts.items()})
         graph = InstanceGraph.build(self.policy, sizing, counts, self.graph.pinned)
         new = [instance_name(nf, k) for k in counts[nf] if k not in have]
         kept = {i: s for i, s in self.assignment.items() if i in set(graph.instances)}
@@ -207,13 +207,6 @@ def _pps(x: float) -> str:
     return f"{x:.3g} pps"
 
 
-def _resized(s: Sizing, instances: Mapping[str, int]) -> Sizing:
-    r = Sizing(dict(instances), s.load_pps, s.load_bps, s.edge_pps, s.edge_bps, s.fractions,
-               s.target_utilization, dict(s.capped))
-    r._targets = s._targets
-    return r
-
-
 def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | None = None,
               solver: str = "heuristic", *, fractions: Fractions | None = None,
               target_utilization: float = DEFAULT_UTILIZATION, seed: int = 0,
@@ -240,7 +233,7 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
     if hardware.shards:
         from e2actors.manager.shards import place_shards, shard_targets
 
-        sizing = _resized(sizing, shard_targets(policy, sizing.instances, hardware.shards))
+        sizing = sizing.resized(shard_targets(policy, sizing.instances, hardware.shards))
         graph = InstanceGraph.build(policy, sizing, pinned=pinned)
         return Plan(policy, hardware, sizing, graph, place_shards(graph, hardware), {}, notes)
     graph = InstanceGraph.build(policy, sizing, pinned=pinned)

@@ -53,7 +53,7 @@ from e2actors.manager.conditions import check_condition, error_column
 from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml, plain
 
 __all__ = ["Edge", "NFSpec", "Policy", "PolicyBuilder", "PolicyError", "TrafficClass",
-           "parse_count", "parse_rate", "resolve_class", "IN", "OUT", "DROP"]
+           "parse_count", "parse_rate", "resolve_class", "resolve_config", "IN", "OUT", "DROP"]
 
 IN, OUT, DROP = "in", "out", "drop"
 RESERVED = frozenset({IN, OUT, DROP})
@@ -638,3 +638,19 @@ class PolicyBuilder:
     def build(self, check_classes: bool = True, check_conditions: bool = True) -> Policy:
         return Policy.from_data(self.data(), file="<builder>", check_classes=check_classes,
                                 check_conditions=check_conditions)
+
+
+def resolve_config(config: dict[str, Any], base: str) -> dict[str, Any]:
+    """Relative paths in an NF's config that name existing files are the policy directory's
+    (rules files); others (outputs such as a logger's pcap) stay relative to the cwd."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, str) and v and not os.path.isabs(v) and "\n" not in v:
+            p = os.path.join(base, v)
+            if os.path.isfile(p):
+                return os.path.abspath(p)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return {k: fix(v) for k, v in config.items()}

@@ -23,7 +23,7 @@ from typing import Any
 import networkx as nx
 
 from e2actors.manager.conditions import compile_edge_condition
-from e2actors.manager.policy import DROP, IN, OUT, Policy, resolve_class
+from e2actors.manager.policy import DROP, IN, OUT, Policy, resolve_class, resolve_config
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import read_packets
 
@@ -111,8 +111,6 @@ async def aprofile(policy: Policy, sample: str | os.PathLike | Iterable[Packet],
         if not pkts or not policy.edges_from(node):
             continue
         spec = policy.nfs[node]
-        from e2actors.manager.manager import resolve_config
-
         res = await arun_pipelet(resolve_class(spec.cls), pkts, config=resolve_config(dict(spec.config), policy.base_dir))
         for port, out in res.outputs.items():
             keep.extend(out)

@@ -12,6 +12,7 @@ Inline NFs are sized the same way (their instances take no core of their own).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,11 +44,16 @@ class Sizing:
     target_utilization: float = DEFAULT_UTILIZATION
     capped: dict[str, int] = field(default_factory=dict)  # NF -> instances it would need beyond max
 
+    #: Policy edge index -> the node it leads to (``out_pps`` sums the edges into ``out``).
+    edge_targets: dict[int, str] = field(default_factory=dict, repr=False)
+
     @property
     def out_pps(self) -> float:
-        return sum(p for i, p in self.edge_pps.items() if self._targets.get(i) == OUT)
+        return sum(p for i, p in self.edge_pps.items() if self.edge_targets.get(i) == OUT)
 
-    _targets: dict[int, str] = field(default_factory=dict, repr=False)
+    def resized(self, instances: Mapping[str, int]) -> Sizing:
+        """The same loads with other instance counts (scaling, updates, shards)."""
+        return dataclasses.replace(self, instances=dict(instances), capped=dict(self.capped))
 
     def utilization(self, policy: Policy) -> dict[str, float]:
         """Per NF: load over what its instances sustain."""
@@ -118,9 +124,8 @@ def size(policy: Policy, target_utilization: float = DEFAULT_UTILIZATION,
             capped[n] = k
             k = spec.max_instances
         instances[n] = k
-    s = Sizing(instances, load_pps, load_bps, edge_pps, edge_bps, fr, target_utilization, capped)
-    s._targets = {e.index: e.target for e in policy.edges}
-    return s
+    return Sizing(instances, load_pps, load_bps, edge_pps, edge_bps, fr, target_utilization, capped,
+                  {e.index: e.target for e in policy.edges})
 
 
 def min_cores(policy: Policy, sizing: Sizing) -> int:

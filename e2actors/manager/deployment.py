@@ -1,0 +1,483 @@
+"""The deployment: what runs where, and the only code that talks to its nodes.
+
+A :class:`Deployment` owns the running plan, the servers (their nodes, switches and worker
+processes), the instance actors and their states (``running``, ``moving``, ``draining``,
+``failed``), the table version, the event log, the generation counter that names replacement
+actors, and the lock that makes changes one at a time. Everything that changes a deployment
+(:class:`~e2actors.manager.manager.Manager`'s scaling, :mod:`~e2actors.manager.changes`'
+transactions, :mod:`~e2actors.manager.recovery`) reads that state here and changes it through
+the methods here:
+
+* one way to start an actor on a server (:meth:`Deployment.spawn`, :meth:`spawn_instance`,
+  :meth:`start_switches`) and one way to stop one (:meth:`stop`, :meth:`retire` when its final
+  counters matter);
+* :meth:`tables` / :meth:`tables_for` number each table set and :meth:`push_tables` installs it;
+* :meth:`record` appends to the event log (the summary's ``scaling_events``);
+* :meth:`spawn_task` runs background work (failure handling, retiring drained instances) in a
+  task the deployment keeps, and :meth:`stop_all` cancels and awaits those before stopping the
+  actors.
+
+The pure decisions live elsewhere (:mod:`~e2actors.manager.diff`, :mod:`~e2actors.manager.drain`,
+:mod:`~e2actors.manager.rebalance`, :mod:`~e2actors.manager.scaling`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, SimpleNamespace
+from typing import Any, TypeVar
+
+from e2actors._version import __version__
+from e2actors.errors import AuthError, ChangeFailed, E2Error, MailboxFull, RemoteError, SpawnRefused, TransportError
+from e2actors.manager.hardware import Hardware
+from e2actors.manager.instances import nf_of
+from e2actors.manager.plan import Plan
+from e2actors.manager.policy import NFSpec, resolve_config
+from e2actors.manager.routing import groups as route_groups
+from e2actors.nf.messages import GetStats
+from e2actors.runtime.messages import GetNodeInfo, NodeInfo, Spawn, StopActor
+from e2actors.runtime.node import Node, load_class
+from e2actors.runtime.ref import ActorRef
+from e2actors.switch.messages import SetTable
+from e2actors.switch.table import PortSpec, Route, SwitchTable
+
+__all__ = ["MAIN", "Deployment", "Event", "ServerHandle", "check_agent"]
+
+log = logging.getLogger("e2actors.manager")
+
+#: The manager's own server (its node; the ports when the workers only run instances).
+MAIN = "main"
+INSTANCE_CLASS = "e2actors.nf.instance:NFInstance"
+SWITCH_CLASS = "e2actors.switch.switch:Switch"
+
+T = TypeVar("T")
+
+
+@dataclass
+class Event:
+    """One entry of the event log: when (seconds since the deployment started), which NF
+    (``*``: the whole deployment), what kind (``deploy``, ``scale-out``, ``move``, ``failed``...)."""
+
+    t: float
+    nf: str
+    kind: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"t": round(self.t, 3), "nf": self.nf, "kind": self.kind, "detail": self.detail}
+
+
+@dataclass
+class ServerHandle:
+    """A server of the deployment: its node's address, its switch, its worker process if we
+    started one."""
+
+    name: str
+    node_address: str
+    switch: ActorRef | None = None
+    proc: subprocess.Popen | None = None
+
+
+class Deployment:
+    """The state of one running deployment and the calls to its nodes (see the module docstring).
+
+    ``allow``: class prefixes the agents may load; ``secret``: written for the worker processes;
+    ``workers``: whether servers without an address are worker processes started here (else they
+    all run on this node); ``report_interval``: how often instances send load reports."""
+
+    def __init__(self, *, allow: tuple[str, ...], secret: bytes, heartbeat_timeout: float = 3.0,
+                 report_interval: float = 0.25, workers: bool = False) -> None:
+        self.allow = allow
+        self.secret = secret
+        self.heartbeat_timeout = heartbeat_timeout
+        self.report_interval = report_interval
+        self.workers = workers
+        self.node: Node | None = None
+        #: The manager actor: it watches the instances and receives their reports.
+        self.monitor: ActorRef | None = None
+        #: ``packet`` while replaying a capture as fast as possible, else ``wall`` (see Manager.clock).
+        self.clock = "wall"
+        self._plan: Plan | None = None
+        self._servers: dict[str, ServerHandle] = {}
+        self._instances: dict[str, ActorRef] = {}
+        self._states: dict[str, str] = {}
+        self._version = 0
+        self._gen = 0  # numbers the actors that replace instances (moves, upgrades, recovery)
+        #: The event log (the summary's ``scaling_events``).
+        self.events: list[Event] = []
+        self.t0 = time.monotonic()
+        #: Held by every change (scaling, transactions, recovery): one at a time.
+        self.lock = asyncio.Lock()
+        #: Final counters of instances no longer running (retired, replaced), for the summary.
+        self.retired: dict[str, dict[str, Any]] = {}
+        #: How long the last move held its instance's packets (seconds).
+        self.last_move_pause = 0.0
+        self._tasks: set[asyncio.Task] = set()
+        self._lost_procs: list[subprocess.Popen] = []
+        self._tmp = tempfile.mkdtemp(prefix="e2actors-")
+
+    def attach(self, node: Node, monitor: ActorRef) -> None:
+        """The manager's node (every call to the other nodes goes out from it) and actor."""
+        self.node, self.monitor = node, monitor
+
+    # --- the state (read here; changed through the methods below) ---------------------------------
+    @property
+    def plan(self) -> Plan | None:
+        """The plan in force (None before deploying)."""
+        return self._plan
+
+    @property
+    def servers(self) -> Mapping[str, ServerHandle]:
+        return MappingProxyType(self._servers)
+
+    @property
+    def instances(self) -> Mapping[str, ActorRef]:
+        """Member name (``nat#1``) -> its actor (``nat#1``, or ``nat#1~3`` once replaced)."""
+        return MappingProxyType(self._instances)
+
+    @property
+    def states(self) -> Mapping[str, str]:
+        return MappingProxyType(self._states)
+
+    @property
+    def version(self) -> int:
+        """The version of the last table set built."""
+        return self._version
+
+    def set_plan(self, plan: Plan) -> None:
+        self._plan = plan
+
+    def add_instance(self, inst: str, ref: ActorRef, state: str = "running") -> None:
+        self._instances[inst] = ref
+        self._states[inst] = state
+
+    def set_state(self, inst: str, state: str) -> None:
+        self._states[inst] = state
+
+    def remove_instance(self, inst: str) -> ActorRef | None:
+        """Forget member ``inst`` (its actor and state); returns its actor."""
+        self._states.pop(inst, None)
+        return self._instances.pop(inst, None)
+
+    def mark_failed(self, inst: str) -> ActorRef | None:
+        """Member ``inst`` stays in the tables as ``failed`` with no actor; returns the actor it had."""
+        self._states[inst] = "failed"
+        return self._instances.pop(inst, None)
+
+    def next_gen(self) -> int:
+        self._gen += 1
+        return self._gen
+
+    def record(self, nf: str, kind: str, detail: str, at: float | None = None) -> Event:
+        """Append an event (``at``: when it happened, ``time.monotonic()``; default now)."""
+        e = Event((at if at is not None else time.monotonic()) - self.t0, nf, kind, detail)
+        self.events.append(e)
+        log.info("%s %s: %s", nf, kind, detail)
+        return e
+
+    # --- servers ----------------------------------------------------------------------------------
+    async def start_servers(self, hardware: Hardware) -> None:
+        """Reach every server of ``hardware`` not yet known: an agent by address (checked), this
+        node, or a worker process started here."""
+        node = self._need_node()
+        for name, srv in hardware.servers.items():
+            if name in self._servers:
+                continue
+            if srv.address:
+                addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
+                await check_agent(node, name, addr, srv.cores)
+                self._servers[name] = ServerHandle(name, addr)
+            elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
+                self._servers[name] = ServerHandle(name, node.address)
+            else:
+                self._servers[name] = await self._start_worker(name, srv.cores)
+
+    async def _start_worker(self, name: str, cores: int) -> ServerHandle:
+        secret_file = os.path.join(self._tmp, "secret")
+        if not os.path.exists(secret_file):
+            with open(secret_file, "wb") as f:
+                f.write(self.secret)
+            os.chmod(secret_file, 0o600)
+        sock = f"unix://{self._tmp}/{name}.sock"
+        cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
+               "--name", name, "--cores", str(cores), "--exit-with-parent",
+               "--heartbeat-timeout", str(self.heartbeat_timeout)]
+        for a in self.allow:
+            cmd += ["--allow", a]
+        env = dict(os.environ)
+        # Workers import the policy's pipelet classes as this process does: same search path.
+        env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), *(p for p in sys.path if p), env.get("PYTHONPATH", "")])
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
+        line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)  # type: ignore[union-attr]
+        if not line.startswith("READY "):
+            proc.kill()
+            raise E2Error(f"worker {name} did not start: {line!r}")
+        addr = line.split()[1]
+        await self._need_node().connect(addr)
+        return ServerHandle(name, addr, proc=proc)
+
+    def drop_server(self, name: str) -> ServerHandle | None:
+        """Server ``name`` is gone (its node lost): forget it (its process is reaped at the end)."""
+        srv = self._servers.pop(name, None)
+        if srv is not None and srv.proc is not None:
+            self._lost_procs.append(srv.proc)
+        return srv
+
+    def server_of_node(self, address: str) -> str | None:
+        """The server whose node is at ``address``."""
+        return next((n for n, s in self._servers.items() if s.node_address == address), None)
+
+    def switches(self) -> dict[str, ActorRef]:
+        """Server -> its switch, for the servers that have one."""
+        return {n: s.switch for n, s in self._servers.items() if s.switch is not None}
+
+    # --- starting and stopping actors -------------------------------------------------------------
+    async def spawn(self, server: str, cls: str, name: str, kwargs: dict[str, Any]) -> ActorRef:
+        """Start an actor of class ``cls`` (``module:QualName``) named ``name`` on ``server``.
+        Raises :class:`SpawnRefused` saying which server refused which class."""
+        node = self._need_node()
+        srv = self._servers[server]
+        if srv.node_address == node.address:
+            return node.spawn(load_class(cls, self.allow), name, **kwargs)
+        try:
+            return await node.ask(node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
+        except RemoteError as exc:
+            if "SpawnRefused" in str(exc):  # the agent's allow-list said no: say which server and class
+                what = kwargs.get("pipelet", cls)
+                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
+                                   f"{str(exc).partition(': ')[2]} (start it with --allow MODULE to permit)") from None
+            raise
+
+    async def start_switches(self, **kwargs: Any) -> None:
+        """A switch on every server that has none (``kwargs``: the switch's settings)."""
+        for name, srv in self._servers.items():
+            if srv.switch is None:
+                srv.switch = await self.spawn(name, SWITCH_CLASS, f"switch-{name}",
+                                              {"server": name, "manager": self.monitor, **kwargs})
+
+    async def spawn_instance(self, inst: str, server: str, spec: NFSpec, base_dir: str = ".", *,
+                             replacement: bool = False) -> ActorRef:
+        """Start the actor of member ``inst`` of NF ``spec`` on ``server`` and watch it (the
+        monitor gets ``Terminated``). A ``replacement`` (moves, upgrades, recovery) runs under a
+        fresh actor name (``nat#1~3``) and is ready when this returns (its ``setup`` ran; else
+        :class:`ChangeFailed`, and it is stopped). The caller adds it with :meth:`add_instance`."""
+        node = self._need_node()
+        name = f"{inst}~{self.next_gen()}" if replacement else inst
+        ref = await self.spawn(server, INSTANCE_CLASS, name,
+                               {"pipelet": spec.cls, "config": resolve_config(spec.config, base_dir),
+                                "nf": nf_of(inst), "output": self._servers[server].switch, "monitor": self.monitor,
+                                "report_interval": self.report_interval, "instance": inst,
+                                "clock": "replay" if self.clock == "packet" else "wall"})
+        if replacement:
+            try:
+                await node.ask(ref, GetStats(), timeout=10)
+            except Exception as exc:
+                await self.stop(ref)
+                raise ChangeFailed(f"{inst} on {server} did not start: {exc}") from exc
+        self.watch(ref)
+        return ref
+
+    def watch(self, ref: ActorRef) -> None:
+        self._need_node().watch(ref, self.monitor)  # type: ignore[arg-type]
+
+    def unwatch(self, ref: ActorRef) -> None:
+        self._need_node().unwatch(ref, self.monitor)  # type: ignore[arg-type]
+
+    async def stop(self, ref: ActorRef, *, quiet: bool = False) -> None:
+        """Stop actor ``ref`` on its node (its teardown runs). Failures are logged, not raised."""
+        node = self._need_node()
+        try:
+            await node.ask(node.system_ref(ref.node), StopActor(ref.name), timeout=5)
+        except Exception as exc:
+            (log.debug if quiet else log.warning)("stopping %s: %r", ref, exc)
+
+    async def retire(self, inst: str, ref: ActorRef, server: str, why: str, key: str | None = None) -> None:
+        """Keep actor ``ref``'s final counters for the summary (under ``key``, default a fresh
+        ``inst~N``), stop watching it, and stop it."""
+        node = self._need_node()
+        try:
+            st = await node.ask(ref, GetStats(), timeout=3)
+            self.retired[key or f"{inst}~{self.next_gen()}"] = {**st, "server": server, "retired": why}
+        except Exception:
+            pass
+        self.unwatch(ref)
+        await self.stop(ref)
+
+    # --- switch tables ------------------------------------------------------------------------------
+    def tables(self) -> dict[str, SwitchTable]:
+        """A new version of every switch's table, from the plan in force."""
+        plan = self._need_plan()
+        self._version += 1
+        return plan.tables(self._version, refs=self._instances, switches=self.switches(), states=self._states,
+                           clock=self.clock)
+
+    def tables_for(self, routes: tuple[Route, ...], nfs: Mapping[str, NFSpec], assignment: Mapping[str, str],
+                   refs: Mapping[str, ActorRef], states: Mapping[str, str]) -> dict[str, SwitchTable]:
+        """A new version of every switch's table from explicit parts (a transaction's in-between
+        tables: routes and members of the old and the new plan at once)."""
+        hw = self._need_plan().hardware
+        self._version += 1
+        gs = route_groups(SimpleNamespace(nfs=nfs), dict(assignment), dict(refs), dict(states))  # type: ignore[arg-type]
+        switches = self.switches()
+        port_servers = {p.name: p.server for p in hw.ports.values()}
+        out = {}
+        for server in switches:
+            ports = tuple(PortSpec(p.name, p.kind, dict(p.params)) for p in hw.ports.values() if p.server == server)
+            out[server] = SwitchTable(self._version, server, ports, gs, routes, dict(switches), dict(port_servers))
+        return out
+
+    async def push_tables(self, tables: Mapping[str, SwitchTable] | None = None, *, first: Iterable[str] = (),
+                          sequential: bool = False) -> None:
+        """Install ``tables`` (default: a new version from the plan, :meth:`tables`) on every
+        switch: ``first`` these servers before the others; ``sequential``: one at a time."""
+        node = self._need_node()
+        if tables is None:
+            tables = self.tables()
+
+        async def push(server: str, t: SwitchTable) -> None:
+            t0 = time.monotonic()
+            await node.ask(self._servers[server].switch, SetTable(t), timeout=10)  # type: ignore[arg-type]
+            log.debug("table v%d on %s in %.1f ms", t.version, server, (time.monotonic() - t0) * 1e3)
+
+        todo = [(s, t) for s, t in tables.items() if s in self._servers and self._servers[s].switch is not None]
+        early = set(first)
+        if sequential:
+            for s, t in todo:
+                await push(s, t)
+            return
+        if early:
+            await asyncio.gather(*(push(s, t) for s, t in todo if s in early))
+        await asyncio.gather(*(push(s, t) for s, t in todo if s not in early))
+
+    # --- asking ---------------------------------------------------------------------------------------
+    async def ask(self, ref: ActorRef, msg: Any, timeout: float = 5.0) -> Any:
+        return await self._need_node().ask(ref, msg, timeout=timeout)
+
+    async def ask_patiently(self, ref: ActorRef, msg: Any, timeout: float = 10.0) -> Any:
+        """An ask that waits for room when the target's (dropping) mailbox is full."""
+        node = self._need_node()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return await node.ask(ref, msg, timeout=max(0.1, deadline - time.monotonic()))
+            except (MailboxFull, RemoteError) as exc:
+                if "mailbox full" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.005)
+
+    async def ask_each(self, refs: Mapping[T, ActorRef], msg: Any, timeout: float = 5.0) -> dict[T, Any]:
+        """Ask every actor of ``refs`` at once; key -> its reply, or the exception it raised."""
+        keys = list(refs)
+        replies = await asyncio.gather(*(self.ask(refs[k], msg, timeout) for k in keys), return_exceptions=True)
+        return dict(zip(keys, replies))
+
+    async def quiesce(self, refs: list[ActorRef], timeout: float = 3.0) -> None:
+        """Wait until these instances have nothing queued and take nothing more (two quiet polls)."""
+        node = self._need_node()
+        last = None
+        quiet = 0
+        deadline = time.monotonic() + timeout
+        while refs and time.monotonic() < deadline:
+            try:
+                sts = await asyncio.gather(*(node.ask(r, GetStats(), timeout=2) for r in refs))
+            except Exception:
+                return
+            sig = tuple((s["packets_in"], s["queue"], s["held"]) for s in sts)
+            if all(s["queue"] == 0 for s in sts) and sig == last:
+                quiet += 1
+                if quiet >= 2:
+                    return
+            else:
+                quiet = 0
+            last = sig
+            await asyncio.sleep(0.05)
+
+    # --- background work and the end -------------------------------------------------------------------
+    def spawn_task(self, coro: Coroutine[Any, Any, Any], name: str = "") -> asyncio.Task:
+        """Run ``coro`` in a task the deployment keeps until it ends (and cancels at the end)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name or None)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s failed: %r", task.get_name(), task.exception())
+
+    async def stop_all(self) -> None:
+        """The end: cancel background work, then stop the instances (each with its teardown: files
+        closed, a logger group's parts merged) and switches that run on other nodes (an agent
+        outlives the run; actors on this node stop with it)."""
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        node = self.node
+        if node is None:
+            return
+        await asyncio.gather(*(self.stop(r, quiet=True) for r in list(self._instances.values())
+                               if r.node != node.address))
+        for srv in self._servers.values():
+            if srv.switch is not None and srv.node_address != node.address:
+                await self.stop(srv.switch, quiet=True)
+
+    def reap(self) -> None:
+        """After the node stopped: end the worker processes (lost ones killed)."""
+        for proc in self._lost_procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for srv in self._servers.values():
+            if srv.proc is not None:
+                try:
+                    srv.proc.stdin.close()  # type: ignore[union-attr]
+                    srv.proc.wait(5)
+                except Exception:
+                    srv.proc.kill()
+
+    # --- internals ---------------------------------------------------------------------------------------
+    def _need_node(self) -> Node:
+        if self.node is None:
+            raise E2Error("the manager is not started")
+        return self.node
+
+    def _need_plan(self) -> Plan:
+        if self._plan is None:
+            raise E2Error("nothing is deployed")
+        return self._plan
+
+
+async def check_agent(node: Node, name: str, address: str, cores: int, timeout: float = 10.0) -> NodeInfo:
+    """Connect to the agent of server ``name`` and check it before deploying anything on it: it
+    authenticates (shared secret, and TLS when configured), runs our version, and offers at least
+    the ``cores`` the hardware file gives the server. Raises :class:`E2Error` saying what is wrong."""
+    try:
+        await asyncio.wait_for(node.connect(address), timeout)
+    except AuthError as exc:
+        raise E2Error(f"agent of server {name} at {address} refused us: authentication failed "
+                      f"(wrong shared secret, or TLS on one side only): {exc}") from None
+    except (TransportError, OSError, asyncio.TimeoutError) as exc:
+        raise E2Error(f"agent of server {name} at {address} is unreachable: {exc or type(exc).__name__}") from None
+    try:
+        info = await node.ask(node.system_ref(address), GetNodeInfo(), timeout=timeout)
+    except Exception as exc:
+        raise E2Error(f"agent of server {name} at {address} does not describe itself: {exc}") from None
+    if info.version != __version__:
+        raise E2Error(f"agent of server {name} at {address} runs e2actors {info.version}, "
+                      f"the manager {__version__}: run the same version everywhere")
+    if info.cores < cores:
+        raise E2Error(f"agent of server {name} at {address} offers {info.cores} cores, "
+                      f"the hardware file gives it {cores}")
+    log.info("agent %s at %s: %s, e2actors %s, %d cores, pid %d", name, address, info.name, info.version,
+             info.cores, info.pid)
+    return info
