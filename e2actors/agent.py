@@ -17,7 +17,6 @@ import os
 import signal
 import sys
 
-from e2actors.cli import command
 from e2actors.runtime.node import Node, TLSConfig, run
 
 __all__ = ["add_arguments", "serve"]
@@ -136,7 +135,6 @@ def node_samples(node: Node) -> list:
     return out
 
 
-@command("agent", "run a server's node: hosts a switch and NF instances for a manager", add_arguments)
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format=f"%(asctime)s agent {args.name or ''} %(name)s: %(message)s")

@@ -1,64 +1,67 @@
-"""The ``e2actors`` command line. Subcommands register themselves in :data:`COMMANDS`."""
+"""The ``e2actors`` command line.
+
+Each subcommand lives in the module that implements it, which knows nothing of this one: it
+gives ``add_arguments(parser)`` and a function ``run(args) -> exit status`` (named in
+:data:`COMMANDS`). This module lists them with their help and imports a command's module only
+when that command runs, so neither a command nor ``e2actors --help`` pays for the others' imports.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import ModuleType
 
-# name -> (help, add_arguments(parser), run(args) -> exit code)
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
-
-
-def command(
-    name: str, help: str, add_arguments: Callable[[argparse.ArgumentParser], None] = lambda p: None
-) -> Callable:
-    """Register a subcommand: decorate ``run(args) -> int``; ``add_arguments`` fills its parser."""
-
-    def deco(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-        COMMANDS[name] = (help, add_arguments, fn)
-        return fn
-
-    return deco
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 
-# Subcommand -> the module that registers it (imported only when that command runs, so a
-# command does not pay for the others' imports; ``--help`` loads them all).
-COMMAND_MODULES = {
-    "filter": "e2actors.packet.filtercli",
-    "gen-traffic": "e2actors.packet.gencli",
-    "agent": "e2actors.agent",
-    "plan": "e2actors.manager.plancli",
-    "run": "e2actors.manager.runcli",
-    "apply": "e2actors.manager.control",
-    "rules": "e2actors.nf.rulescli",
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: the module implementing it, its one-line help, its entry point's name."""
+
+    module: str
+    help: str
+    run: str = "run"
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+COMMANDS: dict[str, Command] = {
+    "agent": Command("e2actors.agent", "run a server's node: hosts a switch and NF instances for a manager",
+                     "main"),
+    "apply": Command("e2actors.manager.control",
+                     "apply a new policy to a running deployment (e2actors run --control ...)", "main"),
+    "filter": Command("e2actors.packet.filtercli",
+                      "print the numbers of the frames matching a pcap-filter expression (or write them with -w)"),
+    "gen-traffic": Command("e2actors.packet.gencli", "write a realistic, reproducible traffic trace to a pcap file"),
+    "plan": Command("e2actors.manager.plancli", "dry run: size, place and route a policy on hardware; print the plan"),
+    "rules": Command("e2actors.nf.rulescli", "load IDS rule files: counts of loaded and skipped rules by reason"),
+    "run": Command("e2actors.manager.runcli", "deploy a policy and push traffic through it (the main job)", "main"),
 }
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    _load_commands(only)
+    """The parser; ``only``: fill in that subcommand's arguments alone (the others are listed)."""
     parser = argparse.ArgumentParser(prog="e2actors", description="E2 network function virtualization on asyncio actors")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_, add_args, _run) in sorted(COMMANDS.items()):
-        p = sub.add_parser(name, help=help_)
-        add_args(p)
+    for name, cmd in sorted(COMMANDS.items()):
+        p = sub.add_parser(name, help=cmd.help)
+        if only is None or only == name:
+            cmd.load().add_arguments(p)
     return parser
-
-
-def _load_commands(only: str | None = None) -> None:
-    import importlib
-
-    mods = [COMMAND_MODULES[only]] if only in COMMAND_MODULES else sorted(set(COMMAND_MODULES.values()))
-    for mod in mods:
-        importlib.import_module(mod)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
+    first = argv[0] if argv and not argv[0].startswith("-") else None
+    parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
-    _help, _add, run = COMMANDS[args.command]
-    return run(args)
+    cmd = COMMANDS[args.command]
+    return getattr(cmd.load(), cmd.run)(args)
 
 
 if __name__ == "__main__":

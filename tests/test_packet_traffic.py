@@ -219,7 +219,6 @@ def test_gen_traffic_cli(tmp_path: Path, capsys) -> None:
 
 
 def test_gen_traffic_through_main(tmp_path: Path) -> None:
-    import e2actors.packet.gencli  # noqa: F401  (registers the command; the lead adds it to cli._load_commands)
     from e2actors.cli import main
 
     out = tmp_path / "m.pcap"

@@ -20,7 +20,6 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from e2actors.cli import command
 from e2actors.errors import ChangeFailed, E2Error
 from e2actors.runtime.actor import Actor
 from e2actors.runtime.codec import message
@@ -147,7 +146,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the reply as one JSON object")
 
 
-@command("apply", "apply a new policy to a running deployment (e2actors run --control ...)", add_arguments)
 def main(args: argparse.Namespace) -> int:
     try:
         with open(args.policy, encoding="utf-8") as f:

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 
-from e2actors.cli import command
 from e2actors.errors import E2Error
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.placement import SOLVERS
@@ -46,7 +45,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "condition language installed)")
 
 
-@command("plan", "dry run: size, place and route a policy on hardware; print the plan", add_arguments)
 def run(args: argparse.Namespace) -> int:
     def fail(msg: str) -> int:
         print(f"e2actors plan: {msg}", file=sys.stderr)

@@ -23,7 +23,6 @@ import tempfile
 import time
 from typing import Any
 
-from e2actors.cli import command
 from e2actors.errors import E2Error
 from e2actors.runtime.node import run
 
@@ -223,7 +222,6 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
     w(f"\ninstances per NF at the end: {s['instances_per_nf']}\n")
 
 
-@command("run", "deploy a policy and push traffic through it (the main job)", add_arguments)
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")

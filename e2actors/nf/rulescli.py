@@ -6,19 +6,17 @@ import argparse
 import json
 import logging
 
-from e2actors.cli import command
 from e2actors.errors import RuleError
 from e2actors.nf.rules import RuleSet, load_rules
 
 
-def _args(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="rules files (Snort/Suricata syntax)")
     p.add_argument("--strict", action="store_true", help="stop at the first malformed rule (exit 2)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument("--list-skipped", action="store_true", help="print each skipped rule's FILE:LINE and reasons")
 
 
-@command("rules", "load IDS rule files: counts of loaded and skipped rules by reason", _args)
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("e2actors.nf.rules").setLevel(logging.ERROR)  # the summary says it all
     total = RuleSet()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from e2actors.cli import command
 from e2actors.errors import FilterError, PcapError
 from e2actors.packet.filter import compile_filter
 from e2actors.packet.pcap import PcapWriter, open_capture
@@ -26,8 +25,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the matching frames here instead of printing their numbers")
 
 
-@command("filter", "print the numbers of the frames matching a pcap-filter expression "
-         "(or write them with -w)", add_arguments)
 def run(args: argparse.Namespace) -> int:
     """Run ``e2actors filter``; return the exit status."""
     try:

@@ -5,18 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from e2actors.cli import command
 from e2actors.packet.traffic import PROFILES, write_pcap
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", metavar="OUT.pcap", help="pcap file to write")
     p.add_argument("--flows", type=int, default=200, help="number of flows (default 200)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same bytes (default 0)")
     p.add_argument("--profile", choices=sorted(PROFILES), default="mixed", help="traffic mix (default mixed)")
 
 
-@command("gen-traffic", "write a realistic, reproducible traffic trace to a pcap file", _add_arguments)
 def run(args: argparse.Namespace) -> int:
     """Write the trace and print a one-line summary; exit code 2 on bad arguments or I/O errors."""
     if args.flows < 0:

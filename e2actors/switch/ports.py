@@ -6,6 +6,8 @@
 * ``memory``: packets injected by code, and what leaves collected in a list (tests, generators).
 * ``afpacket``: a live Linux interface (see :mod:`e2actors.switch.afpacket`).
 
+:func:`e2actors.switch.portkinds.make_port` builds any of them from a table's ``PortSpec``.
+
 An input port hands each batch to the switch's ingress callback; an output port takes batches
 with ``send``. Every port counts packets and bytes each way and drops by reason.
 """
@@ -19,11 +21,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from e2actors.errors import E2Error
-from e2actors.packet.batch import DEFAULT_BATCH, MAX_BATCH
+from e2actors.packet.batch import DEFAULT_BATCH
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import PcapWriter, open_capture
 
-__all__ = ["MemoryPort", "NullPort", "PcapInPort", "PcapOutPort", "Port", "make_port"]
+__all__ = ["Gate", "Ingress", "MemoryPort", "NullPort", "PcapInPort", "PcapOutPort", "Port"]
 
 Ingress = Callable[[str, list[Packet]], None]
 Gate = Callable[[], Awaitable[None]]
@@ -250,22 +252,3 @@ class NullPort(Port):
 def _with_port(p: Packet, port: str) -> Packet:
     p.port = port
     return p
-
-
-def make_port(name: str, kind: str, params: dict[str, Any]) -> Port:
-    """Build a port from a table's ``PortSpec``."""
-    if kind == "pcap-in":
-        return PcapInPort(name, params["path"], params.get("speed", 0.0), params.get("loop", 1),
-                          params.get("batch", MAX_BATCH), params.get("shard"))
-    if kind == "pcap-out":
-        return PcapOutPort(name, params["path"])
-    if kind == "memory":
-        return MemoryPort(name, params.get("keep", 1_000_000))
-    if kind == "null":
-        return NullPort(name)
-    if kind == "afpacket":
-        from e2actors.switch.afpacket import AfPacketPort
-
-        return AfPacketPort(name, params["iface"], params.get("batch", 256), params.get("mode", "ring"),
-                            params.get("ring_frames", 4096), params.get("fanout"))
-    raise E2Error(f"port {name}: unknown kind {kind!r} (pcap-in, pcap-out, memory, null, afpacket)")

@@ -52,7 +52,8 @@ from e2actors.runtime.ref import ActorRef
 from e2actors.switch.dataplane import Dataplane, Group
 from e2actors.switch.messages import (CloseInputs, Credit, GetSwitchStats, GetTraces, RemoteBatch, SetTable,
                                      SwitchLoad)
-from e2actors.switch.ports import Port, make_port
+from e2actors.switch.portkinds import make_port
+from e2actors.switch.ports import Port
 from e2actors.switch.table import SwitchTable
 
 __all__ = ["Switch"]
