@@ -1,10 +1,24 @@
-"""Every error e2actors raises is an :class:`E2Error`; each subclass says what went wrong."""
+"""Every error e2actors raises is an :class:`E2Error`; each subclass says what went wrong.
+
+Errors cross nodes with their type: when an ask's handler raises on another node, the asker gets
+the same :class:`E2Error` subclass (an ``AskTimeout``, a ``SpawnRefused``, a ``ChangeFailed``...)
+with the same text (:func:`remote_error`); any other exception arrives as a :class:`RemoteError`
+naming its type.
+"""
 
 from __future__ import annotations
 
 
 class E2Error(Exception):
     """Root of all e2actors errors."""
+
+    @classmethod
+    def from_remote(cls, text: str) -> E2Error:
+        """This error as raised on another node, rebuilt from its text (attributes that the text
+        does not carry take empty values)."""
+        exc = cls.__new__(cls)
+        Exception.__init__(exc, text)
+        return exc
 
 
 # --- runtime -----------------------------------------------------------------------------------
@@ -29,11 +43,36 @@ class ActorStopped(E2Error):
 
 
 class MailboxFull(E2Error):
-    """A bounded mailbox refused a message (``tell_nowait`` on a full ``block`` mailbox)."""
+    """A bounded mailbox refused a message (``send`` to a full ``block`` mailbox, or an ask a full
+    mailbox dropped)."""
 
 
 class RemoteError(E2Error):
-    """An ask's handler raised on the other side; the message carries its type and text."""
+    """An ask's handler on another node raised an exception that is not an :class:`E2Error`:
+    ``type_name`` is its type's name (``ValueError``), ``text`` its message."""
+
+    def __init__(self, type_name: str, text: str = "") -> None:
+        self.type_name = type_name
+        self.text = text
+        super().__init__(f"{type_name}: {text}" if text else type_name)
+
+    @classmethod
+    def from_remote(cls, text: str) -> RemoteError:
+        type_name, _, rest = text.partition(": ")
+        return cls(type_name, rest)
+
+
+# --- configuration -----------------------------------------------------------------------------
+class ConfigError(E2Error):
+    """A user's configuration is invalid: ``nf`` is the NF (or the component, e.g. ``port in``)
+    whose configuration it is, ``key`` the configuration key (empty when it is about the whole),
+    ``reason`` what is wrong."""
+
+    nf, key, reason = "", "", ""
+
+    def __init__(self, nf: str, key: str, reason: str) -> None:
+        self.nf, self.key, self.reason = nf, key, reason
+        super().__init__(f"{nf}: config {key!r}: {reason}" if key else f"{nf}: {reason}")
 
 
 # --- packet layer ------------------------------------------------------------------------------
@@ -46,6 +85,9 @@ class FilterError(E2Error):
 
     ``column`` is the 1-based column of the offending token in ``expression``.
     """
+
+    expression = ""
+    column = 0
 
     def __init__(self, message: str, expression: str = "", column: int = 0) -> None:
         self.expression = expression
@@ -61,6 +103,8 @@ class SpawnRefused(E2Error):
 class RuleError(E2Error):
     """An IDS rule is malformed. ``source`` is ``file:line`` (or ``<rules>:N`` for in-memory text)."""
 
+    source = ""
+
     def __init__(self, message: str, source: str = "") -> None:
         self.source = source
         super().__init__(f"{source}: {message}" if source else message)
@@ -70,6 +114,8 @@ class RuleError(E2Error):
 class PolicyError(E2Error):
     """A policy or hardware description is invalid: ``file``, ``line`` (1-based; 0 when unknown,
     e.g. from the builder), ``reason``, and ``column`` (1-based in the file, 0 when unknown)."""
+
+    file, line, reason, column = "", 0, "", 0
 
     def __init__(self, file: str, line: int, reason: str, column: int = 0) -> None:
         self.file, self.line, self.reason, self.column = file, line, reason, column
@@ -86,3 +132,25 @@ class ChangeFailed(E2Error):
     before. ``diff``: the policy difference it tried to apply, when it was a policy update."""
 
     diff: object = None
+
+
+def remote_error(type_name: str, text: str) -> E2Error:
+    """The exception an asker raises for a remote handler's ``type_name: text``: the e2actors
+    error of that name (:meth:`E2Error.from_remote`), else a :class:`RemoteError`."""
+    cls = _known().get(type_name)
+    if cls is None:
+        return RemoteError(type_name, text)
+    return cls.from_remote(text)
+
+
+def _known() -> dict[str, type[E2Error]]:
+    """Every e2actors error class by name (walked on use: errors are rare, and modules define
+    their own subclasses when imported)."""
+    out: dict[str, type[E2Error]] = {}
+    todo: list[type[E2Error]] = [E2Error]
+    while todo:
+        cls = todo.pop()
+        if cls.__module__.startswith("e2actors.") and cls.__name__ not in out:
+            out[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return out

@@ -65,6 +65,23 @@ class Ponger(Actor):
         return None
 
 
+class Raiser(Actor):
+    """Raises what it is asked to: ``("value", text)`` a ValueError, ``("config", nf, key, reason)``
+    a ConfigError, ``("policy", file, line, reason)`` a PolicyError (errors crossing nodes)."""
+
+    async def on_message(self, msg: Any) -> Any:
+        from e2actors.errors import ConfigError, PolicyError
+
+        kind, *args = msg
+        if kind == "value":
+            raise ValueError(*args)
+        if kind == "config":
+            raise ConfigError(*args)
+        if kind == "policy":
+            raise PolicyError(*args)
+        return None
+
+
 class Counter(Actor):
     """Counts what it receives; ``"count"`` asks for the count."""
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from e2actors.errors import ConfigError
 from e2actors.nf.builtin.hostfilter import HostFilter
 from e2actors.packet import traffic
 from e2actors.packet.l7 import FOUND, MORE, NO, http_host, normalize_host, parse_http_host, parse_tls_sni, tls_sni
@@ -247,13 +248,15 @@ async def test_state_moves_mid_header() -> None:
     assert b.on_stream(FLOW, 0, b"tube.com\r\n").drop
 
 
-@pytest.mark.parametrize("cfg", [
-    {"block": ["youtube.com"], "allow": ["youtube.com"]}, {"action_default": "maybe"}, {"on_block": "x"},
-    {"block": ["not a domain"]}, {"blok": ["x.com"]},
+@pytest.mark.parametrize(("cfg", "key"), [
+    ({"block": ["youtube.com"], "allow": ["youtube.com"]}, "allow"), ({"action_default": "maybe"}, "action_default"),
+    ({"on_block": "x"}, "on_block"), ({"block": ["not a domain"]}, "block"), ({"blok": ["x.com"]}, "blok"),
+    ({"max_buffer": "lots"}, "max_buffer"),
 ])
-async def test_bad_config(cfg: dict) -> None:
-    with pytest.raises(ValueError):
+async def test_bad_config(cfg: dict, key: str) -> None:
+    with pytest.raises(ConfigError) as ei:
         await hf(**cfg)
+    assert ei.value.nf == "HostFilter" and ei.value.key == key and ei.value.reason
 
 
 async def test_generated_web_traffic() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from conftest import need_tool
-from e2actors.errors import E2Error
+from e2actors.errors import ConfigError, E2Error
 from e2actors.nf.builtin import NAT, Counter, Firewall, Logger, Shaper, parse_rate
 from e2actors.nf.pipelet import Pipelet
 from e2actors.nf.runner import PipeletRunner
@@ -335,3 +335,32 @@ def test_legacy_program_that_dies_fails_the_nf() -> None:
     with pytest.raises(E2Error, match="exited"):
         run_pipelet(Legacy, [udp_pkt(C, S, 1, 2, ts=float(i)) for i in range(100)],
                     config={"cmd": ["false"]}, batch_size=1)
+
+
+@pytest.mark.parametrize(("cls", "config", "key"), [
+    ("Firewall", {"rules": ["permit tcp"]}, "rules"),
+    ("Firewall", {"default": "maybe"}, "default"),
+    ("NAT", {}, "external"),
+    ("NAT", {"external": "not an address"}, "external"),
+    ("NAT", {"external": "198.19.0.1", "internal": ["10.0.0.0/33"]}, "internal"),
+    ("NAT", {"external": "198.19.0.1", "ports": [5000, 70000]}, "ports"),
+    ("Shaper", {"rate": "fast"}, "rate"),
+    ("Shaper", {"queue": "deep"}, "queue"),
+    ("Shaper", {"classes": [{"rate": "1Mbit"}]}, "classes"),
+    ("Shaper", {"classes": [{"filter": "tcp", "queue": -1}]}, "classes"),
+    ("Logger", {"snaplen": "all"}, "snaplen"),
+    ("HostFilter", {"max_buffer": "lots"}, "max_buffer"),
+    ("Legacy", {}, "cmd"),
+    ("IDS", {"overlap": "windows"}, "overlap"),
+    ("IDS", {"matcher": "grep"}, "matcher"),
+    ("IDS", {"inspect_window": 0}, "inspect_window"),
+    ("IDS", {"max_flows": "many"}, "max_flows"),
+])
+def test_bad_nf_config_names_the_nf_and_the_key(cls: str, config: dict, key: str, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)  # (a Logger that got as far as opening its files writes here)
+    import e2actors.nf.builtin as builtin
+
+    with pytest.raises(ConfigError) as ei:
+        run_pipelet(getattr(builtin, cls), [], config=config)
+    assert (ei.value.nf, ei.value.key) == (cls, key), str(ei.value)
+    assert str(ei.value).startswith(f"{cls}: config {key!r}: ")

@@ -83,8 +83,45 @@ async def test_remote_spawn_and_allow_list(peer_process) -> None:
         ref = await node.ask(sysref, Spawn("peer_node:Echo", "echo2"))
         assert ref == ActorRef(peer.address, "echo2")
         assert await node.ask(ref, "x") == "x"
-        with pytest.raises(RemoteError, match="SpawnRefused"):
+        with pytest.raises(SpawnRefused, match="not on the allow-list|allow"):
             await node.ask(sysref, Spawn("os:system", "evil", {"command": "true"}))
+
+
+async def test_remote_errors_keep_their_type(peer_process) -> None:
+    from e2actors.errors import ConfigError, PolicyError
+
+    peer = peer_process("tcp://127.0.0.1:0")
+    async with Node("local", secret=SECRET) as node:
+        raiser = await node.ask(node.system_ref(peer.address), Spawn("peer_node:Raiser", "raiser"))
+        # e2actors' own errors arrive as themselves, with their text
+        with pytest.raises(ConfigError) as ei:
+            await node.ask(raiser, ("config", "fw", "default", "must be allow or deny"))
+        assert str(ei.value) == "fw: config 'default': must be allow or deny"
+        with pytest.raises(PolicyError, match="p.yaml:3: no such NF"):
+            await node.ask(raiser, ("policy", "p.yaml", 3, "no such NF"))
+        # any other exception: a RemoteError that names its type
+        with pytest.raises(RemoteError) as er:
+            await node.ask(raiser, ("value", "bad number"))
+        assert er.value.type_name == "ValueError" and er.value.text == "bad number"
+        assert str(er.value) == "ValueError: bad number"
+        # the actor survived its handlers' errors (one-for-one restarts) and the link is fine
+        assert await node.ask(raiser, ("nothing",)) is None
+
+
+def test_remote_error_rebuilds_known_errors_only() -> None:
+    from e2actors.errors import ActorStopped, AskTimeout, ChangeFailed, FilterError, remote_error
+
+    assert type(remote_error("ActorStopped", "gone")) is ActorStopped and str(remote_error("ActorStopped", "gone")) == "gone"
+    t = remote_error("AskTimeout", "no reply")
+    assert isinstance(t, AskTimeout) and isinstance(t, TimeoutError)
+    assert type(remote_error("ChangeFailed", "x")) is ChangeFailed
+    f = remote_error("FilterError", "bad filter at column 3")
+    assert type(f) is FilterError and f.column == 0 and str(f) == "bad filter at column 3"
+    r = remote_error("RemoteError", "KeyError: 'k'")  # relayed by a node in between
+    assert type(r) is RemoteError and r.type_name == "KeyError"
+    # a name that is not one of ours (even an E2Error-like one) stays a RemoteError
+    x = remote_error("MyAppError", "boom")
+    assert type(x) is RemoteError and x.type_name == "MyAppError" and str(x) == "MyAppError: boom"
 
 
 async def test_local_allow_list() -> None:

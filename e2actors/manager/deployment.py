@@ -36,7 +36,7 @@ from types import MappingProxyType, SimpleNamespace
 from typing import Any, TypeVar
 
 from e2actors._version import __version__
-from e2actors.errors import AuthError, ChangeFailed, E2Error, MailboxFull, RemoteError, SpawnRefused, TransportError
+from e2actors.errors import AuthError, ChangeFailed, E2Error, MailboxFull, SpawnRefused, TransportError
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan
@@ -249,12 +249,10 @@ class Deployment:
             return node.spawn(load_class(cls, self.allow), name, **kwargs)
         try:
             return await node.ask(node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
-        except RemoteError as exc:
-            if "SpawnRefused" in str(exc):  # the agent's allow-list said no: say which server and class
-                what = kwargs.get("pipelet", cls)
-                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
-                                   f"{str(exc).partition(': ')[2]} (start it with --allow MODULE to permit)") from None
-            raise
+        except SpawnRefused as exc:  # the agent's allow-list said no: say which server and class
+            what = kwargs.get("pipelet", cls)
+            raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
+                               f"{exc} (start it with --allow MODULE to permit)") from None
 
     async def start_switches(self, **kwargs: Any) -> None:
         """A switch on every server that has none (``kwargs``: the switch's settings)."""
@@ -368,8 +366,8 @@ class Deployment:
         while True:
             try:
                 return await node.ask(ref, msg, timeout=max(0.1, deadline - time.monotonic()))
-            except (MailboxFull, RemoteError) as exc:
-                if "mailbox full" not in str(exc) or time.monotonic() > deadline:
+            except MailboxFull:  # (here or on the target's node)
+                if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.005)
 

@@ -48,6 +48,8 @@ __all__ = [
     "Content",
     "HTTP_BUFFERS",
     "IsDataAt",
+    "Literals",
+    "MATCHERS",
     "MAX_CONTENT",
     "MAX_PCRE",
     "MAX_RULE",
@@ -1152,9 +1154,11 @@ def hyperscan_available() -> bool:
 #: The multi-pattern engine :class:`Matcher` uses by default: ``"hyperscan"`` when the package
 #: imports (5-16x ahocorasick-rs here: benchmarks/nf_ids.py), else ``"ahocorasick"``.
 DEFAULT_BACKEND = "hyperscan" if hyperscan_available() else "ahocorasick"
+#: Every multi-pattern engine (the IDS's ``matcher`` config).
+MATCHERS = ("hyperscan", "ahocorasick")
 
 
-class _Literals:
+class Literals:
     """A set of byte literals searched in one pass: ``scan(data)`` yields ``(index, start, end)`` of
     every occurrence (overlapping). Case-insensitive literals match any case."""
 
@@ -1296,7 +1300,7 @@ class Matcher:
         self.keep = self.longest - 1
         #: No item can match past this stream offset (None: unbounded), so scanning can stop there.
         self.scan_limit: int | None = limit if bounded else None
-        self._lit = _Literals(pats, self.backend)
+        self._lit = Literals(pats, self.backend)
         self.patterns = len(pats)
         self.complex = len(self.rules) - sum(self.simple)
         #: Patterns that occurred in the new bytes of the last :meth:`feed`.

@@ -29,9 +29,9 @@ from e2actors.errors import (
     CodecError,
     E2Error,
     MailboxFull,
-    RemoteError,
     SpawnRefused,
     TransportError,
+    remote_error,
 )
 from e2actors.runtime import transport
 from e2actors.runtime.actor import Actor, ActorCell, Ask
@@ -617,8 +617,7 @@ class Node:
                 fut.set_result(msg)
             else:
                 etype, text = (msg + ("", ""))[:2] if isinstance(msg, tuple) else ("Error", str(msg))
-                exc: Exception = ActorStopped(text) if etype == "ActorStopped" else RemoteError(f"{etype}: {text}")
-                fut.set_exception(exc)
+                fut.set_exception(remote_error(str(etype), str(text)))  # e2actors errors keep their type
             return None
         if kind == HEARTBEAT:
             return None

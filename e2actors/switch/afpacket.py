@@ -41,7 +41,7 @@ import subprocess
 import sys
 import time
 
-from e2actors.errors import E2Error
+from e2actors.errors import ConfigError, E2Error
 from e2actors.packet.packet import Packet
 from e2actors.switch.ports import Gate, Ingress, Port
 
@@ -113,7 +113,7 @@ class AfPacketPort(Port):
         self.fanout = fanout
         self._paused = False
         if mode not in ("ring", "recv"):
-            raise E2Error(f"port {name}: afpacket mode must be ring or recv, not {mode!r}")
+            raise ConfigError(f"port {name}", "mode", f"ring or recv, not {mode!r}")
         self.iface = iface
         self.batch = batch
         self.mode = mode

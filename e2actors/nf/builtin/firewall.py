@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from e2actors.errors import E2Error
+from e2actors.errors import ConfigError
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.filter import compile_filter
@@ -41,13 +41,14 @@ class Firewall(Pipelet):
             elif isinstance(r, dict) and len(r) == 1:
                 action, expr = next(iter(r.items()))
             else:
-                raise E2Error(f"firewall rule {i}: expected 'allow EXPR', 'deny EXPR' or {{allow: EXPR}}, got {r!r}")
+                raise ConfigError("Firewall", "rules", f"rule {i}: expected 'allow EXPR', 'deny EXPR' or {{allow: EXPR}}, "
+                                                       f"got {r!r}")
             if action not in ("allow", "deny"):
-                raise E2Error(f"firewall rule {i}: action must be allow or deny, not {action!r}")
+                raise ConfigError("Firewall", "rules", f"rule {i}: action must be allow or deny, not {action!r}")
             self.rules.append((action == "allow", compile_filter(str(expr)), f"deny rule {i}"))
         default = config.get("default", "deny")
         if default not in ("allow", "deny"):
-            raise E2Error(f"firewall default must be allow or deny, not {default!r}")
+            raise ConfigError("Firewall", "default", f"must be allow or deny, not {default!r}")
         self.default_allow = default == "allow"
         self.conntrack = bool(config.get("conntrack", True))
 

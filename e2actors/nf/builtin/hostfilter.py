@@ -41,6 +41,8 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import Any
 
+from e2actors.errors import ConfigError
+from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.packet.l7 import HostSniffer, normalize_host
 
@@ -54,7 +56,7 @@ def _norm_domain(d: str) -> str:
     s = s.strip(".")
     h = normalize_host(s)
     if h is None:
-        raise ValueError(f"HostFilter: {d!r} is not a domain name")
+        raise ValueError(f"{d!r} is not a domain name")
     return h
 
 
@@ -68,7 +70,7 @@ class DomainTable:
         e = self.entries.setdefault(_norm_domain(domain), {})
         old = e.get(key)
         if old is not None and old != value:
-            raise ValueError(f"HostFilter: {domain!r} is given {key} {old!r} and {value!r}")
+            raise ValueError(f"{domain!r} is given {key} {old!r} and {value!r}")
         e[key] = value
 
     def lookup(self, host: str) -> dict[str, str]:
@@ -115,29 +117,36 @@ class HostFilter(Pipelet):
         known = {"block", "allow", "tag", "port", "action_default", "on_block", "max_buffer"}
         unknown = set(config) - known
         if unknown:
-            raise ValueError(f"HostFilter: unknown config keys {sorted(unknown)} (known: {sorted(known)})")
+            raise ConfigError("HostFilter", ", ".join(sorted(unknown)), f"unknown key (known: {', '.join(sorted(known))})")
         t = DomainTable()
+
+        def add(key: str, domain: str, attr: str, value: str) -> None:
+            try:
+                t.add(domain, attr, value)
+            except ValueError as exc:
+                raise ConfigError("HostFilter", key, str(exc)) from None
+
         for d, cat in _items(config.get("block"), ""):
-            t.add(d, "action", "block")
+            add("block", d, "action", "block")
             if cat:
-                t.add(d, "category", cat)
+                add("block", d, "category", cat)
         for d, _ in _items(config.get("allow"), ""):
-            t.add(d, "action", "allow")
+            add("allow", d, "action", "allow")
         for d, cat in _items(config.get("tag"), "tagged"):
-            t.add(d, "category", cat)
+            add("tag", d, "category", cat)
         new_ports: list[str] = []
         for d, port in (config.get("port") or {}).items():
-            t.add(d, "port", str(port))
+            add("port", d, "port", str(port))
             if port not in self.ports and port not in new_ports:
                 new_ports.append(str(port))
         self.table = t
         self.action_default = config.get("action_default", "pass")
         if self.action_default not in ("pass", "block"):
-            raise ValueError(f"HostFilter: action_default must be pass or block, not {self.action_default!r}")
+            raise ConfigError("HostFilter", "action_default", f"pass or block, not {self.action_default!r}")
         self.on_block = config.get("on_block", "drop")
         if self.on_block not in ("drop", "port"):
-            raise ValueError(f"HostFilter: on_block must be drop or port, not {self.on_block!r}")
-        self.max_buffer = int(config.get("max_buffer", 8192))
+            raise ConfigError("HostFilter", "on_block", f"drop or port, not {self.on_block!r}")
+        self.max_buffer = config_number("HostFilter", config, "max_buffer", 8192, minimum=0)
         if new_ports:
             self.ports = self.ports + tuple(new_ports)  # instance attribute: this instance's ports
             self._take_outputs()

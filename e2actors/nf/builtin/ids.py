@@ -50,25 +50,29 @@ from collections import deque
 from collections.abc import Hashable
 from typing import Any
 
+from e2actors.errors import ConfigError
+from e2actors.nf.config import config_number
 from e2actors.nf.http1 import RequestParser
 from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.nf.rules import (
     ANY_SIDE,
     DEFAULT_BACKEND,
     HTTP_BUFFERS,
+    MATCHERS,
     TO_CLIENT,
     TO_SERVER,
+    Literals,
     Matcher,
     Rule,
     RuleError,
     RuleSet,
-    _Literals,
     inspect,
     load_rules,
     parse_rules,
 )
 from e2actors.packet.batch import Batch
 from e2actors.packet.flowtable import FlowTable
+from e2actors.packet.reassembly import OVERLAP_POLICIES
 
 __all__ = ["IDS", "Detector"]
 
@@ -142,7 +146,7 @@ class _HttpRules:
             else:
                 per.setdefault(best[0], []).append((best[1], best[2]))
                 owners.setdefault(best[0], []).append(ri)
-        self.lits = {b: _Literals(p, backend or DEFAULT_BACKEND) for b, p in per.items()}
+        self.lits = {b: Literals(p, backend or DEFAULT_BACKEND) for b, p in per.items()}
         self.owners = owners
 
     def candidates(self, req: dict[str, bytes]) -> list[int]:
@@ -203,18 +207,24 @@ class IDS(Pipelet):
 
     @classmethod
     def reassembly_options(cls, config: dict[str, Any]) -> dict[str, Any]:
-        return {"overlap": str(config["overlap"])} if "overlap" in config else {}
+        if "overlap" not in config:
+            return {}
+        overlap = str(config["overlap"])
+        if overlap not in OVERLAP_POLICIES:
+            raise ConfigError("IDS", "overlap", f"one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}")
+        return {"overlap": overlap}
 
     # --- setup -----------------------------------------------------------------------------------
     async def setup(self, config: dict[str, Any]) -> None:
         self.config = config
         if "max_flows" in config or "flow_timeout" in config:
-            self.flows = FlowTable(float(config.get("flow_timeout", self.flow_timeout)),
-                                   int(config.get("max_flows", self.max_flows)))
-        self.window = int(config.get("inspect_window", self.window))
+            self.flows = FlowTable(config_number("IDS", config, "flow_timeout", float(self.flow_timeout), minimum=1e-9),
+                                   config_number("IDS", config, "max_flows", int(self.max_flows), minimum=1))
+        self.window = config_number("IDS", config, "inspect_window", self.window, minimum=1)
         self.stop_on_alert = bool(config.get("stop_on_alert", True))
-        if "overlap" in config:
-            self.reassembly = {"overlap": str(config["overlap"])}
+        self.reassembly = self.reassembly_options(config)
+        if config.get("matcher") not in (None, *MATCHERS):
+            raise ConfigError("IDS", "matcher", f"one of {', '.join(MATCHERS)}, not {config['matcher']!r}")
         # Compiling a large rule set takes long: off the event loop, so the node keeps answering.
         rs, det = await asyncio.to_thread(self.compile, config.get("rules", ()), config.get("vars"),
                                           config.get("strict", True), config.get("matcher"))

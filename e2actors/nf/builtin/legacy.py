@@ -19,7 +19,7 @@ import shlex
 import struct
 from typing import Any
 
-from e2actors.errors import E2Error
+from e2actors.errors import ConfigError, E2Error
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
@@ -38,7 +38,7 @@ class Legacy(Pipelet):
     async def setup(self, config: dict[str, Any]) -> None:
         cmd = config.get("cmd")
         if not cmd:
-            raise E2Error("Legacy needs config 'cmd': the program to run")
+            raise ConfigError("Legacy", "cmd", "missing: the program to run")
         argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
         self.max_frame = int(config.get("max_frame", 65535))
         self.max_inflight = int(config.get("max_inflight", 10_000))

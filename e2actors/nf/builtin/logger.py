@@ -24,6 +24,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.pcap import PcapWriter, open_capture
@@ -55,7 +56,7 @@ class Logger(Pipelet):
                        (jsonl, jsonl + suffix if self.shared and "{instance}" not in jsonl_t else jsonl)]
         wpcap, wjsonl = self._files[0][1], self._files[1][1]
         # (A restart after a crash goes on after what its part holds.)
-        self.writer = PcapWriter(wpcap, snaplen=int(config.get("snaplen", 262144)), append=self.shared)
+        self.writer = PcapWriter(wpcap, snaplen=config_number("Logger", config, "snaplen", 262144, minimum=1), append=self.shared)
         self.jsonl: TextIO = open(wjsonl, "a" if self.shared else "w", encoding="utf-8")
 
     async def process(self, batch: Batch) -> None:

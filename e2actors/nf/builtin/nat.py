@@ -25,13 +25,20 @@ import ipaddress
 import struct
 from typing import Any
 
-from e2actors.errors import E2Error
+from e2actors.errors import ConfigError
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.checksum import internet_checksum, l4_checksum, rewrite
 from e2actors.packet.packet import Packet
 
 __all__ = ["NAT"]
+
+
+def _address(key: str, v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        return ipaddress.ip_address(v)
+    except ValueError:
+        raise ConfigError("NAT", key, f"an IP address, not {v!r}") from None
 
 
 class NAT(Pipelet):
@@ -42,15 +49,21 @@ class NAT(Pipelet):
 
     async def setup(self, config: dict[str, Any]) -> None:
         if "external" not in config and "external6" not in config:
-            raise E2Error("NAT needs config 'external' (and/or 'external6'): the address to translate to")
-        self.ext4 = ipaddress.ip_address(config["external"]).packed if "external" in config else None
-        self.ext6 = ipaddress.ip_address(config["external6"]).packed if "external6" in config else None
+            raise ConfigError("NAT", "external", "missing (and no 'external6'): the address to translate to")
+        self.ext4 = _address("external", config["external"]).packed if "external" in config else None
+        self.ext6 = _address("external6", config["external6"]).packed if "external6" in config else None
         nets = config.get("internal")
-        self.internal = [ipaddress.ip_network(n, strict=False) for n in ([nets] if isinstance(nets, str) else nets)] \
-            if nets else None
-        lo, hi = config.get("ports", (20000, 59999))
+        try:
+            self.internal = [ipaddress.ip_network(n, strict=False)
+                             for n in ([nets] if isinstance(nets, str) else nets)] if nets else None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError("NAT", "internal", f"networks such as 10.0.0.0/8: {exc}") from None
+        try:
+            lo, hi = (int(x) for x in config.get("ports", (20000, 59999)))
+        except (TypeError, ValueError):
+            raise ConfigError("NAT", "ports", f"a range [LOW, HIGH], not {config['ports']!r}") from None
         if not (0 < lo <= hi <= 65535):
-            raise E2Error(f"NAT ports must be a range within 1-65535, not {lo}-{hi}")
+            raise ConfigError("NAT", "ports", f"a range within 1-65535, not {lo}-{hi}")
         self.port_lo, self.port_hi = int(lo), int(hi)
         self.pass_unmatched = bool(config.get("pass_unmatched", False))
         # (proto, ext_port) -> (src, sport); the forward map is self.flows: (proto, src, sport) -> ext_port

@@ -21,7 +21,8 @@ import re
 from collections import deque
 from typing import Any
 
-from e2actors.errors import E2Error
+from e2actors.errors import ConfigError
+from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.filter import compile_filter
@@ -33,13 +34,14 @@ _UNITS = {"": 1, "bit": 1, "kbit": 1e3, "mbit": 1e6, "gbit": 1e9, "tbit": 1e12,
           "bps": 1, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9}
 
 
-def parse_rate(v: Any) -> float:
-    """Bits (per second) from ``100Mbit``, ``1.5 gbit``, ``500kbit`` or a number."""
+def parse_rate(v: Any, key: str = "rate") -> float:
+    """Bits (per second) from ``100Mbit``, ``1.5 gbit``, ``500kbit`` or a number (``key``: the
+    config key it came from, for the error)."""
     if isinstance(v, (int, float)):
         return float(v)
     m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(v))
     if not m or m.group(2).lower() not in _UNITS:
-        raise E2Error(f"bad rate {v!r}: use a number of bits or a unit: bit, kbit, Mbit, Gbit")
+        raise ConfigError("Shaper", key, f"bad rate {v!r}: use a number of bits or a unit: bit, kbit, Mbit, Gbit")
     return float(m.group(1)) * _UNITS[m.group(2).lower()]
 
 
@@ -48,7 +50,7 @@ class _Class:
 
     def __init__(self, name: str, match: Any, rate: float, burst: float, limit: int, now: float) -> None:
         if rate <= 0 or burst <= 0:
-            raise E2Error(f"shaper class {name}: rate and burst must be positive")
+            raise ConfigError("Shaper", "rate", f"class {name}: rate and burst must be positive")
         self.name, self.match, self.rate, self.burst, self.limit = name, match, rate, burst, limit
         self.tokens = burst
         self.last = now
@@ -89,16 +91,20 @@ class Shaper(Pipelet):
 
     async def setup(self, config: dict[str, Any]) -> None:
         now = self.now
-        limit = int(config.get("queue", 1000))
+        limit = config_number("Shaper", config, "queue", 1000, minimum=0)
         rate = parse_rate(config.get("rate", "100Mbit"))
-        burst = parse_rate(config.get("burst", max(rate / 100, 12_000 * 8)))
+        burst = parse_rate(config.get("burst", max(rate / 100, 12_000 * 8)), "burst")
         self.classes: list[_Class] = []
         for i, c in enumerate(config.get("classes", ()) or ()):
-            if "filter" not in c:
-                raise E2Error(f"shaper class {i + 1}: needs a filter")
-            r = parse_rate(c.get("rate", rate))
+            if not isinstance(c, dict) or "filter" not in c:
+                raise ConfigError("Shaper", "classes", f"class {i + 1}: needs a filter")
+            r = parse_rate(c.get("rate", rate), "classes")
+            try:
+                q = config_number("Shaper", c, "queue", limit, minimum=0)
+            except ConfigError as exc:
+                raise ConfigError("Shaper", "classes", f"class {i + 1}: queue: {exc.reason}") from None
             self.classes.append(_Class(str(c.get("name", f"class{i + 1}")), compile_filter(c["filter"]), r,
-                                       parse_rate(c.get("burst", burst)), int(c.get("queue", limit)), now))
+                                       parse_rate(c.get("burst", burst), "classes"), q, now))
         self.default = _Class("default", None, rate, burst, limit, now)
 
     def _class_of(self, pkt: Packet) -> _Class:
