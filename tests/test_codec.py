@@ -143,6 +143,60 @@ def test_unknown_tag_and_wrong_fields() -> None:
         codec.decode(msgpack.packb(msgpack.ExtType(77, b"x")))
 
 
+def test_fields_of_the_wrong_type_are_refused_at_decode() -> None:
+    import msgpack
+
+    def body(tag: int, fields: list) -> bytes:
+        return msgpack.packb([0, "t", None, tag, fields])
+
+    with pytest.raises(CodecError, match=r"Pong\.n: str"):
+        codec.decode_frame_body(body(1003, ["1", "x"]))
+    with pytest.raises(CodecError, match=r"Pong\.n: bool"):  # (a bool is not an int, as in msgspec)
+        codec.decode_frame_body(body(1003, [True, "x"]))
+    with pytest.raises(CodecError, match=r"StreamVerdicts\.seq"):
+        codec.decode_frame_body(body(207, ["ids#0", "3", []]))
+    with pytest.raises(CodecError, match=r"Credit\.credits"):
+        codec.decode_frame_body(body(325, [[[1, "many"]]]))
+    with pytest.raises(CodecError, match=r"Credit\.credits"):
+        codec.decode_frame_body(body(325, [[[1, 2, 3]]]))  # pairs, not triples
+    with pytest.raises(CodecError, match=r"Member\.ref"):  # a nested message checks its own fields
+        codec.decode(codec.encode(Member("ids#0", "s1", None)).replace(b"\xc0", b"\x07"))
+    with pytest.raises(CodecError, match=r"Verdict\.meta"):
+        codec.decode(msgpack.packb(msgpack.ExtType(codec.EXT_MESSAGE, msgpack.packb([208, None, False, [], "", True]))))
+    # what the annotations allow passes: an int for a float, None for an optional ref, any answers
+    assert codec.decode_frame_body(body(202, ["ids#0", "ids", 1, 2, 3, 0, 0, 10, 0, 100, 5]))[3].pps == 1
+    assert codec.decode_frame_body(body(207, ["ids#0", 3, [None, "safe", 1.5]]))[3].answers == (None, "safe", 1.5)
+
+
+def test_every_registered_field_has_a_check() -> None:
+    """Every field of every registered message is checked at decode, except those declared Any."""
+    import typing
+
+    unchecked = []
+    for cls in codec.registered().values():
+        if not hasattr(cls, "__dataclass_fields__") or cls in (Packet, Batch):
+            continue  # (custom encoders: their decoders check their own fields)
+        hints = typing.get_type_hints(cls)
+        for name, check in zip(cls.__dataclass_fields__, codec.field_checks(cls)):
+            if check is None and hints[name] is not typing.Any:
+                unchecked.append(f"{cls.__qualname__}.{name}: {hints[name]}")
+    assert not unchecked, unchecked
+
+
+def test_type_checks() -> None:
+    from typing import Any, Literal
+
+    c = codec.type_check
+    assert c(Any) is None and c(int)(1) and not c(int)(1.0) and c(float)(1) and not c(float)("1")
+    assert c(int | None)(None) and c(int | None)(2) and not c(int | None)("2")
+    assert c(tuple[int, ...])((1, 2)) and not c(tuple[int, ...])((1, "2")) and c(list[int])((1,))
+    assert c(tuple[str, int])(("a", 1)) and not c(tuple[str, int])(("a", 1, 2)) and not c(tuple[str, int])((1, "a"))
+    assert c(dict[str, int])({"a": 1}) and not c(dict[str, int])({1: 1}) and c(dict[str, Any])({"a": object()})
+    assert c(Literal["a", "b"])("a") and not c(Literal["a", "b"])("c")
+    assert c(ActorRef)(REF) and not c(ActorRef)(("n", "x"))
+    assert c(int | str)("x") and not c(int | str)(None)
+
+
 def test_oversized_frame_refused_on_both_sides() -> None:
     with pytest.raises(CodecError, match="over the limit"):
         codec.encode_frame(0, "t", None, b"x" * 2000, max_frame=1000)

@@ -4,8 +4,15 @@ Message types are frozen, slotted dataclasses registered here with an integer ta
 A registered message encodes as an array ``[tag, field, field, ...]`` (never a map: no field names
 on the wire); nested registered messages and :class:`ActorRef` values use msgpack ext types. Plain
 msgpack values (None, bool, int, float, str, bytes, list, tuple, dict) pass as they are; ``bytes``
-stay binary. Decoding an unknown tag, a wrong field count or malformed bytes raises
-:class:`CodecError`; the transport closes that one connection.
+stay binary. Decoding an unknown tag, a wrong field count, a field of the wrong type or malformed
+bytes raises :class:`CodecError`; the transport closes that one connection.
+
+Field types are checked when a message arrives from another node (as msgspec does), against the
+class's annotations: ``int``, ``float`` (an int is taken), ``str``, ``bytes``, ``bool``, ``None``,
+unions, ``tuple[X, ...]``/``tuple[X, Y]`` and ``list[X]`` (both arrive as tuples), ``dict[K, V]``,
+registered messages and other classes (``isinstance``); ``Any`` and what the checker does not know
+pass. So a handler can trust a decoded message's fields as it trusts a local sender's (local
+delivery passes the object itself and checks nothing).
 
 Tag ranges: 1-99 runtime, 100-199 packet layer, 200-299 NFs, 300-399 switch, 400-499 manager,
 1000 and above for applications.
@@ -16,6 +23,8 @@ from __future__ import annotations
 import dataclasses
 import operator
 import struct
+import types
+import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -48,40 +57,158 @@ class _Entry:
             self.encode = lambda obj: [g1(obj)]
         else:
             self.encode = operator.attrgetter(*names)
-        self.decode = decode if decode is not None else _fast_builder(cls, names)
+        # The default decoder is built on first use: the annotations it checks may name classes
+        # defined after this one.
+        self.decode = decode if decode is not None else self._first_decode
+
+    def _first_decode(self, fields: Any) -> Any:
+        self.decode = _fast_builder(self.cls, list(self.fields), field_checks(self.cls))
+        return self.decode(fields)
 
 
-def _fast_builder(cls: type, names: list[str]) -> Callable[[Any], Any]:
+def _fast_builder(cls: type, names: list[str], checks: tuple[Check | None, ...] | None = None) -> Callable[[Any], Any]:
     """Build instances from wire fields without running a frozen dataclass's __init__, which
     spends most of its time in object.__setattr__: set the slots directly. Classes with a
-    ``__post_init__`` (validation) or without slots take the normal constructor."""
-    if hasattr(cls, "__post_init__") or not all(
-            type(getattr(cls, n, None)).__name__ == "member_descriptor" for n in names):
-        return lambda fields: cls(*fields)
-    new = object.__new__
+    ``__post_init__`` (validation) or without slots take the normal constructor. ``checks``: per
+    field, a type check (None: anything goes)."""
     n = len(names)
+    checks = checks if checks is not None and any(c is not None for c in checks) else None
+    qual = cls.__qualname__
+
+    def wrong(fields: Any) -> CodecError:
+        for name, check, value in zip(names, checks, fields):  # type: ignore[arg-type]
+            if check is not None and not check(value):
+                return CodecError(f"{qual}.{name}: {type(value).__name__} {value!r:.80} does not match its type")
+        return CodecError(f"{qual}: a field does not match its type")  # pragma: no cover
+
+    if hasattr(cls, "__post_init__") or not all(
+            type(getattr(cls, name, None)).__name__ == "member_descriptor" for name in names):
+        if checks is None:
+            return lambda fields: cls(*fields)
+
+        def construct(fields: Any) -> Any:
+            if len(fields) != n:
+                raise CodecError(f"{qual} takes {n} fields, got {len(fields)}")
+            for check, value in zip(checks, fields):
+                if check is not None and not check(value):
+                    raise wrong(fields)
+            return cls(*fields)
+
+        return construct
+    new = object.__new__
     setters = tuple(getattr(cls, name).__set__ for name in names)
     if n == 1:
         s0 = setters[0]
+        c0 = checks[0] if checks is not None else None
 
         def build1(fields: Any) -> Any:
             if len(fields) != 1:
-                raise CodecError(f"{cls.__qualname__} takes 1 field, got {len(fields)}")
+                raise CodecError(f"{qual} takes 1 field, got {len(fields)}")
+            v = fields[0]
+            if c0 is not None and not c0(v):
+                raise wrong(fields)
             obj = new(cls)
-            s0(obj, fields[0])
+            s0(obj, v)
             return obj
 
         return build1
+    if checks is None:
+        def build(fields: Any) -> Any:
+            if len(fields) != n:
+                raise CodecError(f"{qual} takes {n} fields, got {len(fields)}")
+            obj = new(cls)
+            for setter, value in zip(setters, fields):
+                setter(obj, value)
+            return obj
 
-    def build(fields: Any) -> Any:
+        return build
+    pairs = tuple(zip(setters, checks))
+
+    def build_checked(fields: Any) -> Any:
         if len(fields) != n:
-            raise CodecError(f"{cls.__qualname__} takes {n} fields, got {len(fields)}")
+            raise CodecError(f"{qual} takes {n} fields, got {len(fields)}")
         obj = new(cls)
-        for setter, value in zip(setters, fields):
+        for (setter, check), value in zip(pairs, fields):
+            if check is not None and not check(value):
+                raise wrong(fields)
             setter(obj, value)
         return obj
 
-    return build
+    return build_checked
+
+
+# --- field type checks -------------------------------------------------------------------------------
+Check = Callable[[Any], bool]
+
+
+def field_checks(cls: type) -> tuple[Check | None, ...]:
+    """Per dataclass field of ``cls``, the check a decoded value must pass (None: any value).
+    Annotations that do not resolve are not checked."""
+    if not dataclasses.is_dataclass(cls):
+        return ()
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:
+        hints = {}
+    return tuple(type_check(hints[f.name]) if f.name in hints else None for f in dataclasses.fields(cls))
+
+
+def _is(t: type) -> Check:
+    return lambda v: type(v) is t
+
+
+def _number(v: Any) -> bool:
+    t = type(v)
+    return t is float or t is int
+
+
+def type_check(tp: Any) -> Check | None:
+    """A predicate for values of annotation ``tp`` as they decode (None: anything goes)."""
+    if tp is Any or tp is object or isinstance(tp, (TypeVar, str, typing.ForwardRef)):
+        return None
+    if tp is None or tp is type(None):
+        return lambda v: v is None
+    if tp is float:
+        return _number
+    if tp in (int, str, bytes, bool):
+        return _is(tp)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        subs = [type_check(a) for a in args]
+        if any(c is None for c in subs):
+            return None
+        if len(subs) == 2 and type(None) in args:  # X | None
+            c = subs[1] if args[0] is type(None) else subs[0]
+            return lambda v: v is None or c(v)  # type: ignore[misc]
+        return lambda v: any(c(v) for c in subs)  # type: ignore[misc]
+    if origin is typing.Literal:
+        allowed = frozenset(args)
+        return lambda v: v in allowed
+    if origin in (tuple, list):
+        if origin is tuple and args and args[-1] is not Ellipsis:  # tuple[X, Y]: fixed length
+            subs = [type_check(a) for a in args]
+            n = len(args)
+            if all(c is None for c in subs):
+                return lambda v: type(v) is tuple and len(v) == n
+            return lambda v: type(v) is tuple and len(v) == n and all(
+                c is None or c(x) for c, x in zip(subs, v))
+        elem = type_check(args[0]) if args else None
+        if elem is None:
+            return lambda v: type(v) is tuple or type(v) is list
+        return lambda v: (type(v) is tuple or type(v) is list) and all(elem(x) for x in v)  # type: ignore[misc]
+    if origin is dict:
+        kc = type_check(args[0]) if args else None
+        vc = type_check(args[1]) if len(args) > 1 else None
+        if kc is None and vc is None:
+            return lambda v: type(v) is dict
+        return lambda v: type(v) is dict and all((kc is None or kc(k)) and (vc is None or vc(x))  # type: ignore[misc]
+                                                 for k, x in v.items())
+    if origin is not None:
+        return None  # another generic (Mapping, Callable, ...): not checked
+    if isinstance(tp, type):
+        return lambda v: isinstance(v, tp)
+    return None
 
 
 _BY_TAG: dict[int, _Entry] = {}
