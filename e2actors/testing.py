@@ -56,8 +56,8 @@ class PipeletResult:
         c: collections.Counter = collections.Counter()
         for lst in self.outputs.values():
             for p in lst:
-                if p._meta and key in p._meta:
-                    c[p._meta[key]] += 1
+                if p.has_meta and key in p.meta:
+                    c[p.meta[key]] += 1
         return c
 
 

@@ -90,8 +90,8 @@ def hostfilter_hosts(path_or_pkts) -> dict[Flow, str | None]:
     pkts = [p for lst in res.outputs.values() for p in lst]
     for p in pkts:
         got.setdefault(flow_of(p), set())
-        if p._meta and "host" in p._meta:
-            got[flow_of(p)].add(p._meta["host"])
+        if p.meta_if_any and "host" in p.meta_if_any:
+            got[flow_of(p)].add(p.meta_if_any["host"])
     assert all(len(v) <= 1 for v in got.values()), got
     return {f: (next(iter(got[f])) if got.get(f) else None) for f in data_flows(pkts)}
 

@@ -77,8 +77,8 @@ SAMPLES = [
 
 def _same(a: object, b: object) -> bool:
     if isinstance(a, Packet):
-        return isinstance(b, Packet) and (a.data, a.ts, a.wirelen, a.port, a._meta or None, a.origin) == \
-            (b.data, b.ts, b.wirelen, b.port, b._meta or None, b.origin)
+        return isinstance(b, Packet) and (a.data, a.ts, a.wirelen, a.port, a.meta_if_any or None, a.origin) == \
+            (b.data, b.ts, b.wirelen, b.port, b.meta_if_any or None, b.origin)
     if isinstance(a, Batch):
         return isinstance(b, Batch) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
     if hasattr(a, "__dataclass_fields__"):

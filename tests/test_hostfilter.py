@@ -211,7 +211,7 @@ async def test_tls_sni_blocked_to_port_and_tags() -> None:
 
 async def test_port_map_adds_ports_and_default_block() -> None:
     nf = await hf(port={"cdn.example.com": "slow"}, allow=["example.com"], action_default="block")
-    assert nf.ports == ("out", "blocked", "slow") and set(nf._take_outputs()) == {"out", "blocked", "slow"}
+    assert nf.ports == ("out", "blocked", "slow") and set(nf.take_outputs()) == {"out", "blocked", "slow"}
     assert HostFilter.ports == ("out", "blocked")
     assert nf.decide("img.cdn.example.com").port == "slow"
     assert nf.decide("www.example.com").port == "out"

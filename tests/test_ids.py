@@ -88,7 +88,7 @@ async def test_client_from_syn_via_process_and_first_sender() -> None:
     a, b = "198.18.0.1", "198.19.0.1"
     syn = Packet(ether(ip(b, a, 6, tcp(b, a, 50001, 40001, flags="S"))))
     await nf.process(Batch([syn]))
-    assert nf._take_outputs()["safe"] == [syn] and syn.meta == {"verdict": "safe"}
+    assert nf.take_outputs()["safe"] == [syn] and syn.meta == {"verdict": "safe"}
     flow, d = syn.flow_key, syn.direction
     assert nf.on_stream(flow, 1 - d, b"HELLO").port == "safe"  # from the server: no match
     assert nf.on_stream(flow, d, b"HEL") is None
@@ -116,7 +116,7 @@ async def test_tcp_after_unsafe_follows_in_process() -> None:
     flow = pkts[0].flow_key
     assert nf.on_stream(flow, pkts[0].direction, b"GET /etc/passwd").port == "unsafe"
     await nf.process(Batch(pkts[2:]))
-    out = nf._take_outputs()
+    out = nf.take_outputs()
     assert out["unsafe"] == [pkts[2]] and pkts[2].meta["sid"] == 1001
 
 
@@ -139,7 +139,7 @@ async def test_udp_packets_through_process() -> None:
     q_ok = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 53, b"\x12\x35\x01\x00\x07example\x03com\x00"))))
     q_wrong_port = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 5300, b"\x04evil\x03com"))))
     await nf.process(Batch([q_bad, q_ok, q_wrong_port]))
-    out = nf._take_outputs()
+    out = nf.take_outputs()
     assert out["unsafe"] == [q_bad] and out["safe"] == [q_ok, q_wrong_port]
     assert q_bad.meta == {"verdict": "unsafe", "sid": 1004, "msg": "dns evil"}
     assert q_ok.meta == {"verdict": "safe"}
@@ -259,7 +259,7 @@ async def test_udp_client_is_the_first_datagrams_sender() -> None:
     reply = Packet(ether(ip(s, c, 17, udp(s, c, 53, 5353, b"QUERYX PONGX"))))
     again = Packet(ether(ip(c, s, 17, udp(c, s, 5353, 53, b"QUERYX"))))
     await nf.process(Batch([first, reply, again]))
-    out = nf._take_outputs()
+    out = nf.take_outputs()
     assert out["safe"] == [first]  # PONGX in the first datagram: not established yet
     assert out["unsafe"] == [reply, again]
     assert reply.meta["sid"] == 13 and again.meta["sid"] == 11

@@ -319,7 +319,7 @@ def test_parse_accepts_buffers() -> None:
 
 
 def _fields(p: Packet) -> tuple:
-    return tuple(getattr(p, k) for k in Packet.__slots__ if k != "_meta")
+    return tuple(getattr(p, k) for k in Packet.__slots__ if k != "meta_if_any")
 
 
 def _general(data: bytes, **kw) -> Packet:

@@ -86,7 +86,7 @@ def test_non_sticky_verdict_and_meta():
     drv.push(ack)
     out = dict((id(p), v) for p, v in drv.take_released())
     assert out[id(px)] is once and px.meta == {"verdict": "unsafe", "sid": 1}
-    assert out[id(ack)].port == "out" and ack._meta is None  # current verdict unchanged, no meta
+    assert out[id(ack)].port == "out" and ack.meta_if_any is None  # current verdict unchanged, no meta
 
 
 def test_sticky_meta_also_marks_later_packets():

@@ -160,5 +160,5 @@ class NFInstance(Actor):
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
                 "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
                 # batches waiting (timer ticks and control messages are not traffic)
-                "queue": sum(1 for m in self._cell.mailbox._q if type(m) is NFBatch or type(m) is StreamWork),
+                "queue": sum(1 for m in self._cell.mailbox if type(m) is NFBatch or type(m) is StreamWork),
                 "restarts": self._cell.restarts}

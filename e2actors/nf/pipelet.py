@@ -179,13 +179,30 @@ class Pipelet:
             fin = self._fin
             fin[o] = fin.get(o, 0) + 1
 
-    # --- for the runner -------------------------------------------------------------------------
-    def _take_outputs(self) -> dict[str, list[Packet]]:
-        """Hand over what was emitted since the last call and start empty lists."""
+    # --- for the runner (the NF author does not call these) -----------------------------------
+    def take_outputs(self) -> dict[str, list[Packet]]:
+        """Hand over what was emitted since the last call (port -> packets) and start empty lists."""
         out = self._out
         self._out = {p: [] for p in self.ports}
         self._default_out = self._out[self.ports[0]]
         return out
+
+    def take_finished(self) -> dict[int, int]:
+        """Ingress credits of the packets dropped since the last call: origin -> packets."""
+        fin = self._fin
+        if fin:
+            self._fin = {}
+        return fin
+
+    def count_dropped(self, reason: str, n: int) -> None:
+        """``n`` of this NF's packets were dropped for it elsewhere (by its verdicts, in the switch)."""
+        self.drops[reason] += n
+        self._dropped += n
+
+    @property
+    def dropped_total(self) -> int:
+        """Packets dropped so far (by :meth:`drop` and :meth:`count_dropped`)."""
+        return self._dropped
 
     @classmethod
     def reassembly_options(cls, config: dict[str, Any]) -> dict[str, Any]:

@@ -162,7 +162,7 @@ class PipeletRunner:
             st.lost += n
             # Nothing of a failed batch leaves half-done: its packets, and what it had emitted,
             # are lost (their credits go back).
-            self._settle_lost(cin, p._take_outputs())
+            self._settle_lost(cin, p.take_outputs())
             raise
         dt = time.perf_counter() - t0
         st.busy_seconds += dt
@@ -225,9 +225,8 @@ class PipeletRunner:
             st.per_port[port] += n
             st.packets_out += n
         for reason, n in drops:
-            p.drops[reason] += n
-            p._dropped += n
-        st.dropped = p._dropped
+            p.count_dropped(reason, n)
+        st.dropped = p.dropped_total
 
     async def _run_stream(self, batch: Batch) -> None:
         p = self.pipelet
@@ -270,13 +269,13 @@ class PipeletRunner:
 
     def _collect(self) -> dict[str, list[Packet]]:
         p = self.pipelet
-        out = p._take_outputs()
+        out = p.take_outputs()
         st = self.stats
         for port, lst in out.items():
             if lst:
                 st.per_port[port] += len(lst)
                 st.packets_out += len(lst)
-        st.dropped = p._dropped
+        st.dropped = p.dropped_total
         self._settle(out)
         return out
 
@@ -302,11 +301,9 @@ class PipeletRunner:
                         bal[o] = bal.get(o, 0) - k
         p = self.pipelet
         fin = self._finished
-        if p._fin:
-            for o, k in p._fin.items():
-                bal[o] = bal.get(o, 0) - k
-                fin[o] = fin.get(o, 0) + k
-            p._fin = {}
+        for o, k in p.take_finished().items():
+            bal[o] = bal.get(o, 0) - k
+            fin[o] = fin.get(o, 0) + k
         if bal and (out is None or self.pipelet.pending() == 0 and (self._stream is None or self._stream.held == 0)):
             for o, k in bal.items():
                 if k:

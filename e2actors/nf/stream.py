@@ -196,6 +196,10 @@ class StreamDriver:
         return self._pushed - self._nreleased
 
     # --- input -------------------------------------------------------------------------------
+    def tracks(self, flow: Hashable) -> bool:
+        """Whether ``flow`` has stream state here (it was seen and not yet forgotten)."""
+        return flow in self._flows
+
     def push(self, pkt: Packet, now: float | None = None) -> None:
         """Take one TCP packet (in arrival order); ``now`` defaults to ``pkt.ts``."""
         if now is None:

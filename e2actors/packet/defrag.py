@@ -377,10 +377,10 @@ class Defragmenter:
             return None
         meta: dict[str, Any] | None = None
         for p in reversed(frags):  # highest offset first, so the first fragment's values win
-            if p._meta:
+            if p.has_meta:
                 if meta is None:
                     meta = {}
-                meta.update(p._meta)
+                meta.update(p.meta)
         frame = fdata[:l3] + bytes(hdr) + payload
         out = Packet(frame, last.ts, last.port, len(frame), first.linktype, meta)
         self.stats["reassembled"] += 1

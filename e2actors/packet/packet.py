@@ -124,7 +124,7 @@ class Packet:
         "ts",  # capture time, seconds since the epoch (float)
         "wirelen",  # length on the wire; > len(data) when the capture cut the frame
         "port",  # name of the input port the frame arrived on
-        "_meta",  # per-packet metadata dict, created on first use (see `meta`)
+        "meta_if_any",  # the metadata dict, or None while the packet has none (reading it creates nothing)
         "linktype",  # LINKTYPE_* of data
         "reason",  # None, or why the frame is malformed
         "vlans",  # VLAN ids, outermost first (tuple of int)
@@ -162,7 +162,7 @@ class Packet:
         self.port = port
         self.wirelen = n if wirelen is None else wirelen
         self.linktype = linktype
-        self._meta = meta
+        self.meta_if_any = meta
         self._fkey = None
         self.origin = origin
 
@@ -485,14 +485,20 @@ class Packet:
     @property
     def meta(self) -> dict[str, Any]:
         """Per-packet metadata (msgpack-safe values); created on first use, most packets never need one."""
-        m = self._meta
+        m = self.meta_if_any
         if m is None:
-            m = self._meta = {}
+            m = self.meta_if_any = {}
         return m
 
     @meta.setter
     def meta(self, value: dict[str, Any]) -> None:
-        self._meta = value
+        self.meta_if_any = value
+
+    @property
+    def has_meta(self) -> bool:
+        """True when the packet carries metadata (without creating an empty dict as :attr:`meta` would;
+        hot loops read :attr:`meta_if_any`, the dict or None, directly)."""
+        return bool(self.meta_if_any)
 
     # --- state -----------------------------------------------------------------------------------
     @property

@@ -21,7 +21,7 @@ __all__ = ["decode_packet", "encode_packet"]
 
 
 def encode_packet(p: Packet) -> tuple:
-    return (p.data, p.ts, p.wirelen, p.port, p._meta or None, p.linktype, p.origin)
+    return (p.data, p.ts, p.wirelen, p.port, p.meta_if_any or None, p.linktype, p.origin)
 
 
 def decode_packet(f: Any) -> Packet:

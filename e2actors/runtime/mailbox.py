@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -49,6 +50,10 @@ class Mailbox:
 
     def __len__(self) -> int:
         return len(self._q)
+
+    def __iter__(self) -> Iterator[Any]:
+        """The waiting messages, oldest first (a look: nothing is taken)."""
+        return iter(self._q)
 
     def stats(self) -> MailboxStats:
         return MailboxStats(len(self._q), self.capacity, self.dropped, self.processed, self.overflow)

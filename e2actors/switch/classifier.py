@@ -40,7 +40,7 @@ from itertools import islice
 from typing import Any, Optional
 
 from e2actors.packet.filter_compile import _Gen
-from e2actors.switch.condition import _ERRORS, _lsh, _u16, _u32, Condition, compile_condition
+from e2actors.switch.condition import CODE_NAMES, Condition, compile_condition
 from e2actors.switch.table import Route
 
 __all__ = ["Classifier", "NO_ROUTE", "PENDING"]
@@ -152,7 +152,7 @@ def _build_dispatch(conds: tuple, force: Optional[bool] = None) -> Optional[Any]
             t[const] = t.get(const, 0) | (1 << i)
     if indexed == 0 or (force is None and indexed * 2 < n):
         return None
-    ns: dict[str, Any] = {"_ERRORS": _ERRORS, "_u16": _u16, "_u32": _u32, "_lsh": _lsh}
+    ns: dict[str, Any] = dict(CODE_NAMES)
     lines = ["def dispatch(d):", f"    m = {always}"]
     nt = 0
 

@@ -16,7 +16,7 @@ group to the left; ``not`` binds tighter)::
 string (backslash escapes the quote and itself), an integer (decimal, or hex with ``0x``; a
 leading ``-`` is allowed), a decimal number with a fraction (``0.5``), ``true`` or ``false``.
 
-Semantics. Metadata tests read the packet's metadata dict (``Packet._meta``; absent = empty) and
+Semantics. Metadata tests read the packet's metadata dict (``Packet.meta_if_any``; absent = empty) and
 are typed: a string equals only a string, ``true``/``false`` only a bool, a number only an int or
 float (never a bool). ``!=`` is exactly ``not ==`` (true when the key is missing); ``<``... are
 false when the key is missing or not a number; ``in`` is true when ``==`` holds for one of the
@@ -66,10 +66,11 @@ from e2actors.packet import filter_parser as P
 from e2actors.packet.filter_compile import Compiler, _Gen
 from e2actors.packet.filter_lexer import Token, lex_token
 
-__all__ = ["Condition", "compile_condition", "normalize_host", "parse_condition", "MetaTest",
-           "Domain", "tokenize_condition"]
+__all__ = ["CODE_NAMES", "Condition", "LOAD_ERRORS", "compile_condition", "normalize_host", "parse_condition",
+           "MetaTest", "Domain", "tokenize_condition"]
 
-_ERRORS = (IndexError, struct.error, ZeroDivisionError)
+#: What generated condition code may raise on a short or odd packet (the test is then false).
+LOAD_ERRORS = (IndexError, struct.error, ZeroDivisionError)
 _u16 = struct.Struct(">H").unpack_from
 _u32 = struct.Struct(">I").unpack_from
 _NAN = math.nan
@@ -78,6 +79,10 @@ _EMPTY: dict = {}
 
 def _lsh(a: int, b: int) -> int:
     return (a << b) & 0xFFFFFFFF if b < 32 else 0
+
+
+#: The names the code generated from the filter compiler's IR runs with (its loads and shifts).
+CODE_NAMES: dict[str, Any] = {"_ERRORS": LOAD_ERRORS, "_u16": _u16, "_u32": _u32, "_lsh": _lsh}
 
 
 def _num(x: Any) -> Any:
@@ -398,7 +403,7 @@ class Condition:
     """A compiled condition: ``cond(pkt, host=None) -> bool``.
 
     ``pkt`` is a :class:`~e2actors.packet.packet.Packet` (``.data``, ``.wirelen`` and, when the
-    condition tests metadata, ``._meta``); ``host`` the flow's host as :func:`normalize_host`
+    condition tests metadata, ``.meta_if_any``); ``host`` the flow's host as :func:`normalize_host`
     gives it, or None. Attributes: ``text``, ``source`` (the generated Python), ``uses_domain``,
     ``uses_meta``, ``uses_len``, ``uses_macs``, ``flow_invariant``, ``always`` (the condition is
     true for every packet, e.g. the empty one) and ``fn`` (the raw function, for hot loops).
@@ -423,13 +428,12 @@ class Condition:
         if self.uses_len:
             prelude += "    w = p.wirelen\n"
         if self.uses_meta:
-            prelude += "    m = p._meta or _EMPTY\n"
+            prelude += "    m = p.meta_if_any or _EMPTY\n"
         src = _TEMPLATE.format(signature="cond(p, h=None)", expr=expr, prelude=prelude)
         if self.uses_domain:
             src += "\n" + _TEMPLATE.format(signature="bound(p, u)", expr=_gen(ir, bound=True), prelude=prelude)
         self.source = src
-        ns: dict[str, Any] = {"_ERRORS": _ERRORS, "_u16": _u16, "_u32": _u32, "_lsh": _lsh,
-                              "_num": _num, "_EMPTY": _EMPTY}
+        ns: dict[str, Any] = {**CODE_NAMES, "_num": _num, "_EMPTY": _EMPTY}
         exec(compile(src, f"<condition {text!r}>", "exec"), ns)
         self.fn = ns["cond"]
         self.bound = ns.get("bound")

@@ -534,7 +534,7 @@ class Dataplane:
         kind, _, name = target.partition(":")
         if self.trace_every:
             for p in pkts:
-                tr = p._meta.get("_trace") if p._meta else None
+                tr = p.meta_if_any.get("_trace") if p.meta_if_any else None
                 if tr is not None:
                     tr.append([time.time(), f"route {why} -> {target}"])
         if kind == "nf":
@@ -593,7 +593,7 @@ class Dataplane:
             return
         if self.trace_every:
             for p in pkts:
-                tr = p._meta.get("_trace") if p._meta else None
+                tr = p.meta_if_any.get("_trace") if p.meta_if_any else None
                 if tr is not None:
                     tr.append([time.time(), f"nf {inst} on {m.server}"])
         if m.server != self.server:
@@ -638,10 +638,10 @@ class Dataplane:
         return [p for p in pkts if not (p.proto == 6 and p.l4_offset >= 0)] if len(tcp) < len(pkts) else []
 
     def _to_port(self, name: str, pkts: list[Packet]) -> None:
-        if any(p._meta and "reverse" in p._meta for p in pkts):
+        if any(p.meta_if_any and "reverse" in p.meta_if_any for p in pkts):
             by_port: dict[str, list[Packet]] = {}
             for p in pkts:
-                dest = p._meta.get("reverse", name) if p._meta else name
+                dest = p.meta_if_any.get("reverse", name) if p.meta_if_any else name
                 by_port.setdefault(dest, []).append(p)
             for dest, lst in by_port.items():
                 self._out_port(dest, lst)
@@ -691,10 +691,10 @@ class Dataplane:
 
     def _finish_traces(self, pkts: list[Packet], last: str) -> None:
         for p in pkts:
-            tr = p._meta.pop("_trace", None) if p._meta else None
+            tr = p.meta_if_any.pop("_trace", None) if p.meta_if_any else None
             if tr is not None:
                 tr.append([time.time(), last])
-                self.traces.append({"flow": _flow_text(p), "meta": dict(p._meta or {}), "hops": tr})
+                self.traces.append({"flow": _flow_text(p), "meta": dict(p.meta_if_any or {}), "hops": tr})
 
     def _hop(self, hop: str, n: int) -> None:
         h = self.hops.get(hop)

@@ -129,7 +129,7 @@ class StreamDelivery:
         nbytes = 0
         push = drv.push
         for pkt in pkts:
-            fi[pkt._fkey or pkt.flow_key] = instance  # (the balancer computed the key already)
+            fi[pkt.flow_key] = instance  # (the balancer computed the key already: cached)
             nbytes += len(pkt.data)
             push(pkt, now)
         acct.packets += len(pkts)
@@ -143,9 +143,9 @@ class StreamDelivery:
         self._collect()
         if now - self._last_purge >= 1.0:
             self._last_purge = now
-            known = self.driver._flows
+            tracks = self.driver.tracks
             fi = self.flow_instance
-            for k in [k for k in fi if k not in known]:
+            for k in [k for k in fi if not tracks(k)]:
                 del fi[k]
 
     def flush(self, now: float) -> None:
@@ -295,7 +295,7 @@ class StreamDelivery:
         acct: _Account | None = None
         released: collections.Counter[str] | None = None
         for pkt, v in self.driver.take_released():
-            k = pkt._fkey or pkt.flow_key
+            k = pkt.flow_key
             if k is not last_key:  # packets leave in runs of one flow: look its instance up once
                 last_key = k
                 inst = fi.get(k)

@@ -35,6 +35,7 @@ the packets wait here for the verdicts and leave in their original order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -349,7 +350,7 @@ class Switch(Actor):
                 await r.stop()
         self.ports = new_ports
         for p in opened:
-            await p.open(self._port_ingress, _gate_for(self, p.name))
+            await p.open(self._port_ingress, functools.partial(self._gate, p.name))
         log.debug("switch %s: table v%d installed", self.server, table.version)
         return table.version
 
@@ -401,10 +402,3 @@ class Switch(Actor):
         mb = self.mailbox
         st["mailbox"] = {"depth": mb.depth, "dropped": mb.dropped}
         return st
-
-
-def _gate_for(sw: Switch, port: str) -> Any:
-    async def gate() -> None:
-        await sw._gate(port)
-
-    return gate

@@ -149,7 +149,7 @@ class HostFilter(Pipelet):
         self.max_buffer = config_number("HostFilter", config, "max_buffer", 8192, minimum=0)
         if new_ports:
             self.ports = self.ports + tuple(new_ports)  # instance attribute: this instance's ports
-            self._take_outputs()
+            self.take_outputs()
 
     # --- decisions -------------------------------------------------------------------------------
     def decide(self, host: str | None) -> Verdict:

@@ -77,8 +77,8 @@ class Legacy(Pipelet):
             buf.append(_LEN.pack(len(pkt.data)))
             buf.append(pkt.data)
             self.inflight += 1
-            if pkt._meta:
-                self.meta_of.setdefault(pkt.data, []).append(pkt._meta)
+            if pkt.has_meta:
+                self.meta_of.setdefault(pkt.data, []).append(pkt.meta)
         try:
             stdin.write(b"".join(buf))
             await stdin.drain()

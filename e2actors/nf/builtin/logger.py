@@ -67,8 +67,8 @@ class Logger(Pipelet):
             rec = {"ts": pkt.ts, "len": pkt.wirelen, "port": pkt.port}
             if pkt.proto >= 0:
                 rec.update(proto=pkt.proto, src=pkt.src_str, dst=pkt.dst_str, sport=pkt.sport, dport=pkt.dport)
-            if pkt._meta:
-                rec["meta"] = pkt._meta
+            if pkt.has_meta:
+                rec["meta"] = pkt.meta
             lines.append(json.dumps(rec, default=_jsonable))
             self._default_out.append(pkt)
         self.jsonl.write("\n".join(lines) + "\n")

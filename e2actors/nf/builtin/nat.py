@@ -164,7 +164,7 @@ class NAT(Pipelet):
                 c = l4_checksum(src or pkt.src, dst or pkt.dst, 58, msg)
             struct.pack_into("!H", buf, l4 + 2, c)
             data = bytes(buf)
-        out = Packet(data, pkt.ts, pkt.port, pkt.wirelen + len(data) - len(pkt.data), pkt.linktype, pkt._meta,
+        out = Packet(data, pkt.ts, pkt.port, pkt.wirelen + len(data) - len(pkt.data), pkt.linktype, pkt.meta_if_any,
                      pkt.origin)
         return out
 
