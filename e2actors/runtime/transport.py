@@ -1,14 +1,23 @@
-"""Connections between nodes: framing, authentication, coalesced writes, flow control.
+"""Connections between nodes: handshake, sealed records, framing, coalesced writes, flow control.
 
 One :class:`Connection` (an asyncio Protocol) per TCP, Unix or in-memory link. It speaks:
 
-1. the shared-secret handshake of :mod:`e2actors.runtime.auth` (raw bytes, before any frame);
-2. length-prefixed msgpack frames (:mod:`e2actors.runtime.codec`), the first being HELLO.
+1. with TLS, the TLS handshake; on accepted connections it starts at accept (``start_tls``), so
+   a peer that never sends a ClientHello is closed by the same deadline as everything else;
+2. the handshake of :mod:`e2actors.runtime.auth` (raw bytes): shared-secret proofs both ways and
+   per-connection keys bound to both nonces, both names, both roles and the TLS channel;
+3. sealed records (:mod:`e2actors.runtime.records`) holding length-prefixed msgpack frames
+   (:mod:`e2actors.runtime.codec`), the first frame being HELLO.
 
-Writes made during one event-loop turn go out in one ``write`` (one syscall for many messages).
-A frame over the size limit, one that does not decode, or a failed handshake closes this one
-connection, is logged and counted, and disturbs nothing else. The in-memory transport pairs two
-protocols without sockets so tests can join two nodes in one process.
+Writes made during one event-loop turn go out in one sealed record and one ``write``. Whatever a
+peer does wrong closes that one connection, is counted in ``node.counters`` and logged (rate
+limited), and disturbs nothing else: a handshake not done within ``handshake_timeout`` of the
+accept (``handshake_timeouts``), a failed TLS handshake (``tls_failures``), a wrong proof
+(``auth_failures``), a record that fails authentication (``frame_auth_failures``: injected,
+modified, replayed or reordered), an oversized frame, one that does not decode, an accept past the
+connection caps (``connections_refused``), a peer that lets more than ``max_write_buffer`` bytes
+pile up unread (``slow_peers``). The in-memory transport pairs two protocols without sockets so
+tests can join two nodes in one process.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from urllib.parse import urlsplit
 from e2actors.errors import AuthError, CodecError, TransportError
 from e2actors.runtime import auth
 from e2actors.runtime.codec import DEFAULT_MAX_FRAME, FrameDecoder, decode_frame_body, encode_frame
+from e2actors.runtime.records import HEADER_SIZE, TAG_SIZE, Opener, RecordError, Sealer
 
 if TYPE_CHECKING:
     from e2actors.runtime.node import Node
@@ -38,10 +48,11 @@ WATCH = 4     # a: target name, message: watcher ref
 UNWATCH = 5
 HELLO = 6     # a: node address, b: version, message: node name
 
+#: Seconds from accept (or connect) to a complete handshake (TLS, proofs, HELLO) by default.
 HANDSHAKE_TIMEOUT = 5.0
 FLUSH_BYTES = 256 * 1024
-ROLE_CLIENT = b"client"
-ROLE_SERVER = b"server"
+#: Bytes a peer may send before its handshake is ours to read (a TLS client's early bytes).
+_EARLY_LIMIT = 64 * 1024
 
 
 def parse_address(address: str) -> tuple[str, str, int | None]:
@@ -65,13 +76,17 @@ def parse_address(address: str) -> tuple[str, str, int | None]:
 class Connection(asyncio.Protocol):
     """One authenticated, framed link to a peer node."""
 
-    def __init__(self, node: Node, secret: bytes, client: bool, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, node: Node, secret: bytes, client: bool, max_frame: int = DEFAULT_MAX_FRAME,
+                 tls: _ssl.SSLContext | None = None) -> None:
         self.node = node
         self.secret = secret
         self.client = client
         self.max_frame = max_frame
+        #: Accepted connections with TLS: the context to start TLS with once accepted.
+        self.tls = tls
         self.transport: asyncio.Transport | None = None
         self.peer_address: str | None = None   # set by HELLO
+        self.peer_name: str | None = None      # from the handshake
         self.authenticated = False
         self.auth_failed = False
         self.closed = False
@@ -79,9 +94,12 @@ class Connection(asyncio.Protocol):
         self.last_recv = 0.0
         self.frames_in = 0
         self.frames_out = 0
-        self._nonce = auth.new_nonce()
-        self._peer_nonce: bytes | None = None
-        self._hs = bytearray()
+        #: The admission key (peer host) of an accepted connection, once admitted.
+        self.host: str | None = None
+        self._hs: auth.Handshake | None = None
+        self._early = b""
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None
         self._decoder = FrameDecoder(max_frame)
         self._wbuf: list[bytes] = []
         self._wbytes = 0
@@ -91,29 +109,126 @@ class Connection(asyncio.Protocol):
         self._stash: list[bytes] = []
         self._blocked: asyncio.Future | None = None
         self._hs_timer: asyncio.TimerHandle | None = None
+        self._tls_task: asyncio.Task | None = None
+        self._gone = False
         self.loop = asyncio.get_running_loop()
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.last_recv = self.loop.time()
-        transport.write(auth.hello(self._nonce))  # type: ignore[attr-defined]
-        self._hs_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        # The deadline runs from the accept (or connect): TLS, proofs and HELLO all fit in it.
+        self._hs_timer = self.loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
+        if not self.client:
+            refused = self.node._admit(self)
+            if refused:
+                self.fail(refused, "connections_refused")
+                return
+        if self.tls is not None:
+            transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello is start_tls's
+            self._tls_task = self.loop.create_task(self._start_tls())
+            return
+        self._begin()
+
+    async def _start_tls(self) -> None:
+        t = self.transport
+        remaining = max(0.1, self._hs_timer.when() - self.loop.time()) if self._hs_timer else 5.0
+        try:
+            # A second more than our own deadline, so a silent peer is counted as a timeout.
+            tls_t = await self.loop.start_tls(t, self, self.tls, server_side=True,  # type: ignore[arg-type]
+                                              ssl_handshake_timeout=remaining + 1.0)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # SSLError, a timeout, a reset: the peer's problem, not ours
+            if not self.closed:
+                self.fail(f"TLS handshake failed: {exc or type(exc).__name__}", "tls_failures")
+            self._lost()
+            return
+        if self.closed or tls_t is None:
+            if tls_t is not None:
+                tls_t.abort()
+            return
+        self.transport = tls_t  # type: ignore[assignment]
+        self._begin()
+
+    def _begin(self) -> None:
+        """Send our hello (after TLS, so the handshake can be bound to the TLS channel)."""
+        try:
+            binding = self._binding()
+        except (ValueError, OSError) as exc:
+            self.fail(f"TLS channel binding unavailable: {exc}", "tls_failures")
+            return
+        hs = self._hs = auth.Handshake(self.secret, self.client, self.node.name, binding,
+                                       own_nonces=self.node._nonces)
+        self.node._nonces.add(hs.nonce)
+        self.transport.write(hs.start())  # type: ignore[union-attr]
+        if self._early:
+            early, self._early = self._early, b""
+            self.data_received(early)
+
+    def _binding(self) -> bytes:
+        sslobj = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if sslobj is None:
+            return b""
+        peer = sslobj.getpeercert(binary_form=True) or b""
+        own = self.node._tls_cert_der
+        try:
+            unique = sslobj.get_channel_binding("tls-unique")
+        except (ValueError, NotImplementedError):
+            unique = None
+        client_cert, server_cert = (own, peer) if self.client else (peer, own)
+        return auth.tls_binding(client_cert, server_cert, unique)
 
     def _handshake_timeout(self) -> None:
         if self.peer_address is None and not self.closed:
-            self.fail("handshake timed out", "auth_failures")
+            stage = ("TLS" if self._hs is None and self.tls is not None else
+                     "proofs" if not self.authenticated else "HELLO")
+            self.fail(f"handshake not complete within {self.node.handshake_timeout:g}s (at {stage})",
+                      "handshake_timeouts")
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         self.last_recv = self.loop.time()
-        if not self.authenticated:
-            data = self._handshake(data)
-            if not data:
+        opener = self._opener
+        if opener is None:
+            hs = self._hs
+            if hs is None:  # bytes that arrived right after TLS, before our hello went out
+                self._early += data
+                if len(self._early) > _EARLY_LIMIT:
+                    self.fail("too many bytes before the handshake", "auth_failures")
+                return
+            try:
+                out = hs.feed(data)
+            except AuthError as exc:
+                reply = getattr(exc, "reply", b"")
+                if reply and self.transport is not None:
+                    self.transport.write(reply)
+                self.fail(str(exc), "auth_failures")
+                return
+            if out:
+                self.transport.write(out)  # type: ignore[union-attr]
+            if not hs.done:
+                return
+            self._authenticated(hs)
+            data = hs.rest
+            opener = self._opener
+            if not data or opener is None:
                 return
         try:
-            bodies = self._decoder.feed(data)
+            plains = opener.feed(data)
+        except RecordError as exc:
+            self.fail(str(exc), "frame_auth_failures")
+            return
+        if not plains:
+            return
+        try:
+            if len(plains) == 1:
+                bodies = self._decoder.feed(plains[0])
+            else:
+                bodies = []
+                for p in plains:
+                    bodies.extend(self._decoder.feed(p))
         except CodecError as exc:
             self.fail(str(exc), "oversized_frames")
             return
@@ -122,34 +237,15 @@ class Connection(asyncio.Protocol):
             return
         self._dispatch(bodies)
 
-    def _handshake(self, data: bytes) -> bytes:
-        """Consume handshake bytes; return whatever follows the handshake."""
-        self._hs += data
-        if self._peer_nonce is None:
-            if len(self._hs) < auth.HELLO_SIZE:
-                if not auth.MAGIC.startswith(bytes(self._hs[: len(auth.MAGIC)])):
-                    self.fail("peer did not start the e2actors handshake", "auth_failures")
-                return b""
-            nonce = auth.parse_hello(bytes(self._hs[: auth.HELLO_SIZE]))
-            if nonce is None:
-                self.fail("peer did not start the e2actors handshake", "auth_failures")
-                return b""
-            self._peer_nonce = nonce
-            del self._hs[: auth.HELLO_SIZE]
-            role = ROLE_CLIENT if self.client else ROLE_SERVER
-            self.transport.write(auth.proof(self.secret, role, nonce, self._nonce))  # type: ignore[union-attr]
-        if len(self._hs) < auth.PROOF_SIZE:
-            return b""
-        their_role = ROLE_SERVER if self.client else ROLE_CLIENT
-        if not auth.check(self.secret, their_role, self._nonce, self._peer_nonce, bytes(self._hs[: auth.PROOF_SIZE])):
-            self.fail("peer failed the shared-secret challenge", "auth_failures")
-            return b""
-        rest = bytes(self._hs[auth.PROOF_SIZE:])
-        self._hs = bytearray()
+    def _authenticated(self, hs: auth.Handshake) -> None:
         self.authenticated = True
+        self.peer_name = hs.peer_name
+        self.node._nonces.discard(hs.nonce)
+        self._sealer = Sealer(hs.send_key)
+        # A record holds the frames of one flush: up to FLUSH_BYTES plus one frame of max_frame.
+        self._opener = Opener(hs.recv_key, FLUSH_BYTES + self.max_frame + 4 + TAG_SIZE + HEADER_SIZE)
         if self.client:
             self.send_frame(encode_frame(HELLO, self.node.address, self.node.version, self.node.name))
-        return rest
 
     def _dispatch(self, bodies: list[bytes]) -> None:
         node = self.node
@@ -163,6 +259,12 @@ class Connection(asyncio.Protocol):
             if self.peer_address is None:
                 if kind != HELLO or not isinstance(a, str) or not isinstance(msg, str):
                     self.fail("first frame was not HELLO", "codec_errors")
+                    return
+                if msg != self.peer_name:
+                    self.fail(f"HELLO names {msg!r}, the handshake {self.peer_name!r}", "auth_failures")
+                    return
+                if a == node.address:
+                    self.fail("peer claims our own address (a relay joining us to ourselves?)", "auth_failures")
                     return
                 self.peer_address = a
                 if self._hs_timer is not None:
@@ -200,12 +302,21 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed and self.transport is None:
+        self._lost(exc)
+
+    def _lost(self, exc: Exception | None = None) -> None:
+        """Forget this connection (once, however it ended)."""
+        if self._gone:
             return
+        self._gone = True
         self.closed = True
         self.transport = None
         if self._hs_timer is not None:
             self._hs_timer.cancel()
+        if self._hs is not None:
+            self.node._nonces.discard(self._hs.nonce)
+        if self._tls_task is not None and not self._tls_task.done() and self._tls_task is not asyncio.current_task():
+            self._tls_task.cancel()
         for w in self._drain_waiters:
             if not w.done():
                 w.set_exception(TransportError(f"connection to {self.peer_address} lost"))
@@ -247,9 +358,14 @@ class Connection(asyncio.Protocol):
             return
         self._wbuf = []
         self._wbytes = 0
-        if self.transport is None or self.closed:
+        t = self.transport
+        if t is None or self.closed or self._sealer is None:
             return
-        self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        t.write(self._sealer.seal(buf[0] if len(buf) == 1 else b"".join(buf)))
+        if t.get_write_buffer_size() > self.node.max_write_buffer:
+            # The peer does not read what we send it (e.g. it sends asks and never reads the
+            # replies): drop the link rather than grow without bound.
+            self.fail(f"peer does not read: over {self.node.max_write_buffer} bytes queued to it", "slow_peers")
 
     @property
     def write_paused(self) -> bool:
@@ -264,11 +380,12 @@ class Connection(asyncio.Protocol):
         await fut
 
     def fail(self, reason: str, counter: str) -> None:
-        """Close this connection because of bad input; log and count it."""
+        """Close this connection because of bad input or a hostile peer; log (rate limited) and count."""
         self.node.counters[counter] += 1
         if counter == "auth_failures":
             self.auth_failed = True
-        log.warning("closing connection %s (%s): %s", self.peer_address or self._peername(), counter, reason)
+        self.node.ratelog.warning(counter, "%s: closing connection %s (%s): %s", self.node.name,
+                                  self.peer_address or self._peername(), counter, reason)
         self.close()
 
     def close(self) -> None:
@@ -276,6 +393,13 @@ class Connection(asyncio.Protocol):
             self.closed = True
             t = self.transport
             t.abort() if hasattr(t, "abort") else t.close()
+
+    def peer_host(self) -> str:
+        """The peer's host (the admission key): its IP address, or ``local`` for Unix/in-memory."""
+        p = self.transport.get_extra_info("peername") if self.transport is not None else None
+        if isinstance(p, tuple) and p:
+            return str(p[0])
+        return "local"
 
     def _peername(self) -> str:
         if self.transport is None:
@@ -285,12 +409,13 @@ class Connection(asyncio.Protocol):
 
 
 # --- listening and connecting ---------------------------------------------------------------------
-async def listen(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLContext | None) -> tuple[Any, str]:
-    """Start a server; returns (server, the concrete address, e.g. with the port chosen)."""
+async def listen(address: str, factory: Callable[[], Connection]) -> tuple[Any, str]:
+    """Start a server; returns (server, the concrete address, e.g. with the port chosen). With TLS,
+    the connections ``factory`` makes start it themselves once accepted (:class:`Connection`)."""
     kind, host, port = parse_address(address)
     loop = asyncio.get_running_loop()
     if kind == "tcp":
-        server = await loop.create_server(factory, host, port, ssl=ssl, reuse_address=True)
+        server = await loop.create_server(factory, host, port, reuse_address=True)
         sock = server.sockets[0]
         h, p = sock.getsockname()[:2]
         h = f"[{h}]" if ":" in h else h
@@ -300,7 +425,7 @@ async def listen(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLC
 
         if os.path.exists(host):
             os.unlink(host)
-        server = await loop.create_unix_server(factory, host, ssl=ssl)
+        server = await loop.create_unix_server(factory, host)
         return server, f"unix://{host}"
     if host in _MEM_LISTENERS:
         raise TransportError(f"mem address {address} already in use")
@@ -309,8 +434,8 @@ async def listen(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLC
 
 
 async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLContext | None,
-                  server_hostname: str | None = None) -> Connection:
-    """Connect to ``address`` and complete the handshake.
+                  server_hostname: str | None = None, timeout: float = HANDSHAKE_TIMEOUT) -> Connection:
+    """Connect to ``address`` and complete the handshake within ``timeout`` seconds.
 
     Raises :class:`TransportError` when nothing answers and :class:`AuthError` when the peer
     closes during the handshake (it refused our proof) or sent a bad proof.
@@ -320,12 +445,14 @@ async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSL
     try:
         if kind == "tcp":
             _, proto = await loop.create_connection(factory, host, port, ssl=ssl,
-                                                    server_hostname=(server_hostname or host) if ssl else None)
+                                                    server_hostname=(server_hostname or host) if ssl else None,
+                                                    ssl_handshake_timeout=timeout if ssl else None)
         elif kind == "unix":
             _, proto = await loop.create_unix_connection(
-                factory, host, ssl=ssl, server_hostname=(server_hostname or "localhost") if ssl else None)
-    except (OSError, _ssl.SSLError) as exc:
-        raise TransportError(f"cannot connect to {address}: {exc}") from None
+                factory, host, ssl=ssl, server_hostname=(server_hostname or "localhost") if ssl else None,
+                ssl_handshake_timeout=timeout if ssl else None)
+    except (OSError, _ssl.SSLError, asyncio.TimeoutError) as exc:
+        raise TransportError(f"cannot connect to {address}: {exc or type(exc).__name__}") from None
     if kind == "mem":
         server_factory = _MEM_LISTENERS.get(host)
         if server_factory is None:
@@ -337,11 +464,12 @@ async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSL
         peer.connection_made(b)
         proto.connection_made(a)
     try:
-        return await asyncio.wait_for(proto.ready, HANDSHAKE_TIMEOUT + 1)  # type: ignore[union-attr]
+        return await asyncio.wait_for(proto.ready, timeout + 1)  # type: ignore[union-attr]
     except (asyncio.TimeoutError, TransportError) as exc:
         # The peer refused us if it closed after seeing our proof, or if its own proof was wrong;
         # a close before its hello is just a failed connection (e.g. a dying process).
-        refused = proto.auth_failed or (proto._peer_nonce is not None and not proto.authenticated)  # type: ignore[union-attr]
+        hs = proto._hs  # type: ignore[union-attr]
+        refused = proto.auth_failed or (hs is not None and hs.keys is not None and not proto.authenticated)  # type: ignore[union-attr]
         proto.close()  # type: ignore[union-attr]
         if refused:
             raise AuthError(f"{address}: handshake failed (wrong shared secret?): {exc}") from None
@@ -409,6 +537,9 @@ class _MemTransport(asyncio.Transport):
             self.other.close()
 
     abort = close
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
