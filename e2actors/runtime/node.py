@@ -181,7 +181,7 @@ class Node:
         self.running = True
         if self._listen is not None:
             self._need_secret()
-            server, self.address = await transport.listen(self._listen, self._server_conn)
+            server, self.address = await transport.listen(self._listen, self)
             self._servers.append(server)
         self._spawn(SystemActor, SYSTEM, None, None, None, None, {})
         self._hb_task = self.loop.create_task(self._heartbeats(), name=f"heartbeats:{self.name}")
@@ -247,7 +247,7 @@ class Node:
             cls.check_spawn(self, kwargs)
         except SpawnRefused as exc:
             self.counters["spawn_refused"] += 1
-            log.warning("%s: refused to spawn %s %s: %s", self.name, cls.__name__, name, exc)
+            self.ratelog.warning("spawn_refused", "%s: refused to spawn %s %s: %s", self.name, cls.__name__, name, exc)
             raise
         ref = ActorRef(self.address, name)
         mb = Mailbox(mailbox_size or cls.mailbox_size, overflow or cls.overflow)
@@ -453,8 +453,10 @@ class Node:
                 pass
 
     # --- links ----------------------------------------------------------------------------------
-    def _server_conn(self) -> Connection:
-        conn = Connection(self, self.secret or b"", client=False, max_frame=self.max_frame, tls=self._server_ssl)
+    def _server_conn(self, accepted_at: float, host: str | None) -> Connection:
+        """A connection for a socket accepted at ``accepted_at`` from ``host`` (already admitted)."""
+        conn = Connection(self, self.secret or b"", client=False, max_frame=self.max_frame,
+                          accepted_at=accepted_at, host=host)
         self._conns.add(conn)
         return conn
 
@@ -539,25 +541,26 @@ class Node:
         if was_lost:
             self._publish(NodeUp(addr))
 
-    def _admit(self, conn: Connection) -> str | None:
-        """Count an accepted connection against the caps; the reason to refuse it, or None."""
-        host = conn.peer_host()
+    def _admit(self, host: str) -> str | None:
+        """Count a connection accepted from ``host`` against the caps; the reason to refuse it, or None."""
         if self._inbound_total >= self.max_connections:
             return f"over the cap of {self.max_connections} connections"
         if self._inbound[host] >= self.max_connections_per_host:
             return f"over the cap of {self.max_connections_per_host} connections from {host}"
-        conn.host = host
         self._inbound[host] += 1
         self._inbound_total += 1
         return None
 
+    def _release(self, host: str) -> None:
+        self._inbound[host] -= 1
+        if self._inbound[host] <= 0:
+            del self._inbound[host]
+        self._inbound_total -= 1
+
     def _on_connection_lost(self, conn: Connection) -> None:
         self._conns.discard(conn)
         if conn.host is not None:
-            self._inbound[conn.host] -= 1
-            if self._inbound[conn.host] <= 0:
-                del self._inbound[conn.host]
-            self._inbound_total -= 1
+            self._release(conn.host)
             conn.host = None
         addr = conn.peer_address
         if addr is None:

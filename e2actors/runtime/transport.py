@@ -2,8 +2,9 @@
 
 One :class:`Connection` (an asyncio Protocol) per TCP, Unix or in-memory link. It speaks:
 
-1. with TLS, the TLS handshake; on accepted connections it starts at accept (``start_tls``), so
-   a peer that never sends a ClientHello is closed by the same deadline as everything else;
+1. with TLS, the TLS handshake. A listener accepts sockets itself (:class:`_Acceptor`): the
+   connection caps apply at accept, before any TLS work, and the deadline runs from the accept, so
+   a peer that never sends a ClientHello is closed (and counted) like any slow handshake;
 2. the handshake of :mod:`e2actors.runtime.auth` (raw bytes): shared-secret proofs both ways and
    per-connection keys bound to both nonces, both names, both roles and the TLS channel;
 3. sealed records (:mod:`e2actors.runtime.records`) holding length-prefixed msgpack frames
@@ -77,13 +78,13 @@ class Connection(asyncio.Protocol):
     """One authenticated, framed link to a peer node."""
 
     def __init__(self, node: Node, secret: bytes, client: bool, max_frame: int = DEFAULT_MAX_FRAME,
-                 tls: _ssl.SSLContext | None = None) -> None:
+                 accepted_at: float | None = None, host: str | None = None) -> None:
         self.node = node
         self.secret = secret
         self.client = client
         self.max_frame = max_frame
-        #: Accepted connections with TLS: the context to start TLS with once accepted.
-        self.tls = tls
+        #: When the socket was accepted (the handshake deadline runs from then); None: now.
+        self.accepted_at = accepted_at
         self.transport: asyncio.Transport | None = None
         self.peer_address: str | None = None   # set by HELLO
         self.peer_name: str | None = None      # from the handshake
@@ -94,8 +95,8 @@ class Connection(asyncio.Protocol):
         self.last_recv = 0.0
         self.frames_in = 0
         self.frames_out = 0
-        #: The admission key (peer host) of an accepted connection, once admitted.
-        self.host: str | None = None
+        #: The admission key (peer host) of an accepted connection, released when it ends.
+        self.host = host
         self._hs: auth.Handshake | None = None
         self._early = b""
         self._sealer: Sealer | None = None
@@ -109,7 +110,6 @@ class Connection(asyncio.Protocol):
         self._stash: list[bytes] = []
         self._blocked: asyncio.Future | None = None
         self._hs_timer: asyncio.TimerHandle | None = None
-        self._tls_task: asyncio.Task | None = None
         self._gone = False
         self.loop = asyncio.get_running_loop()
 
@@ -118,37 +118,8 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.last_recv = self.loop.time()
         # The deadline runs from the accept (or connect): TLS, proofs and HELLO all fit in it.
-        self._hs_timer = self.loop.call_later(self.node.handshake_timeout, self._handshake_timeout)
-        if not self.client:
-            refused = self.node._admit(self)
-            if refused:
-                self.fail(refused, "connections_refused")
-                return
-        if self.tls is not None:
-            transport.pause_reading()  # type: ignore[attr-defined]  # the ClientHello is start_tls's
-            self._tls_task = self.loop.create_task(self._start_tls())
-            return
-        self._begin()
-
-    async def _start_tls(self) -> None:
-        t = self.transport
-        remaining = max(0.1, self._hs_timer.when() - self.loop.time()) if self._hs_timer else 5.0
-        try:
-            # A second more than our own deadline, so a silent peer is counted as a timeout.
-            tls_t = await self.loop.start_tls(t, self, self.tls, server_side=True,  # type: ignore[arg-type]
-                                              ssl_handshake_timeout=remaining + 1.0)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # SSLError, a timeout, a reset: the peer's problem, not ours
-            if not self.closed:
-                self.fail(f"TLS handshake failed: {exc or type(exc).__name__}", "tls_failures")
-            self._lost()
-            return
-        if self.closed or tls_t is None:
-            if tls_t is not None:
-                tls_t.abort()
-            return
-        self.transport = tls_t  # type: ignore[assignment]
+        t0 = self.accepted_at if self.accepted_at is not None else self.last_recv
+        self._hs_timer = self.loop.call_at(t0 + self.node.handshake_timeout, self._handshake_timeout)
         self._begin()
 
     def _begin(self) -> None:
@@ -181,8 +152,7 @@ class Connection(asyncio.Protocol):
 
     def _handshake_timeout(self) -> None:
         if self.peer_address is None and not self.closed:
-            stage = ("TLS" if self._hs is None and self.tls is not None else
-                     "proofs" if not self.authenticated else "HELLO")
+            stage = "proofs" if not self.authenticated else "HELLO"
             self.fail(f"handshake not complete within {self.node.handshake_timeout:g}s (at {stage})",
                       "handshake_timeouts")
 
@@ -315,8 +285,6 @@ class Connection(asyncio.Protocol):
             self._hs_timer.cancel()
         if self._hs is not None:
             self.node._nonces.discard(self._hs.nonce)
-        if self._tls_task is not None and not self._tls_task.done() and self._tls_task is not asyncio.current_task():
-            self._tls_task.cancel()
         for w in self._drain_waiters:
             if not w.done():
                 w.set_exception(TransportError(f"connection to {self.peer_address} lost"))
@@ -394,13 +362,6 @@ class Connection(asyncio.Protocol):
             t = self.transport
             t.abort() if hasattr(t, "abort") else t.close()
 
-    def peer_host(self) -> str:
-        """The peer's host (the admission key): its IP address, or ``local`` for Unix/in-memory."""
-        p = self.transport.get_extra_info("peername") if self.transport is not None else None
-        if isinstance(p, tuple) and p:
-            return str(p[0])
-        return "local"
-
     def _peername(self) -> str:
         if self.transport is None:
             return "?"
@@ -409,28 +370,138 @@ class Connection(asyncio.Protocol):
 
 
 # --- listening and connecting ---------------------------------------------------------------------
-async def listen(address: str, factory: Callable[[], Connection]) -> tuple[Any, str]:
-    """Start a server; returns (server, the concrete address, e.g. with the port chosen). With TLS,
-    the connections ``factory`` makes start it themselves once accepted (:class:`Connection`)."""
+def peer_host(peername: Any) -> str:
+    """The admission key of a peer: its IP address, or ``local`` (Unix sockets, in memory)."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return "local"
+
+
+async def listen(address: str, node: Node) -> tuple[Any, str]:
+    """Start accepting connections for ``node``; returns (server, the concrete address, e.g. with
+    the port chosen)."""
+    import socket
+
     kind, host, port = parse_address(address)
-    loop = asyncio.get_running_loop()
+    if kind == "mem":
+        if host in _MEM_LISTENERS:
+            raise TransportError(f"mem address {address} already in use")
+        # In-memory pairs (tests) are not counted against the caps.
+        _MEM_LISTENERS[host] = lambda: node._server_conn(asyncio.get_running_loop().time(), None)
+        return _MemServer(host), f"mem://{host}"
     if kind == "tcp":
-        server = await loop.create_server(factory, host, port, reuse_address=True)
-        sock = server.sockets[0]
-        h, p = sock.getsockname()[:2]
-        h = f"[{h}]" if ":" in h else h
-        return server, f"tcp://{h}:{p}"
-    if kind == "unix":
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    else:
         import os
 
         if os.path.exists(host):
             os.unlink(host)
-        server = await loop.create_unix_server(factory, host)
-        return server, f"unix://{host}"
-    if host in _MEM_LISTENERS:
-        raise TransportError(f"mem address {address} already in use")
-    _MEM_LISTENERS[host] = factory
-    return _MemServer(host), f"mem://{host}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sockaddr = host
+    try:
+        sock.bind(sockaddr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    acceptor = _Acceptor(sock, node)
+    if kind == "unix":
+        return acceptor, f"unix://{host}"
+    h, p = sock.getsockname()[:2]
+    h = f"[{h}]" if ":" in h else h
+    return acceptor, f"tcp://{h}:{p}"
+
+
+class _Acceptor:
+    """Accepts sockets for a node: applies the connection caps to each before any work (refused
+    sockets are closed at once, counted as ``connections_refused``), then starts TLS if the node
+    uses it, under the handshake deadline that runs from the accept (``handshake_timeouts``,
+    ``tls_failures``), and hands the socket to a :class:`Connection`."""
+
+    def __init__(self, sock: Any, node: Node) -> None:
+        self.sock = sock
+        self.node = node
+        self.closed = False
+        self._handshakes: set[asyncio.Task] = set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"accept:{node.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        node = self.node
+        while not self.closed:
+            try:
+                sock, peer = await loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: wait a little rather than spin
+                if self.closed:
+                    return
+                node.counters["accept_errors"] += 1
+                node.ratelog.warning("accept_errors", "%s: accept failed: %s", node.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            host = peer_host(peer)
+            refused = node._admit(host)
+            if refused:
+                sock.close()
+                node.counters["connections_refused"] += 1
+                node.ratelog.warning("connections_refused", "%s: refused a connection from %s: %s",
+                                     node.name, peer or "a local peer", refused)
+                continue
+            sock.setblocking(False)
+            t = loop.create_task(self._start(sock, peer, host, loop.time()))
+            self._handshakes.add(t)
+            t.add_done_callback(self._handshakes.discard)
+
+    async def _start(self, sock: Any, peer: Any, host: str, t0: float) -> None:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        made: list[Connection] = []
+
+        def factory() -> Connection:
+            conn = node._server_conn(t0, host)
+            made.append(conn)
+            return conn
+
+        ssl = node._server_ssl
+        try:
+            await loop.connect_accepted_socket(factory, sock, ssl=ssl,
+                                               ssl_handshake_timeout=node.handshake_timeout if ssl else None)
+            return
+        except asyncio.CancelledError:
+            if not made:
+                sock.close()
+            raise
+        except Exception as exc:  # a TLS handshake that failed or never came
+            slow = loop.time() - t0 >= node.handshake_timeout * 0.9
+            counter = "handshake_timeouts" if slow else "tls_failures"
+            node.counters[counter] += 1
+            node.ratelog.warning(counter, "%s: closing connection %s (%s): TLS handshake failed: %s: %s",
+                                 node.name, peer or "a local peer", counter, type(exc).__name__, exc)
+        # The event loop's transport owns the socket once the protocol exists, and has closed it.
+        if made:
+            made[0]._lost()
+        else:
+            sock.close()
+            node._release(host)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._task.cancel()
+        for t in list(self._handshakes):
+            t.cancel()
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
 
 
 async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLContext | None,

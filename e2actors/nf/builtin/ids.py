@@ -3,7 +3,8 @@
 Config (the ``config`` of the policy)::
 
     rules: PATH | [RULE, ...]   # a rules file, or rule lines (a list mixing both is allowed:
-                                # an item that does not look like a rule is read as a file path)
+                                # an item that does not look like a rule is read as a file path;
+                                # files are read from the node's data directory, see Pipelet.data_path)
     vars: {HTTP_PORTS: "[80,8080]", ...}   # port variables (unknown ones mean any)
     strict: true                 # a malformed rule raises RuleError; false: skip it with a warning
     max_flows: 200000            # flows tracked (least recently used evicted past it)
@@ -46,6 +47,7 @@ from e2actors.nf.pipelet import Pipelet, Verdict
 from e2actors.nf.rules import ANY_SIDE, TO_CLIENT, TO_SERVER, Matcher, Rule, RuleError, RuleSet, load_rules, parse_rules
 from e2actors.packet.batch import Batch
 from e2actors.packet.flowtable import FlowTable
+from e2actors.runtime.confine import Confinement
 
 __all__ = ["IDS"]
 
@@ -53,6 +55,16 @@ __all__ = ["IDS"]
 _CLIENT, _STAGE, _SID, _D0, _D1 = range(5)
 _NEW, _SAFE, _UNSAFE = 0, 1, 2
 _UNKNOWN = -1
+
+
+def _is_rule_text(s: str) -> bool:
+    """A ``rules`` item that is rule text (or a comment), not a file path."""
+    return "(" in s and s.rstrip().endswith(")") or s.lstrip().startswith("#") or "\n" in s
+
+
+def _rule_items(rules: Any) -> list[str]:
+    items = [rules] if isinstance(rules, (str, os.PathLike)) else list(rules or ())
+    return [os.fspath(it) if isinstance(it, os.PathLike) else str(it) for it in items]
 
 
 def _flow_ports(flow: Hashable) -> tuple[int, int] | None:
@@ -83,22 +95,28 @@ class IDS(Pipelet):
         self._calls = 0
 
     # --- setup -----------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
+        for item in _rule_items(config.get("rules", ())):
+            if not _is_rule_text(item):
+                confine.path(item, "rules")
+
     async def setup(self, config: dict[str, Any]) -> None:
         self.config = config
         if "max_flows" in config or "flow_timeout" in config:
             self.flows = FlowTable(float(config.get("flow_timeout", self.flow_timeout)),
                                    int(config.get("max_flows", self.max_flows)))
-        self.load(config.get("rules", ()), vars=config.get("vars"), strict=config.get("strict", True))
+        # Rule files are read from inside the node's data directory.
+        rules = [it if _is_rule_text(it) else self.data_path(it, "rules")
+                 for it in _rule_items(config.get("rules", ()))]
+        self.load(rules, vars=config.get("vars"), strict=config.get("strict", True))
 
     def load(self, rules: Any, vars: dict[str, str] | None = None, strict: bool = True) -> None:
         """(Re)load the rules: a path, or a list of rule lines and/or paths. Compiles the matchers."""
         rs = RuleSet()
-        items = [rules] if isinstance(rules, (str, os.PathLike)) else list(rules or ())
         inline: list[str] = []
-        for it in items:
-            s = os.fspath(it) if isinstance(it, os.PathLike) else str(it)
-            looks_rule = "(" in s and s.rstrip().endswith(")") or s.lstrip().startswith("#") or "\n" in s
-            if looks_rule:
+        for s in _rule_items(rules):
+            if _is_rule_text(s):
                 inline.extend(s.splitlines())
             else:
                 if inline:
