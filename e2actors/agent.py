@@ -52,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--unconfined", action="store_true",
                    help="NF configs may name any file (relative to --data-dir, default the cwd) and any Legacy "
                         "program: what `e2actors run --workers` gives its own worker processes")
+    p.add_argument("--handshake-timeout", type=float, default=5.0,
+                   help="seconds a peer has, from accept, to complete its handshake (TLS included), and a "
+                        "metrics client to send its request (default 5)")
     p.add_argument("--max-connections", type=int, default=512,
                    help="accepted connections at most (default 512)")
     p.add_argument("--max-connections-per-host", type=int, default=32,
@@ -85,13 +88,14 @@ async def serve(args: argparse.Namespace) -> None:
                 allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
                 heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6,
                 max_connections=args.max_connections, max_connections_per_host=args.max_connections_per_host,
-                confine=confine)
+                handshake_timeout=args.handshake_timeout, confine=confine)
     await node.start()
     metrics = None
     if args.metrics_port is not None:
         from e2actors.runtime.metrics import Metrics
 
         metrics = Metrics(interval=0.5)
+        metrics.head_timeout = args.handshake_timeout
         metrics.add_source(lambda: node_samples(node))
         port = await metrics.start(args.metrics_port, args.metrics_addr)
         print(f"METRICS http://{args.metrics_addr}:{port}/metrics", flush=True)

@@ -97,7 +97,7 @@ class Metrics:
     #: Seconds a client has to read the answer.
     write_timeout = 10.0
     #: Clients served at once; more are closed at accept.
-    max_clients = 64
+    max_clients = 256
     #: Bytes of request head accepted.
     max_head = 8192
 
