@@ -31,6 +31,8 @@ HEADER_SIZE = 4
 #: Bytes sealed under one key before both ends step to the next.
 REKEY_BYTES = 1 << 32
 _HDR = struct.Struct(">I")
+_pack_hdr = _HDR.pack
+_unpack_hdr = _HDR.unpack_from
 _REKEY_INFO = b"e2actors record key update"
 
 
@@ -39,23 +41,24 @@ class RecordError(TransportError):
 
 
 class _Keyed:
-    __slots__ = ("_aead", "_key", "seq", "_bytes", "rekey_bytes")
+    __slots__ = ("_key", "_encrypt", "_decrypt", "seq", "_bytes", "rekey_bytes")
 
     def __init__(self, key: bytes, rekey_bytes: int) -> None:
-        self._key = key
-        self._aead = AESGCM(key)
         self.seq = 0
         self._bytes = 0
         self.rekey_bytes = rekey_bytes
+        self._set_key(key)
 
-    def _advance(self, n: int) -> None:
-        self.seq += 1
-        self._bytes += n
-        if self._bytes >= self.rekey_bytes:
-            self._key = hkdf_expand(self._key, _REKEY_INFO)
-            self._aead = AESGCM(self._key)
-            self.seq = 0
-            self._bytes = 0
+    def _set_key(self, key: bytes) -> None:
+        self._key = key
+        aead = AESGCM(key)
+        self._encrypt = aead.encrypt
+        self._decrypt = aead.decrypt
+
+    def _rekey(self) -> None:
+        self._set_key(hkdf_expand(self._key, _REKEY_INFO))
+        self.seq = 0
+        self._bytes = 0
 
 
 class Sealer(_Keyed):
@@ -68,9 +71,14 @@ class Sealer(_Keyed):
 
     def seal(self, plaintext: bytes) -> bytes:
         """The record (header and sealed bytes) carrying ``plaintext``."""
-        hdr = _HDR.pack(len(plaintext) + TAG_SIZE)
-        out = hdr + self._aead.encrypt(self.seq.to_bytes(12, "big"), plaintext, hdr)
-        self._advance(len(plaintext))
+        n = len(plaintext)
+        hdr = _pack_hdr(n + TAG_SIZE)
+        seq = self.seq
+        out = hdr + self._encrypt(seq.to_bytes(12, "big"), plaintext, hdr)
+        self.seq = seq + 1
+        self._bytes += n
+        if self._bytes >= self.rekey_bytes:
+            self._rekey()
         return out
 
 
@@ -89,35 +97,47 @@ class Opener(_Keyed):
         self.max_record = max_record
         self.failed = False
 
+    def _open(self, view: memoryview, pos: int, end: int) -> bytes:
+        seq = self.seq
+        try:
+            pt = self._decrypt(seq.to_bytes(12, "big"), view[pos + HEADER_SIZE:end], view[pos:pos + HEADER_SIZE])
+        except InvalidTag:
+            self.failed = True
+            raise RecordError(f"record {seq} failed authentication (injected, modified, replayed or "
+                              "reordered)") from None
+        self.seq = seq + 1
+        self._bytes += len(pt)
+        if self._bytes >= self.rekey_bytes:
+            self._rekey()
+        return pt
+
+    def _size(self, data: bytes, pos: int) -> int:
+        (size,) = _unpack_hdr(data, pos)
+        if size > self.max_record or size < TAG_SIZE:
+            self.failed = True
+            raise RecordError(f"record of {size} bytes (limit {self.max_record})")
+        return size
+
     def feed(self, data: bytes) -> list[bytes]:
         if self.failed:
             raise RecordError("record stream already failed")
         buf = self._buf
+        n = len(data)
+        if not buf and n >= HEADER_SIZE and self._size(data, 0) + HEADER_SIZE == n:
+            return [self._open(memoryview(data), 0, n)]  # the common case: exactly one record
         if buf:
             buf += data
             data = bytes(buf)
             buf.clear()
-        n = len(data)
+            n = len(data)
         out = []
         pos = 0
         view = memoryview(data)
         while n - pos >= HEADER_SIZE:
-            (size,) = _HDR.unpack_from(data, pos)
-            if size > self.max_record or size < TAG_SIZE:
-                self.failed = True
-                raise RecordError(f"record of {size} bytes (limit {self.max_record})")
-            end = pos + HEADER_SIZE + size
+            end = pos + HEADER_SIZE + self._size(data, pos)
             if end > n:
                 break
-            try:
-                pt = self._aead.decrypt(self.seq.to_bytes(12, "big"), view[pos + HEADER_SIZE:end],
-                                        view[pos:pos + HEADER_SIZE])
-            except InvalidTag:
-                self.failed = True
-                raise RecordError(f"record {self.seq} failed authentication (injected, modified, "
-                                  "replayed or reordered)") from None
-            out.append(pt)
-            self._advance(len(pt))
+            out.append(self._open(view, pos, end))
             pos = end
         if pos < n:
             buf += view[pos:]

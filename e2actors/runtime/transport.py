@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl as _ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -330,7 +331,8 @@ class Connection(asyncio.Protocol):
         if t is None or self.closed or self._sealer is None:
             return
         t.write(self._sealer.seal(buf[0] if len(buf) == 1 else b"".join(buf)))
-        if t.get_write_buffer_size() > self.node.max_write_buffer:
+        # Past the high-water mark (asyncio paused our writers) look at how much is queued.
+        if self._paused and t.get_write_buffer_size() > self.node.max_write_buffer:
             # The peer does not read what we send it (e.g. it sends asks and never reads the
             # replies): drop the link rather than grow without bound.
             self.fail(f"peer does not read: over {self.node.max_write_buffer} bytes queued to it", "slow_peers")
@@ -380,8 +382,6 @@ def peer_host(peername: Any) -> str:
 async def listen(address: str, node: Node) -> tuple[Any, str]:
     """Start accepting connections for ``node``; returns (server, the concrete address, e.g. with
     the port chosen)."""
-    import socket
-
     kind, host, port = parse_address(address)
     if kind == "mem":
         if host in _MEM_LISTENERS:
@@ -455,6 +455,9 @@ class _Acceptor:
                                      node.name, peer or "a local peer", refused)
                 continue
             sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                # Small frames (asks, replies) must not wait for Nagle's algorithm.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             t = loop.create_task(self._start(sock, peer, host, loop.time()))
             self._handshakes.add(t)
             t.add_done_callback(self._handshakes.discard)
