@@ -35,7 +35,13 @@ class RawPeer:
             data = self.sock.recv(4096)
             if not data:
                 raise ConnectionError("closed during handshake")
-            out = self.hs.feed(data)
+            try:
+                out = self.hs.feed(data)
+            except auth.AuthError as exc:  # send our proof anyway, as a node does, then give up
+                if getattr(exc, "reply", b""):
+                    self.sock.sendall(exc.reply)  # type: ignore[attr-defined]
+                self.sock.close()
+                raise
             if out:
                 self.sock.sendall(out)
         self.sealer = Sealer(self.hs.send_key)

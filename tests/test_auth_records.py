@@ -230,3 +230,10 @@ def test_proof_is_an_hmac_of_the_transcript() -> None:
     assert keys is not None
     assert auth.proof(keys, auth.ROLE_CLIENT) == hmac.digest(keys.client_proof, b"client finished" + keys.transcript,
                                                              "sha256")
+
+
+def test_long_and_multibyte_names_are_cut_on_a_character_boundary() -> None:
+    name = "é" * 200   # 400 bytes of UTF-8
+    c, s = pair(names=(name, "agent"))
+    assert s.peer_name == auth.wire_name(name) and len(s.peer_name.encode()) <= auth.MAX_NAME
+    assert name.startswith(s.peer_name)

@@ -339,3 +339,24 @@ async def _until(pred, timeout: float = 10.0) -> None:
             raise AssertionError("timed out")
         await asyncio.sleep(0.02)
 
+
+
+async def test_repeated_failures_are_all_counted_but_logged_at_a_bounded_rate(agents) -> None:
+    agent = agents("s1")
+    loop = asyncio.get_running_loop()
+
+    def wrong_secret_handshakes(n: int) -> int:
+        refused = 0
+        for _ in range(n):
+            try:
+                RawPeer(agent.address, b"not the cluster's secret", hello_frame=False).close()
+            except (AuthError, ConnectionError, OSError):
+                refused += 1
+        return refused
+
+    assert await loop.run_in_executor(None, wrong_secret_handshakes, 300) == 300
+    await wait_until(lambda: events(agent, "auth_failures") >= 300, what="every failure to be counted")
+    lines = [ln for ln in agent.log_text().splitlines() if "auth_failures" in ln]
+    print(f"\n300 failed handshakes: counted {events(agent, 'auth_failures'):.0f}, {len(lines)} log lines, "
+          f"{sum(len(ln) for ln in lines)} bytes of log")
+    assert 1 <= len(lines) <= 10

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from e2actors.errors import AuthError
 
-__all__ = ["Handshake", "SessionKeys", "derive", "hello", "parse_hello", "tls_binding"]
+__all__ = ["AuthError", "Handshake", "SessionKeys", "derive", "hello", "parse_hello", "tls_binding", "wire_name"]
 
 MAGIC = b"E2A2"
 NONCE_SIZE = 32
@@ -43,9 +43,14 @@ def new_nonce() -> bytes:
     return os.urandom(NONCE_SIZE)
 
 
+def wire_name(name: str) -> str:
+    """``name`` as a hello carries it: at most 255 bytes of UTF-8, cut on a character boundary."""
+    return name.encode()[:MAX_NAME].decode(errors="ignore")
+
+
 def hello(nonce: bytes, name: str) -> bytes:
-    """The hello a node sends first: magic, its nonce, its name (at most 255 bytes of UTF-8)."""
-    raw = name.encode()[:MAX_NAME]
+    """The hello a node sends first: magic, its nonce, its name (:func:`wire_name`)."""
+    raw = wire_name(name).encode()
     return MAGIC + nonce + bytes([len(raw)]) + raw
 
 

@@ -53,8 +53,6 @@ HELLO = 6     # a: node address, b: version, message: node name
 #: Seconds from accept (or connect) to a complete handshake (TLS, proofs, HELLO) by default.
 HANDSHAKE_TIMEOUT = 5.0
 FLUSH_BYTES = 256 * 1024
-#: Bytes a peer may send before its handshake is ours to read (a TLS client's early bytes).
-_EARLY_LIMIT = 64 * 1024
 
 
 def parse_address(address: str) -> tuple[str, str, int | None]:
@@ -92,6 +90,7 @@ class Connection(asyncio.Protocol):
         self.authenticated = False
         self.auth_failed = False
         self.closed = False
+        self.closed_by_us = False
         self.ready: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self.last_recv = 0.0
         self.frames_in = 0
@@ -99,7 +98,6 @@ class Connection(asyncio.Protocol):
         #: The admission key (peer host) of an accepted connection, released when it ends.
         self.host = host
         self._hs: auth.Handshake | None = None
-        self._early = b""
         self._sealer: Sealer | None = None
         self._opener: Opener | None = None
         self._decoder = FrameDecoder(max_frame)
@@ -134,9 +132,6 @@ class Connection(asyncio.Protocol):
                                        own_nonces=self.node._nonces)
         self.node._nonces.add(hs.nonce)
         self.transport.write(hs.start())  # type: ignore[union-attr]
-        if self._early:
-            early, self._early = self._early, b""
-            self.data_received(early)
 
     def _binding(self) -> bytes:
         sslobj = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
@@ -164,10 +159,7 @@ class Connection(asyncio.Protocol):
         opener = self._opener
         if opener is None:
             hs = self._hs
-            if hs is None:  # bytes that arrived right after TLS, before our hello went out
-                self._early += data
-                if len(self._early) > _EARLY_LIMIT:
-                    self.fail("too many bytes before the handshake", "auth_failures")
+            if hs is None:
                 return
             try:
                 out = hs.feed(data)
@@ -231,7 +223,7 @@ class Connection(asyncio.Protocol):
                 if kind != HELLO or not isinstance(a, str) or not isinstance(msg, str):
                     self.fail("first frame was not HELLO", "codec_errors")
                     return
-                if msg != self.peer_name:
+                if auth.wire_name(msg) != self.peer_name:
                     self.fail(f"HELLO names {msg!r}, the handshake {self.peer_name!r}", "auth_failures")
                     return
                 if a == node.address:
@@ -280,12 +272,16 @@ class Connection(asyncio.Protocol):
         if self._gone:
             return
         self._gone = True
+        self.closed_by_us = self.closed
         self.closed = True
         self.transport = None
         if self._hs_timer is not None:
             self._hs_timer.cancel()
         if self._hs is not None:
             self.node._nonces.discard(self._hs.nonce)
+        if not self.authenticated and not self.client and not self.closed_by_us:
+            # The peer went away mid-handshake (a probe, a scanner, a dying peer): counted, not logged.
+            self.node.counters["handshakes_aborted"] += 1
         for w in self._drain_waiters:
             if not w.done():
                 w.set_exception(TransportError(f"connection to {self.peer_address} lost"))
@@ -489,6 +485,7 @@ class _Acceptor:
                                  node.name, peer or "a local peer", counter, type(exc).__name__, exc)
         # The event loop's transport owns the socket once the protocol exists, and has closed it.
         if made:
+            made[0].closed = True  # counted above: not an aborted handshake as well
             made[0]._lost()
         else:
             sock.close()
