@@ -152,14 +152,14 @@ class Metrics:
     async def start(self, port: int = 0, addr: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``addr:port`` (0: any free port); returns the port."""
         self.snapshot()
-        self.add_source(self._http_samples)
+        self.add_source(self.http_samples)
         self._server = await asyncio.start_server(self._client, addr, port, limit=self.max_head,
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(self._refresh(), name="metrics")
         return self.port  # type: ignore[return-value]
 
-    def _http_samples(self) -> list[Sample]:
+    def http_samples(self) -> list[Sample]:
         return [("e2_metrics_http_total", "counter", "Metrics endpoint: requests served and clients closed "
                  "(idle_closed, refused, bad_requests, slow_readers)", {"event": k}, v)
                 for k, v in sorted(self.http.items())]
@@ -240,4 +240,4 @@ class Metrics:
             for t in list(self._handlers):
                 t.cancel()
             self._server = None
-        self.remove_source(self._http_samples)
+        self.remove_source(self.http_samples)
