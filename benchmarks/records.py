@@ -12,8 +12,9 @@ open per message for:
 * ``chacha_record``: ChaCha20-Poly1305 per record;
 
 at four write sizes: 1 frame (an ask and its reply), 64 frames, 256 KiB of frames (a bulk tell
-that fills the transport's flush threshold), and 64 frames of 1.5 KB (packets between switches). Last line: one JSON object with microseconds per
-message and each mode's ratio to ``none``. The remote-tell figure itself is ``benchmarks/actors.py``.
+that fills the transport's flush threshold), and 64 frames of 1.5 KB (packets between switches).
+Last line: one JSON object with microseconds per message and each mode's ratio to ``none``. The
+remote-tell figure itself is ``benchmarks/actors.py``.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def hmac_frame(frames: list[bytes]) -> None:
         (n,) = struct.unpack_from(">I", data, pos)
         end = pos + 4 + n
         seq += 1
-        if not hmac.compare_digest(hmac.digest(KEY, _Q.pack(seq) + data[pos:end], "sha256")[:16], data[end:end + 16]):
+        mac = hmac.digest(KEY, _Q.pack(seq) + data[pos:end], "sha256")[:16]
+        if not hmac.compare_digest(mac, data[end:end + 16]):
             raise AssertionError
         pos = end + 16
 

@@ -118,7 +118,11 @@ async def main(args: argparse.Namespace) -> None:
     print("READY", server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    loop.add_reader(sys.stdin.fileno(), lambda: done.done() or (not sys.stdin.buffer.read1(1) and done.set_result(None)))
+    def on_stdin() -> None:
+        if not done.done() and not sys.stdin.buffer.read1(1):
+            done.set_result(None)
+
+    loop.add_reader(sys.stdin.fileno(), on_stdin)
     await done  # the test closes our stdin: we end
 
 

@@ -254,7 +254,8 @@ async def test_connection_flood_is_capped_and_a_legitimate_peer_keeps_its_latenc
     refused = metric(text, "e2_node_events_total", event="connections_refused")
     timeouts = metric(text, "e2_node_events_total", event="handshake_timeouts")
     med, worst = statistics.median(during), max(during)
-    print(f"\nflood: {line.strip()}, {closed.strip()}; agent refused {refused:.0f} at accept, timed out {timeouts:.0f}; "
+    print(f"\nflood: {line.strip()}, {closed.strip()}; agent refused {refused:.0f} at accept, "
+          f"timed out {timeouts:.0f}; "
           f"ask round-trip before: median {statistics.median(quiet) * 1e3:.1f} ms; during: median {med * 1e3:.1f} ms, "
           f"max {worst * 1e3:.1f} ms over {len(during)} asks")
     assert pinger.failures == []

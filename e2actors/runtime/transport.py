@@ -540,7 +540,8 @@ async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSL
         # The peer refused us if it closed after seeing our proof, or if its own proof was wrong;
         # a close before its hello is just a failed connection (e.g. a dying process).
         hs = proto._hs  # type: ignore[union-attr]
-        refused = proto.auth_failed or (hs is not None and hs.keys is not None and not proto.authenticated)  # type: ignore[union-attr]
+        saw_hello = hs is not None and hs.keys is not None
+        refused = proto.auth_failed or (saw_hello and not proto.authenticated)  # type: ignore[union-attr]
         proto.close()  # type: ignore[union-attr]
         if refused:
             raise AuthError(f"{address}: handshake failed (wrong shared secret?): {exc}") from None
