@@ -1,6 +1,6 @@
 """A man in the middle, as its own process: a TCP relay between a node and the node it dials.
 
-    python mitm_relay.py --target HOST:PORT --mode MODE [--inject FILE]
+    python mitm_relay.py --target HOST:PORT --mode MODE [--inject FILE] [--tls CERT KEY CA]
 
 It listens on 127.0.0.1 (port chosen; prints ``READY <port>``), and for each connection dials the
 target and relays bytes both ways. It follows the e2actors stream toward the target (the client's
@@ -14,6 +14,9 @@ through untouched:
 * ``reorder``: holds record 1 until record 2 has gone, then sends it;
 * ``modify``: flips one bit of record 1.
 
+With ``--tls``, it terminates TLS on both legs with a certificate the cluster's CA signed (the
+nodes' own, as a thief of one node's key would) and relays the plaintext in between.
+
 Each action is logged on stderr as ``ACTION <what>``.
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ssl
 import sys
 
 MAGIC_LEN, NONCE, PROOF = 4, 32, 32
@@ -106,15 +110,25 @@ async def main(args: argparse.Namespace) -> None:
     host, port = args.target.rsplit(":", 1)
     inject = open(args.inject, "rb").read() if args.inject else b""
 
+    server_ctx = client_ctx = None
+    if args.tls:
+        cert, key, ca = args.tls
+        server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=ca)
+        server_ctx.load_cert_chain(cert, key)
+        server_ctx.verify_mode = ssl.CERT_REQUIRED
+        client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        client_ctx.load_cert_chain(cert, key)
+        client_ctx.check_hostname = False
+
     async def on_client(cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
         try:
-            tr, tw = await asyncio.open_connection(host, int(port))
+            tr, tw = await asyncio.open_connection(host, int(port), ssl=client_ctx)
         except OSError:
             cw.close()
             return
         await asyncio.gather(tamper(cr, tw, args.mode, inject), pipe(tr, cw))
 
-    server = await asyncio.start_server(on_client, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_client, "127.0.0.1", 0, ssl=server_ctx)
     print("READY", server.sockets[0].getsockname()[1], flush=True)
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -131,4 +145,5 @@ if __name__ == "__main__":
     ap.add_argument("--target", required=True)
     ap.add_argument("--mode", choices=["relay", "inject", "replay", "reorder", "modify"], default="relay")
     ap.add_argument("--inject")
+    ap.add_argument("--tls", nargs=3, metavar=("CERT", "KEY", "CA"))
     asyncio.run(main(ap.parse_args()))

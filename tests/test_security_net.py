@@ -5,7 +5,9 @@
   agent refuses each (closes that connection, counts ``frame_auth_failures``, logs), the Spawn
   never runs (the same frame sent by a peer that holds the secret does run: the control), and a
   legitimate node's traffic on its own connection is not disturbed at any point.
-* A relay that joins a node to itself (its own hello comes back) is refused.
+* A relay that joins a node to itself (its own hello comes back) is refused; with TLS, a relay
+  that terminates TLS on both legs with a CA-signed certificate fails the proofs (the handshake is
+  bound to the TLS channel).
 * With TLS, a TCP connection that never sends a ClientHello is closed within the handshake
   timeout and counted; so is one that sends bytes that are not TLS.
 * A flood of 500 connections (tests/flood.py, its own process): the caps refuse what is over them
@@ -100,10 +102,13 @@ def procs():
                 p.wait(5)
 
 
-def start_relay(procs: list, target: str, mode: str, inject: Path | None = None) -> str:
+def start_relay(procs: list, target: str, mode: str, inject: Path | None = None,
+                tls: tuple[str, str, str] | None = None) -> str:
     cmd = [sys.executable, str(TESTS / "mitm_relay.py"), "--target", target.removeprefix("tcp://"), "--mode", mode]
     if inject is not None:
         cmd += ["--inject", str(inject)]
+    if tls is not None:
+        cmd += ["--tls", *tls]
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          env=env_with_tests())
     procs.append(p)
@@ -227,6 +232,23 @@ async def test_tls_deadline_runs_from_accept(tmp_path: Path, agents) -> None:
     async with Node("tls-client", secret=SECRET, tls=TLSConfig(cert, key, ca)) as node:
         info = await node.ask(ActorRef(agent.address, "$system"), GetNodeInfo())
         assert info.name == "s1"
+
+
+async def test_the_handshake_is_bound_to_the_tls_channel(tmp_path: Path, agents, procs) -> None:
+    """A relay that terminates TLS on both legs, with a certificate the CA signed (here the very
+    certificate the nodes use), passes the e2actors handshake through untouched: the two TLS
+    channels differ, so the keys the two ends derive differ and the proofs fail."""
+    need_tool("openssl")
+    cert, key, ca = make_certs(tmp_path / "pki")
+    agent = agents("s1", extra=["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca])
+    relay = start_relay(procs, agent.address, "relay", tls=(cert, key, ca))
+    async with Node("tls-client", secret=SECRET, tls=TLSConfig(cert, key, ca)) as node:
+        with pytest.raises(AuthError):
+            await node.connect(relay)
+        assert node.counters["auth_failures"] >= 1
+        # Directly, the same node gets in.
+        await node.connect(agent.address)
+    await wait_until(lambda: events(agent, "auth_failures") >= 1, what="the agent to count the bound-channel failure")
 
 
 async def test_connection_flood_is_capped_and_a_legitimate_peer_keeps_its_latency(agents, procs) -> None:
