@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from e2actors.errors import AuthError, CodecError, TransportError
 from e2actors.runtime import auth
 from e2actors.runtime.codec import DEFAULT_MAX_FRAME, FrameDecoder, decode_frame_body, encode_frame
-from e2actors.runtime.records import HEADER_SIZE, TAG_SIZE, Opener, RecordError, Sealer
+from e2actors.runtime.records import TAG_SIZE, Opener, RecordError, Sealer
 
 if TYPE_CHECKING:
     from e2actors.runtime.node import Node
@@ -53,6 +53,9 @@ HELLO = 6     # a: node address, b: version, message: node name
 #: Seconds from accept (or connect) to a complete handshake (TLS, proofs, HELLO) by default.
 HANDSHAKE_TIMEOUT = 5.0
 FLUSH_BYTES = 256 * 1024
+#: Plaintext bytes per sealed record at most: a write of more is cut into several records, so the
+#: receiver opens and dispatches frames while the rest is still arriving (and buffers one record).
+RECORD_BYTES = 16 * 1024
 
 
 def parse_address(address: str) -> tuple[str, str, int | None]:
@@ -205,8 +208,7 @@ class Connection(asyncio.Protocol):
         self.peer_name = hs.peer_name
         self.node._nonces.discard(hs.nonce)
         self._sealer = Sealer(hs.send_key)
-        # A record holds the frames of one flush: up to FLUSH_BYTES plus one frame of max_frame.
-        self._opener = Opener(hs.recv_key, FLUSH_BYTES + self.max_frame + 4 + TAG_SIZE + HEADER_SIZE)
+        self._opener = Opener(hs.recv_key, RECORD_BYTES + TAG_SIZE)
         if self.client:
             self.send_frame(encode_frame(HELLO, self.node.address, self.node.version, self.node.name))
 
@@ -326,7 +328,13 @@ class Connection(asyncio.Protocol):
         t = self.transport
         if t is None or self.closed or self._sealer is None:
             return
-        t.write(self._sealer.seal(buf[0] if len(buf) == 1 else b"".join(buf)))
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        seal = self._sealer.seal
+        if len(data) <= RECORD_BYTES:
+            t.write(seal(data))
+        else:  # frames may span records: the frame decoder on the other side joins them
+            view = memoryview(data)
+            t.write(b"".join([seal(view[i:i + RECORD_BYTES]) for i in range(0, len(data), RECORD_BYTES)]))
         # Past the high-water mark (asyncio paused our writers) look at how much is queued.
         if self._paused and t.get_write_buffer_size() > self.node.max_write_buffer:
             # The peer does not read what we send it (e.g. it sends asks and never reads the
