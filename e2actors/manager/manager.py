@@ -104,6 +104,7 @@ class _Server:
     node_address: str
     switch: ActorRef | None = None
     proc: subprocess.Popen | None = None
+    remote: bool = False  # an agent named by address in the hardware file (not this run's own)
 
 
 class ManagerActor(Actor):
@@ -234,7 +235,7 @@ class Manager:
             if srv.address:
                 addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
                 await check_agent(self.node, name, addr, srv.cores)
-                self.servers[name] = _Server(name, addr)
+                self.servers[name] = _Server(name, addr, remote=True)
             elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
                 self.servers[name] = _Server(name, self.node.address)
             else:
@@ -249,7 +250,9 @@ class Manager:
         sock = f"unix://{self._tmp}/{name}.sock"
         cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
                "--name", name, "--cores", str(cores), "--exit-with-parent",
-               "--heartbeat-timeout", str(self.heartbeat_timeout)]
+               "--heartbeat-timeout", str(self.heartbeat_timeout),
+               # Workers are this run's own processes: confined no more than this one (docs/running.md).
+               "--unconfined", "--data-dir", os.getcwd()]
         for a in self.allow:
             cmd += ["--allow", a]
         env = dict(os.environ)
@@ -302,10 +305,13 @@ class Manager:
         try:
             return await self.node.ask(self.node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
         except RemoteError as exc:
-            if "SpawnRefused" in str(exc):  # the agent's allow-list said no: say which server and class
+            if "SpawnRefused" in str(exc):  # the agent said no: say which server, and why
                 what = kwargs.get("pipelet", cls)
-                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
-                                   f"{str(exc).partition(': ')[2]} (start it with --allow MODULE to permit)") from None
+                why = str(exc).partition(": ")[2]
+                if "allow-list" in why:
+                    raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
+                                       f"{why} (start it with --allow MODULE to permit)") from None
+                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused {why}") from None
             raise
 
     async def _spawn_instance(self, inst: str, server: str) -> None:
@@ -318,15 +324,22 @@ class Manager:
             return
         sw = self.servers[server].switch
         ref = await self._spawn_on(server, "e2actors.nf.instance:NFInstance", inst,
-                                   {"pipelet": spec.cls, "config": self._config(spec.config), "nf": nf, "output": sw,
-                                    "monitor": self.ref, "report_interval": self.report_interval,
+                                   {"pipelet": spec.cls, "config": self.config_for(server, spec.config), "nf": nf,
+                                    "output": sw, "monitor": self.ref, "report_interval": self.report_interval,
                                     "clock": "replay" if self.clock == "packet" else "wall"})
         self.instances[inst] = ref
         self.states[inst] = "running"
         self.node.watch(ref, self.ref)  # type: ignore[union-attr,arg-type]  # Terminated -> recovery
 
-    def _config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return resolve_config(config, self.plan_.policy.base_dir if self.plan_ is not None else ".")
+    def config_for(self, server: str, config: dict[str, Any], base_dir: str | None = None) -> dict[str, Any]:
+        """An NF's config as sent to ``server``. In this process and to its workers, relative paths
+        that name files next to the policy become absolute (rules files). An agent named in the
+        hardware file gets them as written: it takes them from its own data directory."""
+        if self.servers.get(server) is not None and self.servers[server].remote:
+            return dict(config)
+        if base_dir is None:
+            base_dir = self.plan_.policy.base_dir if self.plan_ is not None else "."
+        return resolve_config(config, base_dir)
 
     def tables(self) -> dict[str, SwitchTable]:
         assert self.plan_ is not None

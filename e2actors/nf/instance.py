@@ -19,7 +19,9 @@ from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport
 from e2actors.nf.pipelet import Pipelet
 from e2actors.nf.runner import PipeletRunner
 from e2actors.packet.batch import Batch
+from e2actors.errors import SpawnRefused
 from e2actors.runtime.actor import Actor
+from e2actors.runtime.confine import ConfinementError
 from e2actors.runtime.messages import Tick
 from e2actors.runtime.node import load_class
 from e2actors.runtime.ref import ActorRef
@@ -63,7 +65,26 @@ class NFInstance(Actor):
 
     @classmethod
     def check_spawn(cls, node: Any, kwargs: dict[str, Any]) -> None:
-        resolve_pipelet(kwargs.get("pipelet", ""), node.allow_spawn)
+        """Refuse, before anything starts, a pipelet off the allow-list or a config that names
+        files outside the node's data directory or a program it does not allow (``SpawnRefused``
+        naming the NF, the config key and the reason; counted as ``nf_config_refused``)."""
+        pipelet = resolve_pipelet(kwargs.get("pipelet", ""), node.allow_spawn)
+        confine = getattr(node, "confine", None)
+        if confine is None:
+            return
+        config = kwargs.get("config") or {}
+        what = f"NF {kwargs.get('nf') or '?'} ({pipelet.__module__}:{pipelet.__qualname__})"
+        if not isinstance(config, dict):
+            node.counters["nf_config_refused"] += 1
+            raise SpawnRefused(f"{what}: its config is not a mapping")
+        try:
+            pipelet.check_config(config, confine)
+        except ConfinementError as exc:
+            node.counters["nf_config_refused"] += 1
+            raise SpawnRefused(f"{what}: {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a config of the wrong shape
+            node.counters["nf_config_refused"] += 1
+            raise SpawnRefused(f"{what}: bad config: {exc}") from None
 
     async def on_start(self) -> None:
         cls = resolve_pipelet(self.pipelet_cls, self.node.allow_spawn)
@@ -71,6 +92,7 @@ class NFInstance(Actor):
             self.instance = self.name
         p = cls()
         p.name = self.instance
+        p.confinement = getattr(self.node, "confine", None)
         self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
         await self.runner.start(self.nf_config)
         self._last = (time.monotonic(), 0, 0, 0.0)
