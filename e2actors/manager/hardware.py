@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from e2actors.manager.policy import IN, OUT, PolicyError, parse_rate, read_file
-from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain
+from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain, yaml_problem
 
 __all__ = ["Hardware", "PortPlace", "Server"]
 
@@ -94,9 +94,8 @@ class Hardware:
         try:
             data = load_yaml(text, file)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise PolicyError(file, mark.line + 1 if mark else 0,
-                              f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+            line, column, reason = yaml_problem(e, text)
+            raise PolicyError(file, line, reason, column) from None
         return cls.from_data(data, file)
 
     @classmethod
