@@ -104,7 +104,7 @@ class Hardware:
             return c.line(k) if isinstance(c, (LDict, LList)) else 0
 
         if not isinstance(data, dict) or not isinstance(data.get("servers"), list) or not data["servers"]:
-            raise PolicyError(file, line(data), "hardware: a mapping with 'servers' (a list) and 'ports'")
+            raise PolicyError(file, line(data) or 1, "hardware: a mapping with 'servers' (a list) and 'ports'")
         for k in data:
             if k not in ("servers", "ports", "name", "description"):
                 raise PolicyError(file, line(data, k), f"hardware: unknown key {k!r}")

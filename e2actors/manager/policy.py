@@ -359,7 +359,7 @@ class _Parser:
 
     def parse(self, data: Any) -> Policy:
         if not isinstance(data, dict):
-            raise self.err(_line(data), "a policy is a mapping with nfs, classes and edges")
+            raise self.err(_line(data) or 1, "a policy is a mapping with nfs, classes and edges")
         self._keys(data, _TOP_KEYS, "policy")
         nfs_d = data.get("nfs") or {}
         if not isinstance(nfs_d, dict):
