@@ -189,3 +189,18 @@ def test_very_long_run_compiles_in_bounded_memory():
     assert r.returncode == 0, r.stderr[-800:]
     matched, helpers = r.stdout.split()
     assert matched == "True" and int(helpers) > 100
+
+
+def test_constant_folding_computes_only_the_operation_asked_for():
+    """``1 | 0xffffffff`` once also computed ``1 << 0xffffffff`` (a 512 MB integer, seconds of
+    CPU) because every operation was evaluated; found by tests/test_fuzz_inputs.py."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        f = compile_filter("1 | 0xffffffff | 1 | 0xffffffff <= 0xffffffff | 0xffffffff")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20, peak
+    assert f.match(bytes(60), 60) is True

@@ -552,10 +552,34 @@ class Compiler:
         if isinstance(a, P.BinOp):
             c0, v0 = self.arith(a.left)
             _c1, v1 = self.arith(a.right)
+            self._gen_arth_checks(a)
             return c0, fold_bin(a.op, v0, v1, self, a.column)
         if isinstance(a, P.Load):
             return self.load(a)
         raise AssertionError(a)
+
+    def _gen_arth_checks(self, a: P.BinOp) -> None:
+        """libpcap's gen_arth refuses a division, modulus or shift whose right operand's *first
+        instruction* loads the constant 0 (or, for a shift, more than 31), whatever that operand
+        computes in the end: the first instruction of ``ip[0]``, ``-ip[0]`` or ``(ip[0] + 1)`` is
+        the load of the index 0, so ``len / ip[0]`` is "division by zero" and ``len << tcp[32]``
+        "shift by more than 31 bits" there. We refuse the same expressions (the folding in
+        :func:`fold_bin` is the optimizer's check, which tcpdump also applies)."""
+        op = {"LSH": "<<", "RSH": ">>"}.get(a.op, a.op)
+        if op not in ("/", "%", "<<", ">>"):
+            return
+        first = a.right
+        while not isinstance(first, (P.Num, P.Len)):  # to the operand's first instruction
+            first = first.index if isinstance(first, P.Load) else first.left if isinstance(first, P.BinOp) \
+                else first.expr
+        if not isinstance(first, P.Num):
+            return
+        if op == "/" and first.value == 0:
+            raise self.err("division by zero", a.column)
+        if op == "%" and first.value == 0:
+            raise self.err("modulus by zero", a.column)
+        if op in ("<<", ">>") and first.value > 31:
+            raise self.err("shift by more than 31 bits", a.column)
 
     def load(self, a: P.Load) -> tuple[tuple, tuple]:
         """libpcap's gen_load: ``proto[index:size]``."""
@@ -631,6 +655,14 @@ def fold_neg(v: tuple) -> tuple:
     return ("neg", v)
 
 
+_CONST_OPS = {
+    "+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+    "/": lambda x, y: x // y if y else 0, "%": lambda x, y: x % y if y else 0,
+    "&": lambda x, y: x & y, "|": lambda x, y: x | y, "^": lambda x, y: x ^ y,
+    "<<": lambda x, y: x << y, ">>": lambda x, y: x >> y,
+}
+
+
 def fold_bin(op: str, a: tuple, b: tuple, c: Compiler, column: int) -> tuple:
     """A binary operation, folded the way libpcap's gencode and optimizer fold it."""
     op = {"LSH": "<<", "RSH": ">>"}.get(op, op)
@@ -644,10 +676,9 @@ def fold_bin(op: str, a: tuple, b: tuple, c: Compiler, column: int) -> tuple:
             raise c.err("shift by more than 31 bits", column)
         if a[0] == "k":
             x = a[1]
-            r = {"+": x + y, "-": x - y, "*": x * y, "/": x // y if y else 0,
-                 "%": x % y if y else 0, "&": x & y, "|": x | y, "^": x ^ y,
-                 "<<": x << y, ">>": x >> y}[op]
-            return k(r)
+            # only the operation asked for: evaluating them all computed ``x << y`` too, a
+            # 512 MB integer for ``1 | 0xffffffff`` (the shift itself was refused above)
+            return k(_CONST_OPS[op](x, y))
         if y == 0:
             if op in ("+", "-", "<<", ">>", "|", "^"):
                 return a

@@ -320,7 +320,12 @@ class Parser:
         if self._starts_id():
             save = self.i
             try:
-                return self.id_(q), q
+                node = self.id_(q)
+                if self.tok.kind not in BINOPS and self.tok.kind not in RELOPS:
+                    return node, q
+                # ``(1) + len = 2``: an arithmetic operator cannot follow an id, so the
+                # parenthesized value began a relation (bison decides after the ``)``)
+                e_id = self.error()
             except _TooDeep:
                 raise
             except FilterError as e:
