@@ -12,7 +12,10 @@ first fragments for ports, IHL-relative ``tcp[...]``, ``vlan`` shifting later of
 out-of-bounds load rejecting the whole packet.
 
 The expression is turned into one Python expression over the frame bytes (constant offsets,
-direct indexing, short-circuit ``and``/``or``), compiled with :func:`compile` into a closure.
+direct indexing, short-circuit ``and``/``or``), compiled with :func:`compile` into a closure. A
+run of terms joined by one operator is one flat ``a or b or c`` however long; past 64 terms it is
+cut into helper functions, each compiled on its own, so that a 3,000-term expression costs tens of
+MB rather than a gigabyte. Nesting is bounded (:data:`MAX_DEPTH`, a :class:`FilterError` beyond).
 """
 
 from __future__ import annotations
