@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from e2actors.manager.policy import IN, OUT, PolicyError, parse_rate, read_file
-from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain
+from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain, yaml_problem
 
 __all__ = ["Hardware", "PortPlace", "Server"]
 
@@ -97,9 +97,8 @@ class Hardware:
         try:
             data = load_yaml(text, file)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise PolicyError(file, mark.line + 1 if mark else 0,
-                              f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+            line, column, reason = yaml_problem(e, text)
+            raise PolicyError(file, line, reason, column) from None
         return cls.from_data(data, file)
 
     @classmethod
@@ -108,7 +107,7 @@ class Hardware:
             return c.line(k) if isinstance(c, (LDict, LList)) else 0
 
         if not isinstance(data, dict) or not isinstance(data.get("servers"), list) or not data["servers"]:
-            raise PolicyError(file, line(data), "hardware: a mapping with 'servers' (a list) and 'ports'")
+            raise PolicyError(file, line(data) or 1, "hardware: a mapping with 'servers' (a list) and 'ports'")
         for k in data:
             if k not in ("servers", "ports", "name", "description"):
                 raise PolicyError(file, line(data, k), f"hardware: unknown key {k!r}")

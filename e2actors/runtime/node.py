@@ -40,6 +40,7 @@ from e2actors.runtime.mailbox import Mailbox, Overflow
 from e2actors.runtime.messages import GetNodeInfo, NodeInfo, NodeLost, NodeUp, Spawn, StopActor, Terminated
 from e2actors.runtime.ratelog import RateLimitedLog
 from e2actors.runtime.ref import ActorRef
+from e2actors.runtime.service import ServiceActor
 from e2actors.runtime.supervision import RestartPolicy
 from e2actors.runtime.transport import ASK, HEARTBEAT, REPLY, TELL, UNWATCH, WATCH, Connection
 
@@ -732,22 +733,17 @@ def _expire(fut: asyncio.Future, ref: ActorRef, timeout: float) -> None:
         fut.set_exception(AskTimeout(f"no reply from {ref} within {timeout:g}s"))
 
 
-class SystemActor(Actor):
-    """Every node's ``$system`` actor: spawns and stops actors on request, describes the node."""
+class SystemActor(ServiceActor):
+    """Every node's ``$system`` actor: spawns and stops actors on request, describes the node.
 
-    async def on_message(self, msg: Any) -> Any:
+    A bad request (an unknown message, a malformed or refused Spawn) is answered with its error,
+    counted and logged, never a crash (see :class:`~e2actors.runtime.service.ServiceActor`): a peer
+    cannot spend ``$system``'s restart budget and leave the node unable to spawn."""
+
+    async def handle(self, msg: Any) -> Any:
         if isinstance(msg, Spawn):
-            try:
-                cls = load_class(msg.cls, self.node.allow_spawn, self.node)
-                return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
-            except Exception as exc:
-                # A refused spawn is the asker's error, not ours: reply with it and carry on (a
-                # crash here would spend $system's restart budget, and a few refusals stop it).
-                ask = self._cell.current_ask
-                if ask is None:
-                    raise
-                ask.fail(exc)
-                return None
+            cls = load_class(msg.cls, self.node.allow_spawn, self.node)
+            return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
         if isinstance(msg, StopActor):
             ref = ActorRef(self.node.address, msg.name)
             alive = self.node.is_alive(ref)
