@@ -118,15 +118,8 @@ def deep_stack(n: int, fn):
     return fn() if n == 0 else deep_stack(n - 1, fn)
 
 
-_SWITCH_TOKENIZER = pytest.mark.xfail(
-    strict=True, raises=RecursionError,
-    reason="switch/condition.py's tokenize_condition recurses once per '-' (_value_position): a "
-           "RecursionError before our parser sees the expression; the switch's to fix")
-
-
 @pytest.mark.parametrize("kind, compile_", [
-    pytest.param(kind, c, id=f"{name}-{kind}",
-                 marks=[_SWITCH_TOKENIZER] if (name, kind) == ("condition", "unary minus") else [])
+    pytest.param(kind, c, id=f"{name}-{kind}")
     for kind in shapes(10) for name, c in (("filter", compile_filter), ("condition", compile_condition))
 ])
 def test_nesting_at_the_bound_compiles_beyond_it_is_a_filter_error(kind, compile_):
