@@ -17,6 +17,7 @@ from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport
 from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
+from e2actors.manager.control import ApplyPolicy, GetStatus
 from e2actors.switch.messages import CloseInputs, Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 from nfkit import connection
@@ -71,6 +72,8 @@ SAMPLES = [
     GetTraces(True),
     Credit(((1, 250), (2, 3))),
     CloseInputs(),
+    ApplyPolicy("name: x\n", "p.yaml", "/tmp", True),
+    GetStatus(),
     SwitchLoad("s1", (("ids#0", 120),), (("ids#0", 4),)),
 ]
 

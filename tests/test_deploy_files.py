@@ -320,11 +320,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
     node = Node("agent-1", cores=2)
     node.counters["auth_failed"] += 1
     samples += node_samples(node)
-    from e2actors.runtime.metrics import Metrics
+    from e2actors.runtime.metrics import Metrics, build_info
 
     endpoint = Metrics()  # every metrics endpoint's own counters
     endpoint.http["requests"] += 1
-    samples += endpoint.http_samples()
+    samples += endpoint.http_samples() + build_info()
     out: dict[str, set[str]] = {}
     for name, kind, _help, labels, _value in samples:
         out.setdefault(name, set()).update(labels)

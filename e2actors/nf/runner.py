@@ -56,6 +56,7 @@ class RunnerStats:
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
+    bytes_out: int = 0
     per_port: collections.Counter = field(default_factory=collections.Counter)
     dropped: int = 0
     lost: int = 0  # packets of batches whose processing raised
@@ -68,6 +69,7 @@ class RunnerStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "packets_in": self.packets_in, "bytes_in": self.bytes_in, "packets_out": self.packets_out,
+            "bytes_out": self.bytes_out,
             "per_port": dict(self.per_port), "dropped": self.dropped, "lost": self.lost,
             "errors": self.errors, "batches": self.batches, "busy_seconds": self.busy_seconds,
             "batch_hist": list(self.batch_hist),
@@ -276,6 +278,7 @@ class PipeletRunner:
             if lst:
                 st.per_port[port] += len(lst)
                 st.packets_out += len(lst)
+                st.bytes_out += sum([len(x.data) for x in lst])
         st.dropped = p._dropped
         self._settle(out)
         return out

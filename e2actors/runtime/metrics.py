@@ -23,11 +23,12 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["Histogram", "Metrics", "Sample"]
+__all__ = ["Histogram", "Metrics", "Sample", "build_info"]
 
 log = logging.getLogger("e2actors.metrics")
 
@@ -61,6 +62,16 @@ class Histogram:
             out.append((repr(b), float(cum)))
         out.append(("+Inf", float(cum + self.counts[-1])))
         return out, self.sum
+
+
+def build_info() -> list[Sample]:
+    """``e2_build_info``: which e2actors (and Python) serves these series, as labels of a 1."""
+    import platform
+
+    from e2actors._version import __version__
+
+    return [("e2_build_info", "gauge", "The e2actors version serving these metrics (always 1)",
+             {"version": __version__, "python": platform.python_version()}, 1.0)]
 
 
 class _Collector(Collector):
@@ -113,6 +124,10 @@ class Metrics:
         self.extra_histograms: list[tuple] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+        # The standard process and platform series (CPU seconds, resident memory, open files,
+        # start time; Python's version), as every Prometheus client library exports them.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self._snapshot: tuple[list[Sample], list[tuple]] = ([], [])
         self._task: asyncio.Task | None = None
         self._server: asyncio.base_events.Server | None = None
@@ -153,6 +168,7 @@ class Metrics:
         """Serve ``/metrics`` on ``addr:port`` (0: any free port); returns the port."""
         self.snapshot()
         self.add_source(self.http_samples)
+        self.add_source(build_info)
         self._server = await asyncio.start_server(self._client, addr, port, limit=self.max_head,
                                                   reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -69,7 +69,7 @@ class Port:
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
                 "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes, "drops": dict(self.drops),
-                "done": self.done}
+                "done": self.done, "input": self.is_input, "output": self.is_output}
 
     def _count_tx(self, pkts: list[Packet]) -> None:
         self.tx_packets += len(pkts)
