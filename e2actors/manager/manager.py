@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -604,6 +605,7 @@ class Manager:
         ports: dict[str, Any] = {}
         remote = 0
         lost = 0
+        port_errors: list[dict[str, str]] = []
         hops: dict[str, list[int]] = {}
         t_first, t_last = [], []
         for server, s in st.get("switches", {}).items():
@@ -620,6 +622,8 @@ class Manager:
                         cur[k] += p[k]
                 if p["drops"]:
                     drops.update({f"port {pname}: {k}": v for k, v in p["drops"].items()})
+                if p.get("error"):
+                    port_errors.append({"where": f"port {pname} on {server}", "error": p["error"]})
             remote += sum(s.get("remote_tx", {}).values())
             cr = s.get("credits") or {}
             # Packets admitted and never finished (sent out, dropped, counted) when the run ended.
@@ -683,7 +687,11 @@ class Manager:
             "verdicts": dict(verdicts),
             "alerts": dict(alerts),
             "scaling_events": [e.as_dict() for e in self.events],
-            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS],
+            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS] + port_errors,
+            # Why the run failed (empty: it did not): the exit status of `e2actors run` follows it.
+            "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
+            + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]
+            + ([f"{lost:,} packets admitted and never accounted for"] if lost else []),
         }
 
     # --- stopping -------------------------------------------------------------------------------
@@ -720,6 +728,8 @@ class Manager:
                 except Exception:
                     srv.proc.kill()
         self._merge_outputs()
+        # (the workers' sockets and the secret file made for them)
+        shutil.rmtree(self._tmp, ignore_errors=True)
         self.started = False
 
     def _merge_outputs(self) -> None:

@@ -10,6 +10,7 @@ Exit status 0, or 2 with the reason on stderr (``FILE:LINE: reason`` for a bad p
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import subprocess
@@ -54,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.solver != "all" and args.solver not in SOLVERS:
         return fail(f"unknown solver {args.solver!r} (solvers: {', '.join(SOLVERS)}, all)")
+    base = os.path.dirname(os.path.abspath(args.policy))  # (pipelet modules next to the policy)
+    if base not in sys.path:
+        sys.path.insert(1, base)
     try:
         policy = Policy.load(args.policy, check_classes=not args.no_check_classes,
                              check_conditions=not args.no_check_conditions)
