@@ -18,6 +18,7 @@ from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
 from e2actors.manager.control import ApplyPolicy, GetStatus
+from e2actors.nf.messages import InputDone
 from e2actors.switch.messages import CloseInputs, Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 from nfkit import connection
@@ -72,6 +73,7 @@ SAMPLES = [
     GetTraces(True),
     Credit(((1, 250), (2, 3))),
     CloseInputs(),
+    InputDone(),
     ApplyPolicy("name: x\n", "p.yaml", "/tmp", True),
     GetStatus(),
     SwitchLoad("s1", (("ids#0", 120),), (("ids#0", 4),)),

@@ -84,7 +84,7 @@ def test_sigint_during_a_run_prints_the_summary_so_far_and_exits_130(tmp_path: P
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # Wait until it is under way (its logger has written something), then interrupt it.
     deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("out/unsafe.jsonl*")):
+    while not any(f.stat().st_size for f in tmp_path.glob("out/unsafe.jsonl*")):
         assert time.monotonic() < deadline and p.poll() is None, p.communicate()[1]
         time.sleep(0.1)
     p.send_signal(signal.SIGINT)

@@ -178,6 +178,7 @@ class Manager:
         self._final_instances: dict[str, dict[str, Any]] = {}
         self.started = False
         self.deployed = False
+        self._input_told = False
         # Keeping the deployment healthy (moves, updates, failures: changes.py, recovery.py)
         from e2actors.manager.recovery import Recovery
 
@@ -550,6 +551,20 @@ class Manager:
                     pass
         return out
 
+    def _tell_input_done(self) -> None:
+        """Every input is exhausted: tell the switches and instances, whose replay clocks then go
+        on with the wall clock (what waits on a timeout leaves now, not after their idle grace)."""
+        from e2actors.nf.messages import InputDone
+
+        self._input_told = True
+        node = self.node
+        assert node is not None
+        for ref in [*(s.switch for s in self.servers.values() if s.switch is not None), *self.instances.values()]:
+            try:
+                node.send(ref, InputDone())
+            except E2Error:
+                pass
+
     async def close_inputs(self, drain: float = 5.0) -> bool:
         """Stop reading input everywhere (the end of a live run, or a stop asked for) and wait up
         to ``drain`` seconds for what is in the deployment to leave; True when it all did."""
@@ -584,6 +599,8 @@ class Manager:
             queues = all(isinstance(i, dict) and i.get("queue", 0) == 0 and i.get("held", 0) == 0
                          for i in st["instances"].values())
             sig = _progress(st)
+            if done_input and not self._input_told:
+                self._tell_input_done()
             if done_input and idle and queues and sig == last:
                 quiet += 1
                 if quiet >= 3:

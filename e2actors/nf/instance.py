@@ -14,8 +14,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput, StreamVerdicts,
-                                  StreamWork)
+from e2actors.nf.messages import (ExportState, GetStats, ImportState, InputDone, LoadReport, NFBatch, NFOutput,
+                                  StreamVerdicts, StreamWork)
 from e2actors.nf.pipelet import Pipelet
 from e2actors.nf.runner import PipeletRunner
 from e2actors.packet.batch import Batch
@@ -143,6 +143,9 @@ class NFInstance(Actor):
             return None
         if msg is _REPORT or msg == _REPORT:
             self._report()
+            return None
+        if type(msg) is InputDone:
+            self.runner.input_done = True
             return None
         if isinstance(msg, ExportState):
             return self.runner.pipelet.export_state()

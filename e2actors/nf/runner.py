@@ -27,8 +27,9 @@ __all__ = ["BATCH_BUCKETS", "PipeletRunner", "RunnerStats", "count_origins"]
 Clock = Literal["packet", "wall", "replay"]
 
 #: ``replay`` clock: wall seconds without a packet after which the pipelet's time moves on with the
-#: wall clock from the last packet's time (the end of a replay: timers fire, held packets leave).
-REPLAY_IDLE = 0.25
+#: wall clock from the last packet's time, until the end of the input is told (then at once): a
+#: safety net, long enough that a busy machine's pauses do not change a replay's outcome.
+REPLAY_IDLE = 2.0
 
 _origin = operator.attrgetter("origin")
 
@@ -89,6 +90,8 @@ class PipeletRunner:
         self.clock = clock
         self._last_ts = 0.0  # (replay) the latest packet time seen, and when (monotonic)
         self._wall_last = time.monotonic()
+        #: (replay) the deployment's input ended: time goes on with the wall clock from now on.
+        self.input_done = False
         self.stats = RunnerStats()
         self.started = False
         self._next_timer: float | None = None
@@ -360,8 +363,9 @@ class PipeletRunner:
             p.now = time.time()
         elif self.clock == "replay":
             idle = time.monotonic() - self._wall_last
-            if idle > REPLAY_IDLE and self._last_ts:
-                p.now = max(p.now, self._last_ts + idle - REPLAY_IDLE)
+            grace = 0.0 if self.input_done else REPLAY_IDLE
+            if idle > grace and self._last_ts:
+                p.now = max(p.now, self._last_ts + idle - grace)
         t0 = time.perf_counter()
         self._housekeeping()
         self.stats.busy_seconds += time.perf_counter() - t0
