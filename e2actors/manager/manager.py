@@ -281,6 +281,11 @@ class Manager:
         hw.ports = {n: dataclasses.replace(p, kind=ports[n][0], params=ports[n][1]) if n in ports else p
                     for n, p in hw.ports.items()}
         self.plan_ = plan
+        # The modules the policy names are the user's own choice for this process and the workers
+        # it starts (agents keep their own allow-lists: a remote refusal says which option admits it).
+        mods = {spec.cls.partition(":")[0] for spec in plan.policy.nfs.values()}
+        self.allow = tuple(dict.fromkeys(self.allow + tuple(sorted(m for m in mods if m))))
+        self.node.allow_spawn = self.allow
         await self._start_servers(hw)
         for name, srv in self.servers.items():
             srv.switch = await self._spawn_on(name, "e2actors.switch.switch:Switch", f"switch-{name}",
