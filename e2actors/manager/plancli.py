@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--dot", metavar="FILE", help="write the instance graph as Graphviz DOT")
     p.add_argument("--png", metavar="FILE", help="draw the instance graph as PNG (needs Graphviz's dot)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2) on lint warnings: edges never taken, outputs with no edge, stateful NFs "
+                        "without affinity, traffic of the --profile sample that no class takes")
     p.add_argument("--no-check-classes", action="store_true",
                    help="do not import NF classes (descriptions must then give ports, cost, ...)")
     p.add_argument("--no-check-conditions", action="store_true",
@@ -88,8 +91,22 @@ def run(args: argparse.Namespace) -> int:
         r = subprocess.run([dot, "-Tpng", "-o", args.png], input=plan.to_dot().encode(), capture_output=True)
         if r.returncode:
             return fail(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
+    from e2actors.manager.lint import lint
+
+    sample = None
+    if args.profile:
+        from e2actors.packet.pcap import read_packets
+
+        sample = read_packets(args.profile)
+    warnings = lint(policy, sample)
+    for w in warnings:
+        print(w, file=sys.stderr)
     if args.json:
-        print(json.dumps(plan.to_json()))
+        d = plan.to_json()
+        d["warnings"] = [str(w) for w in warnings]
+        print(json.dumps(d))
     else:
         print(plan.summary())
+    if warnings and args.strict:
+        return fail(f"{len(warnings)} warning(s) and --strict")
     return 0
