@@ -114,3 +114,31 @@ def test_a_pipelet_next_to_the_user_is_found(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["packets_out"] > 0
+
+
+def test_a_pipelet_that_raises_is_in_the_account_with_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text(
+        "from e2actors import Pipelet\n\n"
+        "class Bad(Pipelet):\n"
+        "    async def process(self, batch):\n"
+        "        for p in batch:\n"
+        "            if p.proto == 17:\n"
+        "                raise ValueError('udp is not welcome')\n"
+        "            self.emit(p)\n")
+    (tmp_path / "pol.yaml").write_text(
+        'name: bad\nnfs:\n  bad: {class: "bad:Bad", cost_pps: 100000}\n'
+        'classes:\n  - {name: all, filter: "", load_pps: 1000}\n'
+        "edges:\n  - {from: in, to: bad}\n  - {from: bad, to: out}\n")
+    r = subprocess.run([sys.executable, "-m", "e2actors", "run", "pol.yaml", "--traffic", str(TRAFFIC), "--json",
+                        "--no-autoscale"], cwd=tmp_path, env=env_with_tests(), capture_output=True, text=True,
+                       timeout=120)
+    # It crashed on every batch with UDP in it, was restarted, and failed for good: the run fails.
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    errs = [e for e in s["errors"] if e.get("type") == "ValueError"]
+    assert errs and errs[0]["where"] == f"{tmp_path / 'bad.py'}:7" and errs[0]["count"] >= 2, s["errors"]
+    inst = s["instances"]["bad#1"]
+    assert inst["state"] == "failed" and inst["restarts"] >= 1
+    assert inst["in"] > 256  # (counters went on across restarts)
+    assert any("bad#1 failed" in f for f in s["failures"])
+    assert s["lost"] == 0 and s["congestion_drops"] == 0  # every packet is accounted for, by reason

@@ -40,7 +40,7 @@ from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan, make_plan
 from e2actors.manager.policy import Policy
 from e2actors.manager.scaling import Autoscaler, ScalingPolicy
-from e2actors.nf.messages import GetStats, LoadReport
+from e2actors.nf.messages import FinalStats, GetStats, LoadReport
 from e2actors.runtime.actor import Actor
 from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Terminated, Tick
 from e2actors.runtime.node import Node
@@ -129,6 +129,8 @@ class ManagerActor(Actor):
             m._on_drained(msg)
         elif isinstance(msg, SwitchLoad):
             m._on_switch_load(msg)
+        elif isinstance(msg, FinalStats):
+            m._on_final_stats(msg)
         elif isinstance(msg, NodeLost):
             m._on_node_lost(msg)
         elif isinstance(msg, Terminated):
@@ -446,6 +448,10 @@ class Manager:
         self.autoscaler.report(r.nf, r.instance, r.busy, r.drops, time.monotonic())
         self._busy[r.instance] = (r.busy, time.monotonic())
 
+    def _on_final_stats(self, msg: FinalStats) -> None:
+        if self.plan_ is not None and msg.instance in self.plan_.assignment and isinstance(msg.stats, dict):
+            self._final_instances[msg.instance] = {**msg.stats, "server": self.plan_.assignment[msg.instance]}
+
     def _on_switch_load(self, msg: SwitchLoad) -> None:
         for inst, n in msg.congestion:
             self.autoscaler.congested(nf_of(inst), inst, n)
@@ -586,7 +592,7 @@ class Manager:
 
     def instance_counts(self) -> dict[str, int]:
         assert self.plan_ is not None
-        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining")
+        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) not in ("draining", "failed"))
                 for nf in self.plan_.policy.nfs}
 
     async def wait_done(self, timeout: float | None = None, poll: float = 0.1, on_poll=None) -> bool:
@@ -628,6 +634,7 @@ class Manager:
         remote = 0
         lost = 0
         port_errors: list[dict[str, str]] = []
+        nf_errors: list[dict[str, Any]] = []
         hops: dict[str, list[int]] = {}
         t_first, t_last = [], []
         for server, s in st.get("switches", {}).items():
@@ -665,7 +672,8 @@ class Manager:
         instances: dict[str, Any] = {}
         verdicts: Counter = Counter()
         alerts: Counter = Counter()
-        for inst, i in {**self._final_instances, **st.get("instances", {})}.items():
+        live = {k: v for k, v in st.get("instances", {}).items() if isinstance(v, dict) and "packets_in" in v}
+        for inst, i in {**self._final_instances, **live}.items():
             if not isinstance(i, dict) or "packets_in" not in i:
                 continue
             server = plan.assignment.get(inst, i.get("server", "?")) if plan else "?"
@@ -674,9 +682,12 @@ class Manager:
                                "lost": i["lost"],
                                "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
                                "counters": dict(i.get("counters", {})),
+                               "state": self.states.get(inst, "retired" if i.get("retired") else "running"),
+                               "restarts": i.get("restarts", 0),
                                "busy_seconds": round(i["busy_seconds"], 4)}
             for reason, n in i.get("drops", {}).items():
                 drops[f"{nf_of(inst)}: {reason}"] += n
+            nf_errors.extend(i.get("error_list") or ())
             # (batches an instance's full mailbox refused are counted, in packets, by the switch
             # that sent them: "switch: queue full")
             for k, v in i.get("counters", {}).items():
@@ -709,7 +720,9 @@ class Manager:
             "verdicts": dict(verdicts),
             "alerts": dict(alerts),
             "scaling_events": [e.as_dict() for e in self.events],
-            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS] + port_errors,
+            # What went wrong: deployment events, failed ports and outputs, and each kind of exception
+            # an NF raised (with where in the pipelet's own code, and how often).
+            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS] + port_errors + nf_errors,
             # Why the run failed (empty: it did not): the exit status of `e2actors run` follows it.
             "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
             + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]

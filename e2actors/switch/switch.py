@@ -204,7 +204,7 @@ class Switch(Actor):
                 if ok is None:
                     continue
                 if ctx is not None or not ok:
-                    dp.settle(msg, ctx, ok)
+                    dp.settle(msg, ctx, ok, not ok and ref.node == self.node.address and not self.node.is_alive(ref))
             for name, pkts in ports.items():
                 self.ports[name].send(pkts)
             if not inline:
