@@ -432,7 +432,7 @@ def heuristic(p: Problem, *, seed: int = 0, time_limit: float = 10.0, refine: st
             starts.append(ff)
     for s0 in starts:
         st = State(p, s0)
-        if not repair(st, movable, deadline):
+        if not repair(st, movable, min(deadline, time.perf_counter() + time_limit / 6)):
             if closest is None or st.excess < closest.excess:
                 closest = st
             continue
@@ -440,7 +440,7 @@ def heuristic(p: Problem, *, seed: int = 0, time_limit: float = 10.0, refine: st
         consider(st)
     if best is None:
         assert closest is not None
-        st = State(p, _exact_fit(p, closest.srv, max(0.5, deadline - time.perf_counter())))
+        st = State(p, _settle(p, closest.srv, max(0.5, deadline - time.perf_counter())))
         refiner(st, movable, deadline)
         consider(st)
     assert best is not None
@@ -699,26 +699,39 @@ def _crossing_by_nf(p: Problem, on: set[int], s: int) -> str:
     return ", ".join(f"{a}-{b} {rate(x)}" for (a, b), x in top)
 
 
-def _no_fit(p: Problem, closest: list[int], time_limit: float, proven: bool, why: str = "") -> Infeasible:
+def _floor_error(p: Problem, s: int, floor: float, on: set[int] | None) -> Infeasible:
+    least = f" (where the least crosses: {_crossing_by_nf(p, on, s)})" if on is not None else ""
+    return Infeasible(p.file, p.nic_lines[s],
+                      f"NIC of server {p.servers[s]}: at least {rate(floor)} must cross it in any placement that "
+                      f"fits the servers' cores, it has {rate(p.nic[s])}{least}",
+                      resource="nic", server=p.servers[s], needed=floor, available=p.nic[s])
+
+
+def _by_excess(p: Problem, srv: list[int]) -> list[int]:
+    """The servers with a NIC limit, the most overloaded under ``srv`` (relatively) first."""
+    use = p.nic_use(srv)
+    finite = [s for s in range(p.m) if math.isfinite(p.nic[s])]
+    return sorted(finite, key=lambda s: -(use[s] - p.nic[s]) / max(p.nic[s], 1.0))
+
+
+def _no_fit(p: Problem, closest: list[int], time_limit: float, proven: bool, why: str = "",
+            floors: Mapping[int, float] | None = None) -> Infeasible:
     """The error for a problem where no placement fits the NICs (cores do: :meth:`Problem.check_room`).
     A server whose NIC floor (:func:`_nic_floor`) exceeds its limit is named with that proof;
-    otherwise the most overloaded NIC of the least-excess placement ``closest``."""
+    otherwise the most overloaded NIC of the least-excess placement ``closest``. ``floors``: the
+    servers whose floor is known already (below their limit)."""
     use = p.nic_use(closest)
-    finite = [s for s in range(p.m) if math.isfinite(p.nic[s])]
-    # the servers most overloaded in the closest placement first: the likeliest to bind alone
-    finite.sort(key=lambda s: -(use[s] - p.nic[s]) / max(p.nic[s], 1.0))
+    finite = _by_excess(p, closest)
     t_end = time.perf_counter() + time_limit
     for s in finite:
         left = t_end - time.perf_counter()
         if left <= 0:
             break
+        if floors is not None and s in floors:
+            continue
         floor, on = _nic_floor(p, s, min(left, max(0.5, time_limit / 2)))
         if floor > p.nic[s] * (1 + 1e-6):
-            least = f" (where the least crosses: {_crossing_by_nf(p, on, s)})" if on is not None else ""
-            return Infeasible(p.file, p.nic_lines[s],
-                              f"NIC of server {p.servers[s]}: at least {rate(floor)} must cross it in any placement "
-                              f"that fits the servers' cores, it has {rate(p.nic[s])}{least}",
-                              resource="nic", server=p.servers[s], needed=floor, available=p.nic[s])
+            return _floor_error(p, s, floor, on)
     s = max(finite, key=lambda k: use[k] - p.nic[k] * (1 + 1e-9))
     if proven:
         reason = (f"NIC of server {p.servers[s]}: no placement fits every server's NIC (proven by the exact model); "
@@ -731,32 +744,59 @@ def _no_fit(p: Problem, closest: list[int], time_limit: float, proven: bool, why
                       available=p.nic[s], proven=proven)
 
 
-def _exact_fit(p: Problem, closest: list[int], time_limit: float) -> list[int]:
-    """A placement that fits cores and NICs, from the exact model, when the FM repair found none;
-    raises :class:`Infeasible` when there is none (or none was found in time)."""
+def _settle(p: Problem, closest: list[int], time_limit: float) -> list[int]:
+    """A placement that fits cores and NICs when FM repair from the usual starts found none, or
+    :class:`Infeasible`. For each overloaded server (most overloaded first), the two-way floor
+    model either proves its NIC cannot fit, or says which instances to keep on it so that the
+    least crosses: packing the rest around those and repairing is a start that usually fits.
+    Then the exact model (when small enough) decides."""
+    t_end = time.perf_counter() + time_limit
+    movable = p.movable()
+    use = p.nic_use(closest)
+    floors: dict[int, float] = {}
+    best, best_excess = closest, sum(max(0.0, use[s] - p.nic[s]) for s in range(p.m))
+    for s in _by_excess(p, closest):
+        left = t_end - time.perf_counter()
+        if use[s] <= p.nic[s] * (1 + 1e-9) or left <= 0:
+            break
+        floor, on = _nic_floor(p, s, max(0.2, left / 3))
+        floors[s] = floor
+        if floor > p.nic[s] * (1 + 1e-6):
+            raise _floor_error(p, s, floor, on)
+        if on is None:
+            continue
+        srv = _initial(p)
+        for i in on:
+            srv[i] = s
+        st = State(p, _greedy_pack(p, srv, [i for i in p.order if srv[i] < 0]))
+        if repair(st, movable, time.perf_counter() + max(0.2, (t_end - time.perf_counter()) / 3)):
+            return st.srv
+        if st.excess < best_excess:
+            best, best_excess = st.srv, st.excess
+    left = max(0.5, t_end - time.perf_counter())
     nvars = _milp_vars(p)
     if nvars > MILP_MAX_VARS:
-        raise _no_fit(p, closest, time_limit, proven=False,
+        raise _no_fit(p, best, left, proven=False, floors=floors,
                       why=f"the exact model would have {nvars:,} variables, more than the {MILP_MAX_VARS:,} it is "
                           "built for")
     t0 = time.perf_counter()
-    srv, status = _milp_solve(p, time_limit)
+    srv, status = _milp_solve(p, left)
     if srv is not None:
         return srv
-    raise _no_fit(p, closest, max(0.5, time_limit - (time.perf_counter() - t0)), proven=status == "infeasible")
+    raise _no_fit(p, best, max(0.5, left - (time.perf_counter() - t0)), proven=status == "infeasible", floors=floors)
 
 
 def _fit(p: Problem, srv: list[int], time_limit: float) -> list[int]:
-    """``srv`` if its NICs fit; else repaired by FM passes, or the exact model's, or :class:`Infeasible`."""
+    """``srv`` if its NICs fit; else repaired by FM passes, or :func:`_settle`'s."""
     if not p.nic_limited:
         return srv
     st = State(p, srv)
     if st.excess <= 0:
         return srv
     t0 = time.perf_counter()
-    if repair(st, p.movable(), t0 + time_limit):
+    if repair(st, p.movable(), t0 + time_limit / 3):
         return st.srv
-    return _exact_fit(p, st.srv, max(0.5, time_limit - (time.perf_counter() - t0)))
+    return _settle(p, st.srv, max(0.5, time_limit - (time.perf_counter() - t0)))
 
 
 # --- the entry points -------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ NIC_TOL = 1e-9
 SWAP_SCAN = 64
 #: Swaps are tried towards this many of the full servers an instance is most drawn to.
 SWAP_TARGETS = 99
+ROOMIEST = True
 
 
 class State:
@@ -233,7 +234,7 @@ class _Pass:
             g_move = w - here
             if st.fits(i, t):
                 na, nt = st.nic_after_move(i, t)
-                if st.nic_ok(a, na, t, nt):
+                if repair or st.nic_ok(a, na, t, nt):
                     g = (st.excess_gain(a, na, t, nt) if repair else 0.0, g_move)
                     if g > best[0]:
                         best = (g, t, -1)
@@ -243,7 +244,21 @@ class _Pass:
             full.sort(reverse=True)
             for g_move, t in full[:SWAP_TARGETS]:
                 best = self._best_swap(i, a, t, g_move, best)
+        # and the server with the most free cores, when i exchanges nothing with it: a move that
+        # opens an empty server or frees a core where it is scarce
+        t = self.roomiest
+        if ROOMIEST and t != a and t not in ci and st.fits(i, t):
+            na, nt = st.nic_after_move(i, t)
+            if repair or st.nic_ok(a, na, t, nt):
+                g = (st.excess_gain(a, na, t, nt) if repair else 0.0, -here)
+                if g > best[0]:
+                    best = (g, t, -1)
         return best
+
+    def find_roomiest(self) -> None:
+        st = self.st
+        cap, load = st.p.capacity, st.load
+        self.roomiest = max(range(st.p.m), key=lambda s: cap[s] - load[s])
 
     def _best_swap(self, i: int, a: int, t: int, g_move: float, best: tuple[Gain, int, int]) -> tuple[Gain, int, int]:
         """``best`` or a better swap of i (on a) with an instance on t."""
@@ -280,11 +295,10 @@ class _Pass:
                 best = ((0.0, gs), t, v)
             else:
                 na, nt = st.nic_after_swap(i, v)
-                if st.nic_ok(a, na, t, nt):
-                    g = (st.excess_gain(a, na, t, nt), gs)
-                    if g > (b0, b1):
-                        b0, b1 = g
-                        best = (g, t, v)
+                g = (st.excess_gain(a, na, t, nt), gs)
+                if g > (b0, b1):
+                    b0, b1 = g
+                    best = (g, t, v)
         return best
 
     def unfree(self, i: int, s: int) -> None:
@@ -304,6 +318,7 @@ class _Pass:
         start = (st.excess, st.cut)
         best_val, best_len = start, 0
         heap, locked, ver, adj = self.heap, self.locked, self.ver, st.p.adj
+        self.find_roomiest()
         steps = 0
         while heap:
             _e, _c, i, v0 = heapq.heappop(heap)
@@ -331,6 +346,7 @@ class _Pass:
                 self.unfree(v, t)
                 log.append((v, t))
                 moved.append(v)
+            self.find_roomiest()
             ex, cut = st.excess, st.cut
             if ex < best_val[0] - 1e-3 or (ex <= best_val[0] + 1e-3 and cut < best_val[1] - self.tol):
                 best_val, best_len = (ex, cut), len(log)
