@@ -22,7 +22,8 @@ from e2actors.cli import main
 from e2actors.errors import PlacementError
 from e2actors.manager.hardware import Hardware, Server
 from e2actors.manager.instances import InstanceGraph
-from e2actors.manager.placement import SOLVERS, Infeasible, Problem, heuristic, place, register_solver
+from e2actors.manager.placement import (SOLVERS, Infeasible, Problem, heuristic, place, place_incremental,
+                                         register_solver)
 from e2actors.manager.plan import make_plan
 from e2actors.manager.policy import Policy
 from e2actors.manager.refine import State, fm_refine, improve_only
@@ -355,3 +356,28 @@ def test_problem_locations_come_from_the_hardware_file():
     assert yaml.safe_load(NIC_HW)["servers"][1]["nic"] == "10Gbit"
     assert re.search(r"PlacementError", " ".join(c.__name__ for c in Infeasible.__mro__))
     assert issubclass(Infeasible, PlacementError)
+
+
+# --- incremental placement (scaling out) ----------------------------------------------------------
+def test_incremental_placement_keeps_nics_within_limits():
+    policy = Policy.from_yaml(NIC_POLICY, "nic.yaml", check_classes=False, check_conditions=False)
+    g = InstanceGraph.build(policy, size(policy), {"chatfw": [1, 2, 3], "vcache": [1, 2, 3, 4]},
+                            pinned={"in": "s1", "out": "s1"})
+    running = {"chatfw#2": "s1", "chatfw#3": "s1", "vcache#1": "s1", "vcache#3": "s1",
+               "chatfw#1": "s2", "vcache#2": "s2"}
+
+    def hw(s2_nic: str, s3_nic: str) -> Hardware:
+        return Hardware.from_yaml("servers:\n  - {name: s1, cores: 4, nic: 10Gbit}\n"
+                                  f"  - {{name: s2, cores: 4, nic: {s2_nic}}}\n"
+                                  f"  - {{name: s3, cores: 4, nic: {s3_nic}}}\nports: {{in: s1, out: s1}}\n", "hw3.yaml")
+
+    # vcache#4 exchanges nothing with s2 or s3; s2 is the fuller, but there its NIC would carry
+    # 0.8 + 2 x 4.2 = 9.2 Gbit/s (> 6.5): it goes to s3 (4.2 Gbit/s), and s1 carries 9.2 of its 10
+    pl = place_incremental(g, hw("6.5Gbit", "10Gbit"), running, ["vcache#4"])
+    assert pl.assignment["vcache#4"] == "s3" and pl.feasible
+    assert all(pl.assignment[i] == s for i, s in running.items())
+    assert place_incremental(g, hw("10Gbit", "10Gbit"), running, ["vcache#4"]).assignment["vcache#4"] == "s2"
+    # no room in any NIC: placed where the excess is least, reported, nothing moved
+    pl = place_incremental(g, hw("6.5Gbit", "4Gbit"), running, ["vcache#4"])
+    assert pl.assignment["vcache#4"] == "s3" and not pl.feasible
+    assert pl.violations == ["s3: NIC 4.2 Gbit/s of 4 Gbit/s"]

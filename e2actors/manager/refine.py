@@ -8,18 +8,26 @@ NIC excess, all updated in O(degree) per move: gains are read, never recomputed.
 :func:`fm_refine` is Kernighan-Lin / Fiduccia-Mattheyses (k-way): in a pass every movable instance
 moves at most once and is then locked; each step takes the best operation left, a move to a server
 the instance exchanges traffic with or, when that server has no room, a swap with an instance
-there, even when it makes the cut worse (a tentative move); at the end the pass keeps the best
-prefix of its steps and undoes the rest. Passes repeat while one improves. That is what lets a
-group of instances cross together where every single move or swap costs something: a plain
-descent stops there. Candidates sit in a heap keyed by their gain, updated when a neighbour
-moves (lazily: a popped entry is re-evaluated exactly and pushed back when it is no longer the
-best), so a pass costs O(moves x degree x log n). Every tentative step respects cores and NIC: a
-step may not overfill a server's cores nor push a NIC past its limit (or, for a NIC already past
-it, further past).
+there, or a move to the server with the most free cores, even when it makes the cut worse (a
+tentative move); at the end the pass keeps the best prefix of its steps and undoes the rest.
+Passes repeat while one improves. That is what lets a group of instances cross together where
+every single move or swap costs something: a plain descent stops there. :func:`fm_refine` runs
+the plain descent first (cheap; in DAG order it settles chains well) and the passes from its
+local minimum. Every tentative step respects cores and NICs: a step may not overfill a server's
+cores nor push a NIC past its limit.
 
-The same pass repairs a placement whose NICs are overloaded: with ``repair=True`` it minimizes
-(NIC excess, cut) lexicographically. :func:`improve_only` is the plain descent (moves and swaps
-taken only while they shrink the cut), kept to compare against.
+Candidates sit in a heap keyed by an optimistic gain (the best move ignoring room), updated when
+a neighbour moves; a popped entry is evaluated exactly (room, NICs, swaps) and pushed back when it
+is no longer the best (lazy evaluation), so a pass costs O(steps x degree x log n). One NF's
+instances are twins (the same traffic to the same neighbours: the balancer spreads evenly), so a
+swap looks for a partner among the twin classes on the target server, one instance standing for
+its class: a step costs O(classes there), not O(instances there).
+
+The same pass repairs a placement whose NICs are overloaded: :func:`repair` minimizes (NIC excess,
+cut) lexicographically; its steps respect cores, and the excess is what they lower (a step may
+shift excess between servers; the pass keeps the prefix with the least). :func:`improve_only` is
+the plain descent alone (moves and swaps taken only while they shrink the cut), kept to measure
+FM against.
 """
 
 from __future__ import annotations
@@ -41,9 +49,6 @@ EPS = 1e-9
 NIC_TOL = 1e-9
 #: A swap looks at most at this many twin classes on the target server (keeps a step bounded).
 SWAP_SCAN = 64
-#: Swaps are tried towards this many of the full servers an instance is most drawn to.
-SWAP_TARGETS = 99
-ROOMIEST = True
 
 
 class State:
@@ -218,9 +223,8 @@ class _Pass:
 
     def best_op(self, i: int) -> tuple[Gain, int, int]:
         """The best step for i that respects cores and NICs now: ``(gain, target, swap partner or -1)``.
-        Moves go to servers i exchanges traffic with; where such a server has no room, a swap
-        with an instance there (evaluated for the servers i is most drawn to: a swap's gain is
-        mostly its move's)."""
+        Moves go to servers i exchanges traffic with; where such a server has no room (or its NIC
+        none), a swap with an instance there; or to the server with the most free cores."""
         st = self.st
         a = st.srv[i]
         ci = st.conn[i]
@@ -240,14 +244,12 @@ class _Pass:
                         best = (g, t, -1)
                     continue
             full.append((g_move, t))
-        if full:
-            full.sort(reverse=True)
-            for g_move, t in full[:SWAP_TARGETS]:
-                best = self._best_swap(i, a, t, g_move, best)
+        for g_move, t in full:
+            best = self._best_swap(i, a, t, g_move, best)
         # and the server with the most free cores, when i exchanges nothing with it: a move that
         # opens an empty server or frees a core where it is scarce
         t = self.roomiest
-        if ROOMIEST and t != a and t not in ci and st.fits(i, t):
+        if t != a and t not in ci and st.fits(i, t):
             na, nt = st.nic_after_move(i, t)
             if repair or st.nic_ok(a, na, t, nt):
                 g = (st.excess_gain(a, na, t, nt) if repair else 0.0, -here)
@@ -256,6 +258,7 @@ class _Pass:
         return best
 
     def find_roomiest(self) -> None:
+        """The server with the most free cores (after every step: O(servers))."""
         st = self.st
         cap, load = st.p.capacity, st.load
         self.roomiest = max(range(st.p.m), key=lambda s: cap[s] - load[s])
