@@ -343,7 +343,7 @@ def _no_core(p: Problem, i: int) -> Infeasible:
                       resource="cores", server=None, needed=need, available=sum(p.capacity))
 
 
-def _greedy_pack(p: Problem, srv: list[int], todo: Iterable[int], rng: _random.Random | None = None) -> list[int]:
+def _greedy_pack(p: Problem, srv: list[int], todo: Iterable[int]) -> list[int]:
     """Place each instance of ``todo`` (in order) on a server with a free core where its edges to
     the instances placed so far fit the NICs (else: where they overflow least), choosing the one
     it exchanges most traffic with (ties: the fullest server that fits, to pack; then the lowest
@@ -356,9 +356,7 @@ def _greedy_pack(p: Problem, srv: list[int], todo: Iterable[int], rng: _random.R
         for s in range(p.m):
             if not pk.fits(i, s):
                 continue
-            k: tuple = (-round(over[s], 3), ci.get(s, 0.0), pk.load[s] if p.cores[i] else 0, -s)
-            if rng is not None:
-                k = (k[0], k[1], rng.random())
+            k = (-round(over[s], 3), ci.get(s, 0.0), pk.load[s] if p.cores[i] else 0, -s)
             if key is None or k > key:
                 best, key = s, k
         if best < 0:
