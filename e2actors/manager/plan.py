@@ -164,14 +164,14 @@ class Plan:
         if self.solvers:
             lines.append("")
             lines.append(f"{'solver':<10}  {'feasible':>8}  {'crossing pps':>14}  {'seconds':>9}  optimal")
-            for name, r in sorted(self.solvers.items(), key=lambda kv: kv[1]["rank"]):
+            for name, r in sorted(self.solvers.items(), key=lambda kv: kv[1].get("rank", 0)):
                 opt = {True: "yes", False: "no", None: "-"}[r.get("optimal")]
                 cost = f"{r['inter_server_pps']:>14,.0f}" if r["feasible"] else f"{'-':>14}"
-                kept = "  (kept)" if r["rank"] == 1 else ""
+                kept = "  (kept)" if r.get("rank") == 1 else ""
                 lines.append(f"{name:<10}  {'yes' if r['feasible'] else 'no':>8}  {cost}  {r['seconds']:>9.4f}  {opt}{kept}")
             for name, r in self.solvers.items():
                 if not r["feasible"]:
-                    lines.append(f"{name}: {r['error']}")
+                    lines.append(f"{name}: {r.get('error', 'its placement does not fit')}")
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
@@ -224,7 +224,9 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
     load; ``fractions`` (e.g. from profiling) override edge fractions; ``solver`` is a name from
     :data:`~e2actors.manager.placement.SOLVERS` or ``all`` (every solver is run and compared; the
     plan keeps the cheapest feasible placement). Raises :class:`PolicyError` when the hardware
-    cannot carry the load even at full use, :class:`PlacementError` when it cannot be placed."""
+    cannot carry the load even at full use, :class:`PlacementError` when it cannot be placed
+    (:class:`~e2actors.manager.placement.Infeasible` when no placement fits the cores or a NIC:
+    it names the hardware entry that binds)."""
     if hardware is None:
         hardware = Hardware.single()
     if load is not None:
