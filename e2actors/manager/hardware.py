@@ -47,6 +47,10 @@ class Server:
     nic_bps: float = math.inf
     address: str | None = None
     line: int = field(default=0, compare=False)
+    #: Lines of the ``cores`` and ``nic`` values in the file (0: not from a file, or not given):
+    #: placement errors name the entry that binds.
+    cores_line: int = field(default=0, compare=False)
+    nic_line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Hardware:
         #: Servers that each hold every external port and a shard of the flows (one switch per
         #: core, see :mod:`e2actors.manager.shards`); empty: the ports are where ``ports`` says.
         self.shards: tuple[str, ...] = ()
+        #: Line of the file's ``servers`` list (0 when not from a file): where a shortage of cores points.
+        self.servers_line = 0
 
     @classmethod
     def single(cls, cores: int = 1 << 30, name: str = "local") -> Hardware:
@@ -135,7 +141,8 @@ class Hardware:
             addr = d.get("address")
             if addr is not None and (not isinstance(addr, str) or ":" not in addr):
                 raise PolicyError(file, line(d, "address"), f"server {name}: address is host:port")
-            servers.append(Server(name, cores, nic, addr, ln))
+            servers.append(Server(name, cores, nic, addr, ln, line(d, "cores") or ln,
+                                  line(d, "nic") or ln if d.get("nic") is not None else 0))
         names = {s.name for s in servers}
         ports: dict[str, PortPlace] = {}
         pd = data.get("ports") or {}
@@ -154,7 +161,10 @@ class Hardware:
                                   f"port {pname}: unknown server {v['server']!r} (servers: {', '.join(names)})")
             params = {k: plain(x) for k, x in v.items() if k not in _PORT_KEYS}
             ports[pname] = PortPlace(pname, v["server"], str(v.get("kind", "memory")), params)
-        return cls(servers, ports, file)
+        hw = cls(servers, ports, file)
+        key = getattr(data, "key_locs", {}).get("servers")
+        hw.servers_line = key.line if key is not None else line(data, "servers")
+        return hw
 
     # --- views -----------------------------------------------------------------------------------
     @property

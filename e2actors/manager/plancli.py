@@ -3,8 +3,11 @@
 Prints the sizing (instances per NF), which server runs what, per-server core use and the traffic
 crossing servers against the total; ``--json`` prints one JSON object instead (keys ``sizing``,
 ``placement``, ``servers``, ``instance_edges``, ``inter_server_pps``, ``total_pps``, and ``solvers``
-with ``--solver all``); ``--dot``/``--png`` draw the instance graph with servers as clusters.
-Exit status 0, or 2 with the reason on stderr (``FILE:LINE: reason`` for a bad policy).
+with ``--solver all``: each solver's cost, time, feasibility and rank); ``--dot``/``--png`` draw
+the instance graph with servers as clusters. Exit status 0, or 2 with the reason on stderr:
+``FILE:LINE: reason`` for a bad policy or hardware file, and for a placement that cannot fit
+(the hardware entry that binds: ``hw.yaml:3: NIC of server s1: at least 11.2 Gbit/s must cross
+it ..., it has 10 Gbit/s``), whichever solver ran.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default="heuristic", help=f"placement solver: {', '.join(SOLVERS)}, or all "
                                                           "(compare them; default heuristic)")
     p.add_argument("--utilization", type=float, default=0.8, help="target utilization for sizing (default 0.8)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds a solver may take (milp)")
+    p.add_argument("--time-limit", type=float, default=10.0,
+                   help="seconds a solver may take (milp; also the search for a placement within the NICs, "
+                        "or the proof that none exists)")
     p.add_argument("--seed", type=int, default=0, help="seed for randomized solvers")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--dot", metavar="FILE", help="write the instance graph as Graphviz DOT")
