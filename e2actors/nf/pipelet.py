@@ -32,6 +32,7 @@ data directory, checked again). See :mod:`e2actors.runtime.confine`.
 from __future__ import annotations
 
 import collections
+import inspect
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
@@ -90,6 +91,15 @@ class Pipelet:
     #: of paths): ``{"pcap": "write", "rules": "read"}``. A node that confines NFs refuses to
     #: deploy an instance whose paths leave its data directory (:meth:`check_config`).
     config_paths: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        # The runner awaits these: a plain ``def`` would fail on the first packet, far from here.
+        for hook in ("setup", "process", "flush", "teardown"):
+            fn = cls.__dict__.get(hook)
+            if fn is not None and not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"{cls.__module__}.{cls.__qualname__}.{hook} must be 'async def {hook}(...)' "
+                                "(the runner awaits it)")
 
     def __init__(self) -> None:
         self.config: dict[str, Any] = {}
