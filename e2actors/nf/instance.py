@@ -71,6 +71,8 @@ class NFInstance(Actor):
             self.instance = self.name
         p = cls()
         p.name = self.instance
+        self._woken = False
+        p._waker = self._wake
         self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
         await self.runner.start(self.nf_config)
         self._last = (time.monotonic(), 0, 0, 0.0)
@@ -115,6 +117,7 @@ class NFInstance(Actor):
                 self.send(to, StreamVerdicts(self.instance, msg.seq, answers))  # type: ignore[arg-type]
             return None
         if msg is _TIMER or msg == _TIMER:
+            self._woken = False
             out = await self.runner.tick()
             if any(out.values()) or self.runner.has_finished:
                 self._send(-1, out)
@@ -130,6 +133,13 @@ class NFInstance(Actor):
         if isinstance(msg, GetStats):
             return self.stats()
         return None
+
+    def _wake(self) -> None:
+        """The pipelet emitted from its own I/O: a timer tick now collects it (one pending at most,
+        so the mailbox bound holds without dropping it)."""
+        if not self._woken:
+            self._woken = True
+            self._cell.mailbox.put_always(_TIMER)
 
     def _send(self, seq: int, out: dict, error: str = "", lost: int = 0) -> None:
         if self.output is None:
