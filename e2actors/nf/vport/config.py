@@ -14,7 +14,9 @@ network namespace of its own, joined to the switch by veth pairs. Its config (th
     ready: {log: "Engine started", timeout: 60}   # or {command: ...}, {file: ...}, {probe: true}
     unreturned: unsafe           # packets the program never sent back: drop | consume | a port
     return_timeout: 0.5          # seconds before a packet counts as not sent back
-    window: 2048                 # packets inside the program at most (backpressure past it)
+    window: 1024                 # packets inside the program at most (backpressure past it)
+    ordered: true                # a packet for the other interface waits until the previous
+    order_wait: 0.005            #   ones came back (at most order_wait seconds; see below)
     eve: eve.json                # Suricata EVE JSON in {dir}: alerts become counters alert:SID
     health: {command: "...", interval: 2}    # optional: a periodic check; failing = a crash
 
@@ -24,6 +26,12 @@ Interface keys: ``side`` (``client``: packets of a flow's client side are writte
 ``meta`` (metadata set on *new* frames the program sends out of it: a proxy's replies towards the
 clients of a bump in the wire need ``{reverse: in}``). ``{dir}``, ``{ns}`` and ``{instance}`` in
 commands and copied text files become the instance's directory, namespace and name.
+
+``ordered``: on a wire, a server's answer cannot overtake the request it answers; through two
+interfaces into a program with a capture thread per interface (Suricata), it could. So before
+writing packets into the other interface than the previous ones, the NF waits until the
+previous ones came back out of the program (a kernel NF has already answered; a dropped packet
+never comes back: then it waits ``order_wait``). ``ordered: false`` writes at once.
 
 Every error is a :class:`VPortConfigError` naming the key at fault.
 """
@@ -45,7 +53,8 @@ __all__ = ["Iface", "ReadyCheck", "SIDES", "VPORT_CLASS", "VPORT_KEYS", "VPortCo
 VPORT_CLASS = "e2actors.nf.vport:VPort"
 #: Config keys of a vport NF (also the keys a ``kind: vport`` NF takes at its top level).
 VPORT_KEYS = frozenset({"command", "setup", "files", "interfaces", "ready", "unreturned", "return_timeout",
-                        "window", "eve", "health", "env", "data_dir", "ipv6", "mtu", "stop_timeout"})
+                        "window", "eve", "health", "env", "data_dir", "ipv6", "mtu", "stop_timeout", "ordered",
+                        "order_wait"})
 SIDES = ("client", "server", "both", "none")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 _READY_KINDS = ("log", "command", "file", "probe")
@@ -98,7 +107,9 @@ class VPortConfig:
     ready_timeout: float = 30.0
     unreturned: str = "drop"
     return_timeout: float = 0.5
-    window: int = 2048
+    window: int = 1024
+    ordered: bool = True
+    order_wait: float = 0.005
     eve: str | None = None
     health: tuple[str, ...] | None = None
     health_interval: float = 2.0
@@ -197,17 +208,21 @@ class VPortConfig:
         ipv6 = config.get("ipv6", False)
         if not isinstance(ipv6, bool):
             raise VPortConfigError("ipv6", "true or false")
+        ordered = config.get("ordered", True)
+        if not isinstance(ordered, bool):
+            raise VPortConfigError("ordered", "true or false")
         mtu = config.get("mtu", 1500)
         if isinstance(mtu, bool) or not isinstance(mtu, int) or not 68 <= mtu <= 65535:
             raise VPortConfigError("mtu", "an integer from 68 to 65535")
-        window = config.get("window", 2048)
+        window = config.get("window", 1024)
         if isinstance(window, bool) or not isinstance(window, int) or window < 1:
             raise VPortConfigError("window", "a positive integer (packets)")
         return cls(
             interfaces=ifaces, command=command, setup=setup, files=tuple(files_v), ready=ready,
             ready_timeout=ready_timeout, unreturned=unreturned,
             return_timeout=_positive(config.get("return_timeout", 0.5), "return_timeout"), window=window,
-            eve=eve, health=health, health_interval=interval,
+            eve=eve, health=health, health_interval=interval, ordered=ordered,
+            order_wait=_positive(config.get("order_wait", 0.005), "order_wait"),
             env=tuple((str(k), str(v)) for k, v in env.items()), data_dir=data_dir, ipv6=ipv6, mtu=mtu,
             stop_timeout=_positive(config.get("stop_timeout", 3.0), "stop_timeout"))
 

@@ -73,6 +73,11 @@ class InFlight:
         self.held -= 1
         return pkt
 
+    def waiting(self, pkt: Packet) -> bool:
+        """``pkt`` is still in flight."""
+        q = self._by_frame.get(frame_key(pkt.data))
+        return q is not None and any(x is pkt for x in q)
+
     def expire(self, before: float) -> list[Packet]:
         """Take out and return the packets written before ``before`` and never seen back, oldest first."""
         fifo = self._fifo

@@ -109,6 +109,7 @@ class VPort(Pipelet):
         self._ports: dict[str, Any] = {}
         self._inflight = InFlight()
         self._room = asyncio.Event()
+        self._back = asyncio.Event()
         self._failed: str | None = None
         self._running = False
         self._stopping = False
@@ -325,46 +326,77 @@ class VPort(Pipelet):
         limit = self._max_frame
         if any(len(p.data) > limit for p in pkts):
             pkts = self._drop_oversized(pkts)
+        t = time.monotonic()
+        add = inflight.add
         single = self._single
         if single is not None:
-            runs: list[tuple[Any, list[Packet]]] = [(single, pkts)]
+            for pkt in pkts:
+                add(pkt, t)  # (before the write: a kernel NF answers within the send)
+            self._write(single, pkts)
         else:
             # Runs of consecutive packets for the same interface, written in batch order: a kernel
             # NF handles each write before the next one, so it sees the packets in their order.
-            runs = []
             client, server = self._client, self._server
+            ordered = self.vc.ordered
             flows = self.flows
             now = self.now
-            cur = None
-            lst: list[Packet] = []
+            cur_port: Any = None
+            cur: list[Packet] = []
             for pkt in pkts:
                 key = pkt.flow_key
                 d = pkt.direction
-                cd = flows.touch(key, now)
-                if cd is None:
+                st = flows.touch(key, now)
+                if st is None:
                     # The flow's first packet here: it comes from the client, unless the switch says
                     # it entered on the return side of a bump in the wire.
                     m = pkt._meta
-                    cd = 1 - d if m and "reverse" in m else d
-                    flows.set(key, cd, now)
-                port = client if d == cd else server
-                if port is not cur:
-                    if lst:
-                        runs.append((cur, lst))
-                    cur, lst = port, []
-                lst.append(pkt)
-            if lst:
-                runs.append((cur, lst))
-        t = time.monotonic()
-        add = inflight.add
-        for pkt in pkts:  # (before the write: a kernel NF answers within the send)
-            add(pkt, t)
-        for port, lst in runs:
-            port.send(lst)
-        for port in self._ports.values():
-            while port.poll():
-                pass
+                    st = [1 - d if m and "reverse" in m else d, None, None, False]
+                    flows.set(key, st, now)
+                port = client if d == st[0] else server
+                if ordered and st[1] is not None and st[1] is not port and not st[3] and inflight.waiting(st[2]):
+                    # The other direction's latest packet of this flow is still inside the program:
+                    # this one must not overtake it.
+                    if cur:
+                        self._write(cur_port, cur)
+                        cur = []
+                    if not await self._until_back(st[2]):
+                        st[3] = True  # the program dropped it: no more waiting for this flow
+                if port is not cur_port:
+                    if cur:
+                        self._write(cur_port, cur)
+                        cur = []
+                    cur_port = port
+                add(pkt, t)
+                cur.append(pkt)
+                st[1] = port
+                st[2] = pkt
+            if cur:
+                self._write(cur_port, cur)
         await asyncio.sleep(0)  # what a program in user space answered already
+
+    def _write(self, port: Any, pkts: list[Packet]) -> None:
+        port.send(pkts)
+        # A kernel NF forwarded them within the send: read them now, so what comes back of a
+        # flow's two directions keeps the order it went in.
+        for back in self._ports.values():
+            while back.poll():
+                pass
+
+    async def _until_back(self, pkt: Packet) -> bool:
+        """Wait until ``pkt`` came back out of the program: False when ``order_wait`` passed first."""
+        inflight = self._inflight
+        deadline = time.monotonic() + self.vc.order_wait
+        self.counters["order_waits"] += 1
+        while inflight.waiting(pkt):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.counters["order_waits_expired"] += 1
+                return False
+            self._back.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._back.wait(), left)
+            self._check()
+        return True
 
     def _drop_oversized(self, pkts: list[Packet]) -> list[Packet]:
         """Frames the interfaces' MTU cannot carry are dropped here (the kernel would refuse them)."""
@@ -408,6 +440,7 @@ class VPort(Pipelet):
         if matched:
             c["frames_back"] += matched
             self._room.set()
+            self._back.set()
         if new:
             c["frames_new"] += new
         ignored = len(pkts) - matched - new
@@ -447,6 +480,15 @@ class VPort(Pipelet):
         for name, port in self._ports.items():
             for reason, n in port.drops.items():
                 self.counters[f"veth {name}: {reason}"] = n
+
+    def export_state(self) -> dict[str, Any]:
+        """Which side of each flow is its client, and the counters (what the program holds stays
+        with it: a new instance starts a new program)."""
+        return {"flows": [(k, v[0], t) for k, v, t in self.flows.export()], "counters": dict(self.counters)}
+
+    def import_state(self, data: dict[str, Any]) -> None:
+        self.flows.load([(k, [d, None, None, False], t) for k, d, t in data.get("flows", ())])
+        self.counters.update(data.get("counters", {}))
 
     def pending(self) -> int:
         return self._inflight.held
