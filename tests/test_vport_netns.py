@@ -238,3 +238,214 @@ async def test_nftables_passes_what_the_builtin_firewall_passes() -> None:
     assert denied > 50  # the trace has enough denied traffic to tell them apart
     assert res.drops == {"not returned by nft": denied}
     assert res.counters["frames_new"] == 0  # a bridge changes no byte: every packet kept its metadata
+
+
+# --- nginx, an L7 proxy, on real TCP connections through the switch's live ports ------------------------
+NGINX_CONF = """\
+user root;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log notice;
+events { worker_connections 64; }
+http {
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {
+        listen 198.18.30.1:80;
+        location / { proxy_pass http://198.18.31.2:8080; }
+    }
+}
+"""
+
+
+async def _run(*argv: str, timeout: float = 30) -> tuple[int, str]:
+    """A command run without blocking the event loop the deployment runs on."""
+    p = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(p.communicate(), timeout)
+    return p.returncode or 0, out.decode(errors="replace")
+
+
+async def test_nginx_proxies_curl_through_the_switch(tmp_path: Path) -> None:
+    """cli (198.18.30.2) --veth-- [switch: in | out] --veth-- srv (198.18.31.2:8080). The policy sends
+    everything through the proxy NF, whose namespace has 198.18.30.1 on its client-side interface
+    and 198.18.31.1 on its server side: curl talks to nginx, nginx to the server."""
+    nginx = need_tool("nginx")
+    need_tool("curl")
+    from netns import Lab, wait_port
+
+    (tmp_path / "nginx.conf").write_text(NGINX_CONF)
+    www = tmp_path / "www"
+    www.mkdir()
+    blob = os.urandom(300_000)
+    (www / "blob.bin").write_bytes(blob)
+    lab = Lab("e2p")
+    mgr = Manager(autoscale=False)
+    try:
+        cli, srv = lab.ns("cli"), lab.ns("srv")
+        xa, c0 = lab.veth("xa", "c0", None, cli)
+        xb, s0 = lab.veth("xb", "s0", None, srv)
+        lab.addr(cli, c0, "198.18.30.2/24")
+        lab.addr(srv, s0, "198.18.31.2/24")
+        server_log = open(tmp_path / "server.log", "wb")
+        lab.run(srv, [sys.executable, "-m", "http.server", "8080", "--bind", "198.18.31.2", "--directory", str(www)],
+                stdout=server_log, stderr=server_log)
+        wait_port(srv, "198.18.31.2", 8080)
+        config = {
+            "command": f"{nginx} -p {{dir}} -c {{dir}}/nginx.conf -g 'daemon off;'",
+            "setup": ["ip addr add 198.18.30.1/24 dev c", "ip addr add 198.18.31.1/24 dev s"],
+            "files": [str(tmp_path / "nginx.conf")],
+            # What nginx sends towards the clients is new packets: they go back out through `in`.
+            "interfaces": {"c": {"side": "client", "meta": {"reverse": "in"}}, "s": {"side": "server"}},
+            "ready": {"file": "nginx.pid", "timeout": 30},
+            "data_dir": str(tmp_path / "vport"), "mtu": 1500,
+        }
+        text = policy_yaml("proxy", config, ["{from: in, to: proxy}", "{from: proxy, to: out}"])
+        plan = mgr.plan(Policy.from_yaml(text, "proxy.yaml"))
+        await mgr.deploy(plan, Traffic(iface_in=xa, iface_out=xb, both_ways=True))
+        got = tmp_path / "got.bin"
+        for i in range(3):  # three real TCP connections, each proxied to the server
+            rc, out = await _run("ip", "netns", "exec", cli, "curl", "-sS", "--fail", "--max-time", "20",
+                                 "-o", str(got), "http://198.18.30.1/blob.bin")
+            assert rc == 0, f"curl through nginx failed: {out}"
+            assert hashlib.sha256(got.read_bytes()).digest() == hashlib.sha256(blob).digest()
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+        lab.close()
+    inst = s["instances"]["proxy#1"]
+    assert inst["in"] > 3 * len(blob) // 1500 and inst["out"] > 3 * len(blob) // 1500
+    assert inst["counters"]["frames_new"] == inst["out"]  # a proxy makes every packet anew
+    access = (tmp_path / "vport" / "proxy#1" / "access.log").read_text()
+    assert access.count('"GET /blob.bin HTTP/1.1" 200') == 3 and "198.18.30.2" in access
+    # The server saw nginx's connections (from the proxy's address), never the client's.
+    log = (tmp_path / "server.log").read_text()
+    assert log.count("198.18.31.1 - - ") == 3 and "198.18.30.2" not in log
+
+
+# --- scale-out, a killed program, refusals -----------------------------------------------------------------
+def spread_trace(flows: int = 80, every: float = 0.03, gap: float = 0.02) -> Trace:
+    """TCP connections starting every ``every`` seconds, ``gap`` seconds between their packets:
+    several flows open at any time, for a timed replay of a few seconds."""
+    out = Trace()
+    for k in range(flows):
+        one = Trace(t=out.t + k * every - gap, dt=gap)
+        tcp_conn(one, f"c{k}", f"198.18.4.{10 + k % 200}", f"198.19.4.{1 + k % 5}", 43000 + k, 80,
+                 http_request(f"/{k}"), http_response(b"o" * 600))
+        out.frames += one.frames
+        out.flows.update(one.flows)
+    return out
+
+
+def seen_flows(path: Path) -> set[tuple]:
+    return {p.flow_key for p in read_packets(str(path)) if p.proto == 6}
+
+
+def tcpdump_bridge(tmp_path: Path) -> dict:
+    """A bridge, and tcpdump on its client side as the program: what each instance saw is its pcap."""
+    return bridge(command="tcpdump -i in0 -n -U --immediate-mode -w {dir}/seen.pcap", ready=[{"log": "listening on"}, {"probe": True}],
+                  data_dir=str(tmp_path / "vport"))
+
+
+async def _until(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_scale_out_keeps_every_flow_on_one_instance(tmp_path: Path) -> None:
+    need_tool("tcpdump")
+    tr = spread_trace()
+    pcap = tr.write(str(tmp_path / "trace.pcap"))
+    text = policy_yaml("br", {**tcpdump_bridge(tmp_path), "affinity": "flow"},
+                       ["{from: in, to: br}", "{from: br, to: out}"])
+    mgr = Manager(autoscale=False)
+    try:
+        await mgr.deploy(mgr.plan(Policy.from_yaml(text)), Traffic(pcap=pcap, speed=1.0, out=str(tmp_path / "o.pcap")))
+
+        async def started() -> bool:
+            return (await mgr.stats())["instances"]["br#1"]["packets_in"] > 100
+        await _until(started, 20, "traffic through br#1")
+        await mgr.scale("br", 2)  # a new namespace, a new bridge and tcpdump; new flows go there too
+        assert len(e2v_namespaces()) == 2
+        assert await mgr.wait_done(timeout=60)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    one, two = (seen_flows(tmp_path / "vport" / f"br#{i}" / "seen.pcap") for i in (1, 2))
+    assert one and two, "both instances took flows"
+    assert not one & two, f"{len(one & two)} flows reached both instances"
+    assert one | two == set(tr.flows)
+    i1, i2 = s["instances"]["br#1"], s["instances"]["br#2"]
+    assert i1["in"] + i2["in"] == len(tr.frames) == i1["out"] + i2["out"]
+    assert s["packets_out"] == len(tr.frames) and s["lost"] == 0
+    assert [e["kind"] for e in s["scaling_events"]].count("scale-out") == 1
+
+
+async def test_killed_program_restarts_in_a_new_namespace(tmp_path: Path) -> None:
+    need_tool("tcpdump")
+    tr = spread_trace()
+    pcap = tr.write(str(tmp_path / "trace.pcap"))
+    text = policy_yaml("br", tcpdump_bridge(tmp_path), ["{from: in, to: br}", "{from: br, to: out}"])
+    mgr = Manager(autoscale=False)
+    try:
+        await mgr.deploy(mgr.plan(Policy.from_yaml(text)), Traffic(pcap=pcap, speed=1.0, out=str(tmp_path / "o.pcap")))
+
+        async def started() -> bool:
+            return (await mgr.stats())["instances"]["br#1"]["packets_in"] > 100
+        await _until(started, 20, "traffic through br#1")
+        (old,) = e2v_namespaces()
+        rc, pids = await _run("ip", "netns", "pids", old)
+        assert rc == 0 and pids.split()
+        for pid in pids.split():
+            os.kill(int(pid), 9)  # the program dies: the instance crashes, and is started again
+
+        async def replaced() -> bool:
+            now = e2v_namespaces()
+            return old not in now and len(now) == 1
+        await _until(replaced, 30, "a new namespace instead of the old one")
+        assert await mgr.wait_done(timeout=60)
+        st = await mgr.stats()
+        s = mgr.summary(st)
+    finally:
+        await mgr.stop()
+    assert st["instances"]["br#1"]["restarts"] == 1
+    before = seen_flows(tmp_path / "vport" / "br#1.prev" / "seen.pcap")
+    after = seen_flows(tmp_path / "vport" / "br#1" / "seen.pcap")
+    assert before and after, "the old and the new program both saw traffic"
+    assert after - before, "flows that started after the restart went through the new program"
+    # Every packet is accounted for: out, or lost with the program (the batch it failed on, and
+    # what it held), counted by the switch.
+    assert s["packets_out"] + sum(s["drops"].values()) == s["packets_in"] == len(tr.frames)
+    assert set(s["drops"]) <= {"switch: nf error in br", "switch: lost with failed instance br#1"}, s["drops"]
+    assert s["lost"] == 0
+
+
+async def test_refused_with_the_reason_when_a_program_is_missing() -> None:
+    with pytest.raises(VPortError, match=r"program 'e2-no-such-nf' \(command\) not found"):
+        await arun_pipelet(VPort, [], config={"command": "e2-no-such-nf --inline", "interfaces": ["in0", "out0"]})
+    with pytest.raises(VPortError, match=r"program 'e2-no-such-tool' \(setup\) not found"):
+        await arun_pipelet(VPort, [], config={"setup": ["e2-no-such-tool up"], "interfaces": ["in0", "out0"]})
+
+
+def test_refused_with_the_reason_when_not_root(tmp_path: Path) -> None:
+    setpriv = need_tool("setpriv")
+    code = ("import asyncio, sys\n"
+            "from e2actors.nf.vport import VPort\n"
+            "async def main():\n"
+            "    try:\n"
+            "        await VPort().setup({'command': 'cat', 'interfaces': ['in0', 'out0']})\n"
+            "    except Exception as exc:\n"
+            "        print(type(exc).__name__, exc)\n"
+            "asyncio.run(main())\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
+                       capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=60)
+    if r.returncode != 0 and ("Permission denied" in r.stderr or "No module named" in r.stderr):
+        pytest.skip(f"this Python cannot run as an unprivileged user here: {r.stderr.strip()[-200:]}")
+    assert r.stdout.startswith("VPortError vport NF VPort: needs root"), r.stdout + r.stderr

@@ -67,6 +67,24 @@ def _confinement(p: Pipelet) -> Any:
     return process_confinement()
 
 
+def _from_client(pkt: Packet) -> bool:
+    """Whether the first packet seen of a flow comes from its client. The switch says so in a bump
+    in the wire (``meta.reverse``: it entered on the servers' side); else a TCP SYN comes from the
+    client and a SYN-ACK from the server; else (a flow joined midstream, after a restart or a
+    scale-out) the side with the higher port is the client's, as services listen on low ports."""
+    m = pkt._meta
+    if m and "reverse" in m:
+        return False
+    if pkt.proto == 6 and pkt.l4_offset >= 0:
+        flags = pkt.tcp_flags
+        if flags & 0x02:  # SYN
+            return not flags & 0x10
+    sp, dp = pkt.sport, pkt.dport
+    if sp >= 0 and dp >= 0 and sp != dp:
+        return sp > dp
+    return True
+
+
 class VPort(Pipelet):
     """An existing program in a network namespace, wired by veth pairs (see the module docstring)."""
 
@@ -347,10 +365,7 @@ class VPort(Pipelet):
                 d = pkt.direction
                 st = flows.touch(key, now)
                 if st is None:
-                    # The flow's first packet here: it comes from the client, unless the switch says
-                    # it entered on the return side of a bump in the wire.
-                    m = pkt._meta
-                    st = [1 - d if m and "reverse" in m else d, None, None, False]
+                    st = [d if _from_client(pkt) else 1 - d, None, None, False]
                     flows.set(key, st, now)
                 port = client if d == st[0] else server
                 if ordered and st[1] is not None and st[1] is not port and not st[3] and inflight.waiting(st[2]):
