@@ -30,8 +30,9 @@ commands and copied text files become the instance's directory, namespace and na
 ``ordered``: on a wire, a server's answer cannot overtake the request it answers; through two
 interfaces into a program with a capture thread per interface (Suricata), it could. So before
 writing packets into the other interface than the previous ones, the NF waits until the
-previous ones came back out of the program (a kernel NF has already answered; a dropped packet
-never comes back: then it waits ``order_wait``). ``ordered: false`` writes at once.
+previous ones of the same flow came back out of the program (a dropped packet never comes back:
+then it waits ``order_wait``, once per flow). ``ordered: false`` writes at once; so does an NF
+without a ``command`` (only the kernel: it handles each write before the write returns).
 
 Every error is a :class:`VPortConfigError` naming the key at fault.
 """

@@ -67,18 +67,31 @@ def _confinement(p: Pipelet) -> Any:
     return process_confinement()
 
 
+_ICMP_ASK = frozenset((8, 13, 15, 17, 128, 130, 133, 135))  # (ICMP, then ICMPv6 types)
+_ICMP_ANSWER = frozenset((0, 14, 16, 18, 129, 131, 134, 136))
+
+
 def _from_client(pkt: Packet) -> bool:
     """Whether the first packet seen of a flow comes from its client. The switch says so in a bump
     in the wire (``meta.reverse``: it entered on the servers' side); else a TCP SYN comes from the
-    client and a SYN-ACK from the server; else (a flow joined midstream, after a restart or a
-    scale-out) the side with the higher port is the client's, as services listen on low ports."""
+    client and a SYN-ACK from the server, an ICMP request from the client and its reply from the
+    server; else (a flow joined midstream, after a restart or a scale-out) the side with the higher
+    port is the client's, as services listen on low ports."""
     m = pkt._meta
     if m and "reverse" in m:
         return False
-    if pkt.proto == 6 and pkt.l4_offset >= 0:
-        flags = pkt.tcp_flags
-        if flags & 0x02:  # SYN
-            return not flags & 0x10
+    proto = pkt.proto
+    if pkt.l4_offset >= 0:
+        if proto == 6:
+            flags = pkt.tcp_flags
+            if flags & 0x02:  # SYN
+                return not flags & 0x10
+        elif proto == 1 or proto == 58:
+            t = pkt.icmp_type  # requests (echo, timestamp, ...) from the client, replies from the server
+            if t in _ICMP_ASK:
+                return True
+            if t in _ICMP_ANSWER:
+                return False
     sp, dp = pkt.sport, pkt.dport
     if sp >= 0 and dp >= 0 and sp != dp:
         return sp > dp
@@ -128,11 +141,12 @@ class VPort(Pipelet):
         self._inflight = InFlight()
         self._room = asyncio.Event()
         self._back = asyncio.Event()
+        self._in_process = False
         self._failed: str | None = None
         self._running = False
         self._stopping = False
         self._probe: bytes | None = None
-        self._probe_seen = False
+        self._probe_seen = asyncio.Event()
         self._eve: EveTail | None = None
         #: Alerts read from the program's EVE log: (src_ip, src_port, dest_ip, dest_port, proto, sid, action).
         self.alert_log: collections.deque[tuple] = collections.deque(maxlen=10_000)
@@ -227,8 +241,8 @@ class VPort(Pipelet):
             return None
 
         assert self.sandbox is not None
-        frames = 2048
-        while frames < 2 * self.vc.window:
+        frames = 512  # (a window's worth in each ring: what the program holds, plus what it made)
+        while frames < self.vc.window:
             frames *= 2
         for i in self.vc.interfaces:
             port = AfPacketPort(i.name, self.sandbox.links[i.name], batch=256, ring_frames=frames)
@@ -311,16 +325,14 @@ class VPort(Pipelet):
                                               cwd=self.dir, env=self._env)
             return rc == 0
         # probe: a frame through the program and back
-        if self._probe_seen:
+        if self._probe_seen.is_set():
             return True
         if self._probe is None:
             self._probe = _PROBE_HEAD + os.urandom(8).hex().encode()
         self._client.send([Packet(self._probe, 0.0, "probe")])
-        for _ in range(4):
-            await asyncio.sleep(0.05)
-            if self._probe_seen:
-                return True
-        return False
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._probe_seen.wait(), 0.2)
+        return self._probe_seen.is_set()
 
     # --- packets ---------------------------------------------------------------------------------------
     async def process(self, batch: Batch) -> None:
@@ -328,6 +340,13 @@ class VPort(Pipelet):
         pkts = batch.packets
         if not pkts:
             return
+        self._in_process = True
+        try:
+            await self._process(pkts)
+        finally:
+            self._in_process = False
+
+    async def _process(self, pkts: list[Packet]) -> None:
         inflight = self._inflight
         window = self.vc.window
         while inflight.held and inflight.held + len(pkts) > window:
@@ -352,14 +371,18 @@ class VPort(Pipelet):
                 add(pkt, t)  # (before the write: a kernel NF answers within the send)
             self._write(single, pkts)
         else:
-            # Runs of consecutive packets for the same interface, written in batch order: a kernel
-            # NF handles each write before the next one, so it sees the packets in their order.
+            # Two lists, one per interface, each written in one go; only a flow's own order
+            # matters, so a packet whose flow has packets waiting in the other list sends that list
+            # first. A kernel NF handles each write within the send: it sees every flow's packets
+            # in their order, as does a program in user space, with ``ordered`` (see _until_back).
             client, server = self._client, self._server
-            ordered = self.vc.ordered
+            # (a kernel NF answered within the write: what is not back was dropped, no waiting)
+            ordered = self.vc.ordered and self.vc.command is not None
             flows = self.flows
             now = self.now
-            cur_port: Any = None
-            cur: list[Packet] = []
+            lists: dict[Any, list[Packet]] = {client: [], server: []}
+            pend: dict[Any, set] = {client: set(), server: set()}
+            other_of = {client: server, server: client}
             for pkt in pkts:
                 key = pkt.flow_key
                 d = pkt.direction
@@ -368,25 +391,24 @@ class VPort(Pipelet):
                     st = [d if _from_client(pkt) else 1 - d, None, None, False]
                     flows.set(key, st, now)
                 port = client if d == st[0] else server
-                if ordered and st[1] is not None and st[1] is not port and not st[3] and inflight.waiting(st[2]):
+                other = other_of[port]
+                if key in pend[other]:
+                    self._write(other, lists[other])
+                    lists[other] = []
+                    pend[other] = set()
+                if ordered and st[1] is other and not st[3] and inflight.waiting(st[2]):
                     # The other direction's latest packet of this flow is still inside the program:
                     # this one must not overtake it.
-                    if cur:
-                        self._write(cur_port, cur)
-                        cur = []
                     if not await self._until_back(st[2]):
                         st[3] = True  # the program dropped it: no more waiting for this flow
-                if port is not cur_port:
-                    if cur:
-                        self._write(cur_port, cur)
-                        cur = []
-                    cur_port = port
                 add(pkt, t)
-                cur.append(pkt)
+                lists[port].append(pkt)
+                pend[port].add(key)
                 st[1] = port
                 st[2] = pkt
-            if cur:
-                self._write(cur_port, cur)
+            for port, lst in lists.items():
+                if lst:
+                    self._write(port, lst)
         await asyncio.sleep(0)  # what a program in user space answered already
 
     def _write(self, port: Any, pkts: list[Packet]) -> None:
@@ -431,7 +453,7 @@ class VPort(Pipelet):
         """Frames the program sent out of interface ``name`` (the ports' reader callback)."""
         if not self._running:
             if self._probe is not None and any(p.data == self._probe for p in pkts):
-                self._probe_seen = True
+                self._probe_seen.set()
             self.counters["frames_before_ready"] += len(pkts)
             return
         port, meta = self._out_map[name]
@@ -461,8 +483,8 @@ class VPort(Pipelet):
         ignored = len(pkts) - matched - new
         if ignored and out is None:
             c["frames_ignored"] += ignored
-        if matched or new:
-            self.wake()
+        if (matched or new) and not self._in_process:
+            self.wake()  # (inside process() the runner collects them when it returns)
 
     def _consume(self, pkt: Packet) -> None:
         """The program is done with ``pkt`` without it leaving or being dropped: its credit goes back."""

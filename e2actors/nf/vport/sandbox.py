@@ -139,9 +139,10 @@ class Sandbox:
             for pid in await self.pids():
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
-            await run_cmd(["ip", "netns", "del", self.ns])
+            rc, _ = await run_cmd(["ip", "netns", "del", self.ns])
             self.created = False
-        # (deleting the namespace deleted the pairs; these are for a create that failed half-way)
+            if rc == 0:
+                return  # (the pairs go with the namespace: the kernel deletes them shortly after)
         await asyncio.gather(*(run_cmd(["ip", "link", "del", ours]) for ours in self.links.values()
                                if os.path.exists(f"/sys/class/net/{ours}")))
 
