@@ -21,7 +21,6 @@ import asyncio
 import collections
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -346,8 +345,8 @@ def seen_flows(path: Path) -> set[tuple]:
 
 def tcpdump_bridge(tmp_path: Path) -> dict:
     """A bridge, and tcpdump on its client side as the program: what each instance saw is its pcap."""
-    return bridge(command="tcpdump -i in0 -n -U --immediate-mode -w {dir}/seen.pcap", ready=[{"log": "listening on"}, {"probe": True}],
-                  data_dir=str(tmp_path / "vport"))
+    return bridge(command="tcpdump -i in0 -n -U --immediate-mode -w {dir}/seen.pcap",
+                  ready=[{"log": "listening on"}, {"probe": True}], data_dir=str(tmp_path / "vport"))
 
 
 async def _until(cond, timeout: float, what: str) -> None:
