@@ -230,6 +230,7 @@ def test_the_class_form_takes_its_ports_from_the_config() -> None:
     (("side: client, port: safe}", "side: left, port: safe}"), 8, "side 'left'"),
     (("    kind: vport\n", "    kind: docker\n"), 4, "unknown kind 'docker'"),
     (("    kind: vport\n", "    kind: vport\n    class: x:Y\n"), 5, "takes no 'class'"),
+    (("    kind: vport\n", "    kind: vport\n    inline: true\n"), 5, "takes no 'inline'"),
     (("    unreturned: unsafe\n", "    unreturned: unsafe\n    colour: red\n"), 11, "unknown key 'colour'"),
     (("    ready: {log: \"Engine started\"}\n", "    ready: {log: \"(\"}\n"), 11, "bad regular expression"),
     (("  - {from: ids.unsafe, to: log}", "  - {from: ids.alerts, to: log}"), 20, "alerts"),

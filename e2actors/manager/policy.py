@@ -469,6 +469,10 @@ class _Parser:
             if k in d:
                 raise self.err(_line(d, k), f"NF {name}: a kind: vport NF takes no {k!r} (its settings are "
                                             f"keys of the NF: {', '.join(sorted(VPORT_KEYS))})")
+        for k in ("inline", "input"):
+            if k in d:
+                raise self.err(_line(d, k), f"NF {name}: a kind: vport NF takes no {k!r} (its program runs in "
+                                            f"a namespace of its own and takes packets)")
         config = {k: plain(d[k]) for k in d if k in VPORT_KEYS}
         try:
             ports = VPortConfig.parse(config).ports

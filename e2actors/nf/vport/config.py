@@ -67,7 +67,7 @@ class VPortError(E2Error):
     readiness check, the program exited)."""
 
 
-class VPortConfigError(VPortError):
+class VPortConfigError(VPortError, ValueError):
     """A vport NF's config is wrong: ``key`` is the config key at fault, ``reason`` says why."""
 
     def __init__(self, key: str, reason: str) -> None:
