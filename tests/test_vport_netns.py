@@ -460,6 +460,26 @@ async def test_refused_with_the_reason_when_a_program_is_missing() -> None:
         await arun_pipelet(VPort, [], config={"setup": ["e2-no-such-tool up"], "interfaces": ["in0", "out0"]})
 
 
+async def test_failed_readiness_and_health_checks_say_why() -> None:
+    need_tool("sleep")
+    base = {"command": "sh -c 'echo starting up; exec sleep 60'", "interfaces": ["in0", "out0"]}
+    with pytest.raises(VPortError, match=r"not ready after 0.5 s \(log: 'never printed'\); its last output: "
+                                         r"starting up"):
+        await arun_pipelet(VPort, [], config={**base, "ready": {"log": "never printed", "timeout": 0.5}})
+    # A health check that fails makes the instance raise (the supervisor then restarts it).
+    nf = VPort()
+    runner = PipeletRunner(nf, clock="wall")
+    await runner.start({**base, "ready": {"log": "starting"}, "health": {"command": "test -e {dir}/ok",
+                                                                         "interval": 0.1}})
+    try:
+        with pytest.raises(VPortError, match=r"health check 'test -e .*/ok' failed \(exit 1\)"):
+            for _ in range(100):
+                await runner.tick()
+                await asyncio.sleep(0.05)
+    finally:
+        await runner.stop()
+
+
 def test_refused_with_the_reason_when_not_root(tmp_path: Path) -> None:
     setpriv = need_tool("setpriv")
     code = ("import asyncio, sys\n"
