@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -37,7 +38,10 @@ COMMAND_MODULES = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     _load_commands(only)
+    from e2actors._version import __version__
+
     parser = argparse.ArgumentParser(prog="e2actors", description="E2 network function virtualization on asyncio actors")
+    parser.add_argument("--version", action="version", version=f"e2actors {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_args, _run) in sorted(COMMANDS.items()):
         p = sub.add_parser(name, help=help_)
@@ -55,6 +59,11 @@ def _load_commands(only: str | None = None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Pipelet modules next to the user are found as with ``python -m e2actors`` (the console
+    # script does not put the current directory on the path by itself).
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     parser = build_parser(argv[0] if argv and not argv[0].startswith("-") else None)
     args = parser.parse_args(argv)
     _help, _add, run = COMMANDS[args.command]

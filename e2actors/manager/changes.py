@@ -220,14 +220,12 @@ def without_instances(plan: Plan, gone: set[str]) -> Plan:
 async def spawn_instance(mgr: Manager, inst: str, server: str, spec: NFSpec, base_dir: str = ".") -> ActorRef:
     """Start an actor for member ``inst`` of NF ``spec`` on ``server`` under a fresh actor name, and
     wait until it is ready (its ``setup`` ran). The manager watches it (Terminated -> recovery)."""
-    from e2actors.manager.manager import resolve_config  # (manager imports this module)
-
     assert mgr.node is not None
     mgr._gen += 1
     name = f"{inst}~{mgr._gen}"
     ref = await mgr._spawn_on(server, "e2actors.nf.instance:NFInstance", name,
-                              {"pipelet": spec.cls, "config": resolve_config(spec.config, base_dir), "nf": nf_of(inst),
-                               "output": mgr.servers[server].switch, "monitor": mgr.ref,
+                              {"pipelet": spec.cls, "config": mgr.config_for(server, spec.config, base_dir),
+                               "nf": nf_of(inst), "output": mgr.servers[server].switch, "monitor": mgr.ref,
                                "report_interval": mgr.report_interval, "instance": inst,
                                "clock": "replay" if mgr.clock == "packet" else "wall"})
     try:

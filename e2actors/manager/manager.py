@@ -25,6 +25,7 @@ import dataclasses
 import logging
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,7 @@ from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan, make_plan
 from e2actors.manager.policy import Policy
 from e2actors.manager.scaling import Autoscaler, ScalingPolicy
-from e2actors.nf.messages import GetStats, LoadReport
+from e2actors.nf.messages import FinalStats, GetStats, LoadReport
 from e2actors.runtime.actor import Actor
 from e2actors.runtime.messages import NodeLost, Spawn, StopActor, Terminated, Tick
 from e2actors.runtime.node import Node
@@ -104,6 +105,7 @@ class _Server:
     node_address: str
     switch: ActorRef | None = None
     proc: subprocess.Popen | None = None
+    remote: bool = False  # an agent named by address in the hardware file (not this run's own)
 
 
 class ManagerActor(Actor):
@@ -127,6 +129,8 @@ class ManagerActor(Actor):
             m._on_drained(msg)
         elif isinstance(msg, SwitchLoad):
             m._on_switch_load(msg)
+        elif isinstance(msg, FinalStats):
+            m._on_final_stats(msg)
         elif isinstance(msg, NodeLost):
             m._on_node_lost(msg)
         elif isinstance(msg, Terminated):
@@ -176,6 +180,7 @@ class Manager:
         self._final_instances: dict[str, dict[str, Any]] = {}
         self.started = False
         self.deployed = False
+        self._input_told = False
         # Keeping the deployment healthy (moves, updates, failures: changes.py, recovery.py)
         from e2actors.manager.recovery import Recovery
 
@@ -234,7 +239,7 @@ class Manager:
             if srv.address:
                 addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
                 await check_agent(self.node, name, addr, srv.cores)
-                self.servers[name] = _Server(name, addr)
+                self.servers[name] = _Server(name, addr, remote=True)
             elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
                 self.servers[name] = _Server(name, self.node.address)
             else:
@@ -249,7 +254,9 @@ class Manager:
         sock = f"unix://{self._tmp}/{name}.sock"
         cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
                "--name", name, "--cores", str(cores), "--exit-with-parent",
-               "--heartbeat-timeout", str(self.heartbeat_timeout)]
+               "--heartbeat-timeout", str(self.heartbeat_timeout),
+               # Workers are this run's own processes: confined no more than this one (docs/running.md).
+               "--unconfined", "--data-dir", os.getcwd()]
         for a in self.allow:
             cmd += ["--allow", a]
         env = dict(os.environ)
@@ -276,6 +283,11 @@ class Manager:
         hw.ports = {n: dataclasses.replace(p, kind=ports[n][0], params=ports[n][1]) if n in ports else p
                     for n, p in hw.ports.items()}
         self.plan_ = plan
+        # The modules the policy names are the user's own choice for this process and the workers
+        # it starts (agents keep their own allow-lists: a remote refusal says which option admits it).
+        mods = {spec.cls.partition(":")[0] for spec in plan.policy.nfs.values()}
+        self.allow = tuple(dict.fromkeys(self.allow + tuple(sorted(m for m in mods if m))))
+        self.node.allow_spawn = self.allow
         await self._start_servers(hw)
         for name, srv in self.servers.items():
             srv.switch = await self._spawn_on(name, "e2actors.switch.switch:Switch", f"switch-{name}",
@@ -303,10 +315,13 @@ class Manager:
         try:
             return await self.node.ask(self.node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
         except RemoteError as exc:
-            if "SpawnRefused" in str(exc):  # the agent's allow-list said no: say which server and class
+            if "SpawnRefused" in str(exc):  # the agent said no: say which server, and why
                 what = kwargs.get("pipelet", cls)
-                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
-                                   f"{str(exc).partition(': ')[2]} (start it with --allow MODULE to permit)") from None
+                why = str(exc).partition(": ")[2]
+                if "allow-list" in why:
+                    raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
+                                       f"{why} (start it with --allow MODULE to permit)") from None
+                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused {why}") from None
             raise
 
     async def _spawn_instance(self, inst: str, server: str) -> None:
@@ -319,8 +334,8 @@ class Manager:
             return
         sw = self.servers[server].switch
         ref = await self._spawn_on(server, "e2actors.nf.instance:NFInstance", inst,
-                                   {"pipelet": spec.cls, "config": self._config(spec.config), "nf": nf, "output": sw,
-                                    "monitor": self.ref, "report_interval": self.report_interval,
+                                   {"pipelet": spec.cls, "config": self.config_for(server, spec.config), "nf": nf,
+                                    "output": sw, "monitor": self.ref, "report_interval": self.report_interval,
                                     "clock": "replay" if self.clock == "packet" else "wall"})
         self.instances[inst] = ref
         self.states[inst] = "running"
@@ -338,8 +353,15 @@ class Manager:
 
         await asyncio.gather(*(ready(self.instances[i]) for i in insts if i in self.instances))
 
-    def _config(self, config: dict[str, Any]) -> dict[str, Any]:
-        return resolve_config(config, self.plan_.policy.base_dir if self.plan_ is not None else ".")
+    def config_for(self, server: str, config: dict[str, Any], base_dir: str | None = None) -> dict[str, Any]:
+        """An NF's config as sent to ``server``. In this process and to its workers, relative paths
+        that name files next to the policy become absolute (rules files). An agent named in the
+        hardware file gets them as written: it takes them from its own data directory."""
+        if self.servers.get(server) is not None and self.servers[server].remote:
+            return dict(config)
+        if base_dir is None:
+            base_dir = self.plan_.policy.base_dir if self.plan_ is not None else "."
+        return resolve_config(config, base_dir)
 
     def tables(self) -> dict[str, SwitchTable]:
         assert self.plan_ is not None
@@ -439,6 +461,10 @@ class Manager:
     def _on_report(self, r: LoadReport) -> None:
         self.autoscaler.report(r.nf, r.instance, r.busy, r.drops, time.monotonic())
         self._busy[r.instance] = (r.busy, time.monotonic())
+
+    def _on_final_stats(self, msg: FinalStats) -> None:
+        if self.plan_ is not None and msg.instance in self.plan_.assignment and isinstance(msg.stats, dict):
+            self._final_instances[msg.instance] = {**msg.stats, "server": self.plan_.assignment[msg.instance]}
 
     def _on_switch_load(self, msg: SwitchLoad) -> None:
         for inst, n in msg.congestion:
@@ -550,6 +576,20 @@ class Manager:
                     pass
         return out
 
+    def _tell_input_done(self) -> None:
+        """Every input is exhausted: tell the switches and instances, whose replay clocks then go
+        on with the wall clock (what waits on a timeout leaves now, not after their idle grace)."""
+        from e2actors.nf.messages import InputDone
+
+        self._input_told = True
+        node = self.node
+        assert node is not None
+        for ref in [*(s.switch for s in self.servers.values() if s.switch is not None), *self.instances.values()]:
+            try:
+                node.send(ref, InputDone())
+            except E2Error:
+                pass
+
     async def close_inputs(self, drain: float = 5.0) -> bool:
         """Stop reading input everywhere (the end of a live run, or a stop asked for) and wait up
         to ``drain`` seconds for what is in the deployment to leave; True when it all did."""
@@ -566,7 +606,7 @@ class Manager:
 
     def instance_counts(self) -> dict[str, int]:
         assert self.plan_ is not None
-        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining")
+        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) not in ("draining", "failed"))
                 for nf in self.plan_.policy.nfs}
 
     async def wait_done(self, timeout: float | None = None, poll: float = 0.1, on_poll=None) -> bool:
@@ -584,6 +624,8 @@ class Manager:
             queues = all(isinstance(i, dict) and i.get("queue", 0) == 0 and i.get("held", 0) == 0
                          for i in st["instances"].values())
             sig = _progress(st)
+            if done_input and not self._input_told:
+                self._tell_input_done()
             if done_input and idle and queues and sig == last:
                 quiet += 1
                 if quiet >= 3:
@@ -605,6 +647,8 @@ class Manager:
         ports: dict[str, Any] = {}
         remote = 0
         lost = 0
+        port_errors: list[dict[str, str]] = []
+        nf_errors: list[dict[str, Any]] = []
         hops: dict[str, list[int]] = {}
         t_first, t_last = [], []
         for server, s in st.get("switches", {}).items():
@@ -621,6 +665,8 @@ class Manager:
                         cur[k] += p[k]
                 if p["drops"]:
                     drops.update({f"port {pname}: {k}": v for k, v in p["drops"].items()})
+                if p.get("error"):
+                    port_errors.append({"where": f"port {pname} on {server}", "error": p["error"]})
             remote += sum(s.get("remote_tx", {}).values())
             cr = s.get("credits") or {}
             # Packets admitted and never finished (sent out, dropped, counted) when the run ended.
@@ -640,7 +686,8 @@ class Manager:
         instances: dict[str, Any] = {}
         verdicts: Counter = Counter()
         alerts: Counter = Counter()
-        for inst, i in {**self._final_instances, **st.get("instances", {})}.items():
+        live = {k: v for k, v in st.get("instances", {}).items() if isinstance(v, dict) and "packets_in" in v}
+        for inst, i in {**self._final_instances, **live}.items():
             if not isinstance(i, dict) or "packets_in" not in i:
                 continue
             server = plan.assignment.get(inst, i.get("server", "?")) if plan else "?"
@@ -649,9 +696,12 @@ class Manager:
                                "lost": i["lost"],
                                "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
                                "counters": dict(i.get("counters", {})),
+                               "state": self.states.get(inst, "retired" if i.get("retired") else "running"),
+                               "restarts": i.get("restarts", 0),
                                "busy_seconds": round(i["busy_seconds"], 4)}
             for reason, n in i.get("drops", {}).items():
                 drops[f"{nf_of(inst)}: {reason}"] += n
+            nf_errors.extend(i.get("error_list") or ())
             # (batches an instance's full mailbox refused are counted, in packets, by the switch
             # that sent them: "switch: queue full")
             for k, v in i.get("counters", {}).items():
@@ -684,7 +734,13 @@ class Manager:
             "verdicts": dict(verdicts),
             "alerts": dict(alerts),
             "scaling_events": [e.as_dict() for e in self.events],
-            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS],
+            # What went wrong: deployment events, failed ports and outputs, and each kind of exception
+            # an NF raised (with where in the pipelet's own code, and how often).
+            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS] + port_errors + nf_errors,
+            # Why the run failed (empty: it did not): the exit status of `e2actors run` follows it.
+            "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
+            + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]
+            + ([f"{lost:,} packets admitted and never accounted for"] if lost else []),
         }
 
     # --- stopping -------------------------------------------------------------------------------
@@ -721,6 +777,8 @@ class Manager:
                 except Exception:
                     srv.proc.kill()
         self._merge_outputs()
+        # (the workers' sockets and the secret file made for them)
+        shutil.rmtree(self._tmp, ignore_errors=True)
         self.started = False
 
     def _merge_outputs(self) -> None:

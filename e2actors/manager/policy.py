@@ -52,7 +52,7 @@ import yaml
 
 from e2actors.errors import E2Error, PolicyError
 from e2actors.manager.conditions import check_condition, error_column
-from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml, plain
+from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml, plain, yaml_problem
 
 __all__ = ["Edge", "NFSpec", "Policy", "PolicyBuilder", "PolicyError", "TrafficClass",
            "parse_count", "parse_rate", "resolve_class", "IN", "OUT", "DROP"]
@@ -90,10 +90,16 @@ def _parse_unit(v: Any, units: dict[str, float], what: str) -> float:
 def read_file(path: str, what: str) -> str:
     """The text of a policy or hardware file; a :class:`PolicyError` naming it if it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise PolicyError(path, 0, f"cannot read {what}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PolicyError(path, line, f"{what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode's universal newlines
 
 
 def parse_rate(v: Any, what: str = "rate") -> float:
@@ -259,10 +265,8 @@ class Policy:
         try:
             data = load_yaml(text, file)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            problem = getattr(e, "problem", None) or str(e)
-            raise PolicyError(file, mark.line + 1 if mark else 0, f"not valid YAML: {problem}",
-                              mark.column + 1 if mark else 0) from None
+            line, column, reason = yaml_problem(e, text)
+            raise PolicyError(file, line, reason, column) from None
         return cls.from_data(data, file=file, check_classes=check_classes, check_conditions=check_conditions,
                              base_dir=base_dir)
 
@@ -357,7 +361,7 @@ class _Parser:
 
     def parse(self, data: Any) -> Policy:
         if not isinstance(data, dict):
-            raise self.err(_line(data), "a policy is a mapping with nfs, classes and edges")
+            raise self.err(_line(data) or 1, "a policy is a mapping with nfs, classes and edges")
         self._keys(data, _TOP_KEYS, "policy")
         nfs_d = data.get("nfs") or {}
         if not isinstance(nfs_d, dict):
@@ -404,7 +408,7 @@ class _Parser:
         try:
             module, qual = split_class_path(path)
         except ValueError as e:
-            raise self.err(_line(d, "class"), f"NF {name}: {e}") from None
+            raise self.err(_line(d, "class") or line, f"NF {name}: {e}") from None
         cls_path = f"{module}:{qual}"
         defaults: dict[str, Any] = {"ports": ["out"], "affinity": "none", "input": "packets", "cost_pps": 100_000}
         class_ports: list[str] | None = None
@@ -412,7 +416,7 @@ class _Parser:
             try:
                 cls = resolve_class(path)
             except (ImportError, AttributeError, TypeError, ValueError) as e:
-                raise self.err(_line(d, "class"), f"NF {name}: cannot import class {path}: {e}") from None
+                raise self.err(_line(d, "class") or line, f"NF {name}: cannot import class {path}: {e}") from None
             defaults = cls.describe()
             class_ports = list(defaults["ports"])
             if hasattr(cls, "ports_for"):  # (a vport NF's ports come from its config)

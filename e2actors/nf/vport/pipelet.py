@@ -160,9 +160,11 @@ class VPort(Pipelet):
             if shutil.which(tool) is None:
                 raise VPortError(f"{what}: needs the {tool!r} program (Debian package {pkg})")
         confine = _confinement(self)
+        #: program -> the path it runs from (checked by the node's confinement, when there is one)
+        self._resolved: dict[str, str] = {}
         for prog, key in vc.programs():
             if confine is not None:
-                confine.program(prog, key)
+                self._resolved[prog] = confine.program(prog, key)
             elif shutil.which(prog) is None:
                 raise VPortError(f"{what}: program {prog!r} ({key}) not found: install it or fix the path")
         self._make_dir(confine)
@@ -177,7 +179,7 @@ class VPort(Pipelet):
             self._copy_files(confine, values)
             await sb.create()
             for argv in vc.setup:
-                full = [expand(a, values) for a in argv]
+                full = self._argv(argv)
                 rc, out = await sb.run(full, cwd=self.dir, env=env)
                 if rc != 0:
                     raise VPortError(f"{what}: setup command {' '.join(full)!r} failed (exit {rc}): "
@@ -185,8 +187,7 @@ class VPort(Pipelet):
             await self._open_ports()
             if vc.command:
                 self.log_path = os.path.join(self.dir, "program.log")
-                self.proc = await sb.start([expand(a, values) for a in vc.command], self.log_path, cwd=self.dir,
-                                           env=env)
+                self.proc = await sb.start(self._argv(vc.command), self.log_path, cwd=self.dir, env=env)
                 self._tasks.append(asyncio.get_running_loop().create_task(self._watch(self.proc)))
             if vc.eve:
                 self._eve = EveTail(os.path.join(self.dir, expand(vc.eve, values)))
@@ -198,6 +199,12 @@ class VPort(Pipelet):
             raise
         self._running = True
         self.counters["program_starts"] += 1
+
+    def _argv(self, argv: tuple[str, ...]) -> list[str]:
+        """A configured command as it runs: tokens expanded, the program by its checked path."""
+        out = [expand(a, self._values) for a in argv]
+        out[0] = self._resolved.get(argv[0], out[0])
+        return out
 
     def _make_dir(self, confine: Any) -> None:
         """The instance's own directory: ``data_dir/INSTANCE`` (kept after it stops; the one of the
@@ -260,7 +267,7 @@ class VPort(Pipelet):
 
     async def _health(self) -> None:
         assert self.sandbox is not None and self.vc.health is not None
-        argv = [expand(a, self._values) for a in self.vc.health]
+        argv = self._argv(self.vc.health)
         while not self._stopping and self._failed is None:
             await asyncio.sleep(self.vc.health_interval)
             rc, out = await self.sandbox.run(argv, timeout=max(5.0, 2 * self.vc.health_interval), cwd=self.dir,
@@ -321,8 +328,8 @@ class VPort(Pipelet):
         if check.kind == "command":
             assert self.sandbox is not None
             left = max(1.0, deadline - time.monotonic())
-            rc, _out = await self.sandbox.run([expand(a, self._values) for a in check.arg], timeout=min(10.0, left),
-                                              cwd=self.dir, env=self._env)
+            rc, _out = await self.sandbox.run(self._argv(check.arg), timeout=min(10.0, left), cwd=self.dir,
+                                              env=self._env)
             return rc == 0
         # probe: a frame through the program and back
         if self._probe_seen.is_set():
