@@ -7,6 +7,7 @@ The end-to-end tests with real programs in network namespaces are in tests/test_
 from __future__ import annotations
 
 import collections
+import os
 import json
 import textwrap
 
@@ -247,3 +248,28 @@ def test_the_shipped_example_policy_parses() -> None:
     assert p.nfs["fw"].cls == p.nfs["ids"].cls == VPORT_CLASS
     assert p.nfs["ids"].ports == ("safe", "unsafe")
     assert p.nfs["fw"].ports == ("out",)
+
+
+# --- on a node that confines NF configs ------------------------------------------------------------------
+def test_a_confining_node_checks_the_programs_and_files(tmp_path) -> None:
+    import shutil
+
+    from e2actors.runtime.confine import Confinement, ConfinementError
+
+    sh = shutil.which("sh")
+    assert sh is not None
+    config = {"command": "sh -c 'exec sleep 60'", "setup": ["sh -c true"], "interfaces": ["in0", "out0"],
+              "files": ["rules/drop.rules"], "data_dir": "vport"}
+    data = tmp_path / "data"
+    (data / "rules").mkdir(parents=True)
+    with pytest.raises(ConfinementError, match="--allow-legacy"):
+        VPort.check_config(config, Confinement(str(data)))  # programs: none allowed
+    allowed = Confinement(str(data), legacy=(os.path.dirname(os.path.realpath(sh)),))
+    VPort.check_config(config, allowed)
+    with pytest.raises(ConfinementError, match="outside the data directory"):
+        VPort.check_config({**config, "files": ["/etc/passwd"]}, allowed)
+    with pytest.raises(ConfinementError, match="outside the data directory"):
+        VPort.check_config({**config, "data_dir": "../elsewhere"}, allowed)
+    with pytest.raises(ConfinementError, match="not under an allowed"):
+        VPort.check_config({**config, "command": "python3 -V"},
+                           Confinement(str(data), legacy=(str(tmp_path / "bin"),)))
