@@ -296,6 +296,7 @@ class Manager:
                                                "live": any(p.kind == "afpacket" for p in hw.ports.values())})
         for inst, server in plan.assignment.items():
             await self._spawn_instance(inst, server)
+        await self._until_ready(list(plan.assignment))
         # Shards sharing live interfaces join each PACKET_FANOUT group in the same order (the
         # kernel hands a flow to the member at the same index in every group: both directions
         # of a connection reach one switch), so their first tables go one server at a time.
@@ -339,6 +340,18 @@ class Manager:
         self.instances[inst] = ref
         self.states[inst] = "running"
         self.node.watch(ref, self.ref)  # type: ignore[union-attr,arg-type]  # Terminated -> recovery
+
+    async def _until_ready(self, insts: list[str], timeout: float = 120.0) -> None:
+        """Wait until the new instances ran their setup (a vport NF's program can take seconds to
+        start), so that no switch sends them flows before. One that fails to start is left to
+        recovery (its Terminated message)."""
+        async def ready(ref: ActorRef) -> None:
+            try:
+                await self.node.ask(ref, GetStats(), timeout=timeout)  # type: ignore[union-attr]
+            except Exception as exc:
+                log.debug("instance %s did not become ready: %r", ref, exc)
+
+        await asyncio.gather(*(ready(self.instances[i]) for i in insts if i in self.instances))
 
     def config_for(self, server: str, config: dict[str, Any], base_dir: str | None = None) -> dict[str, Any]:
         """An NF's config as sent to ``server``. In this process and to its workers, relative paths
@@ -390,6 +403,7 @@ class Manager:
                 self.plan_ = new_plan
                 for inst in added:
                     await self._spawn_instance(inst, new_plan.assignment[inst])
+                await self._until_ready(added)
                 await self._push_tables()
                 self._event(nf, "scale-out", f"{len(cur)} -> {n} ({reason}); new: "
                             + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added)

@@ -105,6 +105,8 @@ class NFInstance(Actor):
             self.instance = self.name
         p = cls()
         p.name = self.instance
+        self._woken = False
+        p._waker = self._wake
         p.confinement = getattr(self.node, "confine", None)
         self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
         # The counters go on across restarts: a restarted instance counts on from where it was.
@@ -166,6 +168,7 @@ class NFInstance(Actor):
                 self.send(to, StreamVerdicts(self.instance, msg.seq, answers))  # type: ignore[arg-type]
             return None
         if msg is _TIMER or msg == _TIMER:
+            self._woken = False
             out = await self.runner.tick()
             if any(out.values()) or self.runner.has_finished:
                 self._send(-1, out)
@@ -184,6 +187,13 @@ class NFInstance(Actor):
         if isinstance(msg, GetStats):
             return self.stats()
         return None
+
+    def _wake(self) -> None:
+        """The pipelet emitted from its own I/O: a timer tick now collects it (one pending at most,
+        so the mailbox bound holds without dropping it)."""
+        if not self._woken:
+            self._woken = True
+            self._cell.mailbox.put_always(_TIMER)
 
     def _error(self, exc: BaseException, during: str) -> None:
         """Keep what went wrong (across restarts): the exception, and where in the pipelet's own

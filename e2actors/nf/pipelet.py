@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import collections
 import inspect
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -122,6 +122,8 @@ class Pipelet:
         self._dropped = 0
         #: Ingress credits of the packets dropped since the runner last looked: origin -> packets.
         self._fin: dict[int, int] = {}
+        #: Set by the NF instance actor: asks it to collect what was emitted now (see :meth:`wake`).
+        self._waker: Callable[[], None] | None = None
         #: What this instance may touch on its node (set by the NF instance actor before
         #: :meth:`setup`); None: the process's (an agent's), or nothing confined.
         self.confinement: Confinement | None = None
@@ -224,6 +226,13 @@ class Pipelet:
         if o:
             fin = self._fin
             fin[o] = fin.get(o, 0) + 1
+
+    def wake(self) -> None:
+        """A pipelet with I/O of its own (a program behind a virtual port) emitted packets outside
+        :meth:`process` or :meth:`on_timer`: ask for them to be collected now rather than at the
+        next timer tick. A no-op where nothing can be woken (:mod:`e2actors.testing`, inline)."""
+        if self._waker is not None:
+            self._waker()
 
     # --- for the runner -------------------------------------------------------------------------
     def _take_outputs(self) -> dict[str, list[Packet]]:

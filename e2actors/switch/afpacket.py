@@ -287,6 +287,18 @@ class AfPacketPort(Port):
             self.rx_bytes += nbytes
             self._ingress(name, pkts)
 
+    def poll(self) -> int:
+        """Read what waits now, as the reader callback does; returns the frames handed over. For an
+        owner that just sent frames into a veth and expects the answers already there."""
+        before = self.rx_packets
+        if self._paused:
+            return 0
+        if self.mode == "ring":
+            self._readable_ring()
+        else:
+            self._readable()
+        return self.rx_packets - before
+
     # --- send -----------------------------------------------------------------------------------
     def send(self, pkts: list[Packet]) -> None:
         s = self.sock
