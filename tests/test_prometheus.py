@@ -105,7 +105,7 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(tmp_path: Path) ->
             server.kill()
 
 
-async def test_exported_series_pass_promtool_and_keep_labels_bounded(tmp_path: Path) -> None:
+async def test_exported_series_pass_promtool_and_keep_labels_bounded(tmp_path: Path, monkeypatch) -> None:
     """What the manager serves for the running example: ``promtool check metrics`` accepts it, the
     drop reasons carry no host names, ports have only their directions, the build and process
     series are there."""
@@ -116,7 +116,7 @@ async def test_exported_series_pass_promtool_and_keep_labels_bounded(tmp_path: P
     from e2actors.manager.policy import Policy
 
     promtool = need_tool("promtool")
-    os.chdir(tmp_path)  # (the example's logger writes out/ here)
+    monkeypatch.chdir(tmp_path)  # (the example's logger writes out/ here)
     mgr = Manager(autoscale=False)
     metrics = ClusterMetrics(mgr)
     try:
