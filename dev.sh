@@ -13,7 +13,8 @@ VENV=.venv
 # Debian packages the tests and the demo use (tools the tests compare against, real captures).
 DEB_PACKAGES=(tcpdump tshark iproute2 ethtool curl python3-dpkt
               golang-github-google-gopacket-dev sip-tester golang-github-jasonish-go-idsrules-dev
-              graphviz prometheus iperf3 openssl nginx iptables iputils-ping tcpreplay)
+              graphviz prometheus iperf3 openssl nginx iptables iputils-ping tcpreplay
+              nftables util-linux netsniff-ng)
 # Packages from bookworm-backports (the IDS is compared with Suricata 7 there: tests/test_ids_suricata.py).
 BACKPORTS_PACKAGES=(suricata)
 BACKPORTS_LINE="deb http://deb.debian.org/debian bookworm-backports main"

@@ -2,8 +2,9 @@
 
 Two switch processes sharing a veth through ``PACKET_FANOUT`` (``e2actors run --in --out
 --workers 2``) against one (``--workers 1``: the same processes, one worker), forwarding through
-a trivial inline NF, the traffic sent by ``tcpreplay --topspeed`` (the kernel does the sending's
-work, little of this machine's two cores goes to it) into a namespace that holds the switches.
+a trivial inline NF, the traffic sent by netsniff-ng's ``trafgen`` (a native generator on a
+PACKET_MMAP ring: UDP flows with random ports, at a fixed rate above what one switch forwards),
+or ``tcpreplay --topspeed`` where trafgen is missing, into a namespace that holds the switches.
 Figures: forwarded frames per second of each, their ratio, and the switches' CPU time per
 forwarded frame (``fanout_cpu_ratio``: fanout's over single's; near 1: no shared bottleneck).
 
@@ -68,8 +69,34 @@ def _metric(ns: str, port: int, name: str) -> float | None:
     return sum(vals) if vals else None
 
 
+TRAFGEN = """{
+  eth(da=02:00:00:00:00:02, sa=02:00:00:00:00:01),
+  ipv4(saddr=198.18.0.1, daddr=198.19.0.1, ttl=64),
+  udp(sp=drnd(), dp=drnd()),
+  fill(0x41, 64),
+}
+"""
+
+
+def send(gen: str, g0: str, pcap: str, loops: int, tmp: str, rate: int, count: int) -> int:
+    """Send the offered traffic from namespace ``gen``; returns how many frames went."""
+    import shutil
+
+    if shutil.which("trafgen"):
+        cfg = os.path.join(tmp, "udp.cfg")
+        with open(cfg, "w") as f:
+            f.write(TRAFGEN)
+        subprocess.run(["ip", "netns", "exec", gen, "trafgen", "--dev", g0, "--conf", cfg, "--cpus", "1",
+                        "--num", str(count), "--rate", f"{rate}pps", "--qdisc-path"],
+                       capture_output=True, text=True, timeout=300, check=True)
+        return count
+    rep = subprocess.run(["ip", "netns", "exec", gen, "tcpreplay", "--topspeed", "--loop", str(loops), "-i", g0, pcap],
+                         capture_output=True, text=True, timeout=300)
+    return int(re.search(r"Actual: (\d+) packets", rep.stdout).group(1))  # type: ignore[union-attr]
+
+
 def run_once(lab: Lab, sw: str, gen: str, g0: str, sa: str, sb: str, pcap: str, workers: int, loops: int,
-             tmp: str) -> dict:
+             tmp: str, rate: int = 400_000, count: int = 1_000_000) -> dict:
     pol = os.path.join(tmp, "forward.yaml")
     with open(pol, "w") as f:
         f.write(POLICY)
@@ -85,9 +112,7 @@ def run_once(lab: Lab, sw: str, gen: str, g0: str, sa: str, sb: str, pcap: str, 
         time.sleep(0.2)
     procs = _workers(run.pid)
     cpu0 = _cpu_seconds(procs)
-    rep = subprocess.run(["ip", "netns", "exec", gen, "tcpreplay", "--topspeed", "--loop", str(loops), "-i", g0, pcap],
-                         capture_output=True, text=True, timeout=300)
-    sent = int(re.search(r"Actual: (\d+) packets", rep.stdout).group(1))  # type: ignore[union-attr]
+    sent = send(gen, g0, pcap, loops, tmp, rate, count)
     # Wait until the switches are quiet (the last frames out), then read the CPU they used.
     last = -1.0
     while True:

@@ -3,6 +3,12 @@ for (through its ``$system`` actor), and loads only pipelet classes on its allow
 
     e2actors agent --listen tcp://127.0.0.1:7400 --secret-file /etc/e2actors/secret \\
                    [--tls-cert C --tls-key K --tls-ca CA] [--cores N] [--name NAME] [--allow PREFIX ...]
+                   [--data-dir DIR] [--allow-legacy PREFIX ...]
+
+NF configs are code from the manager's machine, so the agent confines them
+(:mod:`e2actors.runtime.confine`): NFs read and write files only inside ``--data-dir`` (default:
+systemd's ``$STATE_DIRECTORY``, else ``~/.local/state/e2actors/agent-NAME``), and ``Legacy`` runs
+programs only under an ``--allow-legacy`` prefix (none by default).
 
 It prints ``READY <address>`` when it listens. ``--exit-with-parent`` ends it when its standard
 input closes (how ``e2actors run --workers N`` keeps its worker processes from outliving it).
@@ -17,6 +23,7 @@ import os
 import signal
 import sys
 
+from e2actors.runtime.confine import Confinement, default_data_dir, set_process_confinement
 from e2actors.runtime.node import Node, TLSConfig, run
 
 __all__ = ["add_arguments", "serve"]
@@ -36,6 +43,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="server name (default: host name)")
     p.add_argument("--allow", action="append", default=[],
                    help="module prefix of pipelet classes this agent may load (repeatable; e2actors. always)")
+    p.add_argument("--data-dir", default=None,
+                   help="the only directory NFs may read and write (relative config paths are taken from it; "
+                        "default: $STATE_DIRECTORY, else ~/.local/state/e2actors/agent-NAME)")
+    p.add_argument("--allow-legacy", action="append", default=[], metavar="PREFIX",
+                   help="let Legacy NFs run programs whose resolved path is under PREFIX (repeatable; default: none)")
+    p.add_argument("--unconfined", action="store_true",
+                   help="NF configs may name any file (relative to --data-dir, default the cwd) and any Legacy "
+                        "program: what `e2actors run --workers` gives its own worker processes")
+    p.add_argument("--handshake-timeout", type=float, default=5.0,
+                   help="seconds a peer has, from accept, to complete its handshake (TLS included), and a "
+                        "metrics client to send its request (default 5)")
+    p.add_argument("--max-connections", type=int, default=512,
+                   help="accepted connections at most (default 512)")
+    p.add_argument("--max-connections-per-host", type=int, default=32,
+                   help="accepted connections from one peer address at most (default 32)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on this port (0: any free port; default: none)")
     p.add_argument("--metrics-addr", default="127.0.0.1", help="address for the metrics (default: loopback)")
@@ -59,15 +81,20 @@ async def serve(args: argparse.Namespace) -> None:
             raise SystemExit("e2actors agent: --tls-cert, --tls-key and --tls-ca go together")
         tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_ca)
     name = args.name or os.uname().nodename
+    confine = confinement(args, name)
+    set_process_confinement(confine)
     node = Node(name, listen=args.listen, secret=read_secret(args.secret_file), tls=tls, cores=args.cores,
                 allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
-                heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6)
+                heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6,
+                max_connections=args.max_connections, max_connections_per_host=args.max_connections_per_host,
+                handshake_timeout=args.handshake_timeout, confine=confine)
     await node.start()
     metrics = None
     if args.metrics_port is not None:
         from e2actors.runtime.metrics import Metrics
 
         metrics = Metrics(interval=0.5)
+        metrics.head_timeout = args.handshake_timeout
         metrics.add_source(lambda: node_samples(node))
         port = await metrics.start(args.metrics_port, args.metrics_addr)
         print(f"METRICS http://{args.metrics_addr}:{port}/metrics", flush=True)
@@ -82,6 +109,24 @@ async def serve(args: argparse.Namespace) -> None:
     if metrics is not None:
         await metrics.stop()
     await node.stop()
+
+
+def confinement(args: argparse.Namespace, name: str) -> Confinement:
+    """What this agent's NFs may touch, from its options; creates the data directory (mode 0700)."""
+    if args.unconfined:
+        return Confinement.unconfined(args.data_dir)
+    data_dir = os.path.abspath(args.data_dir or default_data_dir(name))
+    try:
+        os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"e2actors agent: cannot create the data directory {data_dir}: {exc}") from None
+    prefixes = []
+    for p in args.allow_legacy:
+        if not os.path.isabs(p):
+            raise SystemExit(f"e2actors agent: --allow-legacy takes an absolute directory, not {p!r}")
+        prefixes.append(os.path.normpath(p))
+    log.info("data directory %s; Legacy programs: %s", data_dir, ", ".join(prefixes) or "none")
+    return Confinement(data_dir, files=True, legacy=tuple(prefixes) if prefixes else None)
 
 
 def stop_when_stdin_closes(stop: asyncio.Future | None = None) -> asyncio.Future:

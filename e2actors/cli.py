@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,7 +47,10 @@ COMMANDS: dict[str, Command] = {
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; ``only``: fill in that subcommand's arguments alone (the others are listed)."""
+    from e2actors._version import __version__
+
     parser = argparse.ArgumentParser(prog="e2actors", description="E2 network function virtualization on asyncio actors")
+    parser.add_argument("--version", action="version", version=f"e2actors {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, cmd in sorted(COMMANDS.items()):
         p = sub.add_parser(name, help=cmd.help)
@@ -57,6 +61,11 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Pipelet modules next to the user are found as with ``python -m e2actors`` (the console
+    # script does not put the current directory on the path by itself).
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     first = argv[0] if argv and not argv[0].startswith("-") else None
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)

@@ -93,7 +93,11 @@ class FilterError(E2Error):
         self.expression = expression
         self.column = column
         where = f" at column {column}" if column else ""
-        super().__init__(f"{message}{where}" + (f": {expression!r}" if expression else ""))
+        shown = expression
+        if len(expression) > 160:  # a long expression: the part around the column
+            lo = max(0, min(column - 1, len(expression)) - 80)
+            shown = ("..." if lo else "") + expression[lo:lo + 160] + ("..." if lo + 160 < len(expression) else "")
+        super().__init__(f"{message}{where}" + (f": {shown!r}" if expression else ""))
 
 
 class SpawnRefused(E2Error):

@@ -79,7 +79,7 @@ async def arun_pipelet(pipelet: Pipelet | type[Pipelet], packets: str | os.PathL
     def take(out: dict[str, list[Packet]]) -> None:
         for port, lst in out.items():
             if lst:
-                outputs[port].extend(lst)
+                outputs.setdefault(port, []).extend(lst)  # (a pipelet may name its ports in setup)
 
     first = True
     batch: list[Packet] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -76,10 +77,18 @@ class Agent:
 def start_agent(tmp: Path, name: str, listen: str, secret_file: Path, *, cores: int = 2,
                 extra: list[str] | None = None, netns: str | None = None, metrics: bool = True,
                 procs: list | None = None) -> Agent:
-    """Start ``e2actors agent`` and wait for its READY line."""
+    """Start ``e2actors agent`` and wait for its READY line. Unless ``extra`` says otherwise, its
+    data directory is ``tmp/data-NAME`` holding a copy of the seed example's rules (an agent reads
+    the files NF configs name from its own data directory)."""
     log = tmp / f"agent-{name}.log"
+    extra = list(extra or [])
+    if "--data-dir" not in extra and "--unconfined" not in extra:
+        data = tmp / f"data-{name}"
+        if not (data / "rules").exists():
+            shutil.copytree(ROOT / "examples" / "seed" / "rules", data / "rules")
+        extra += ["--data-dir", str(data)]
     cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", listen, "--secret-file", str(secret_file),
-           "--name", name, "--cores", str(cores), "--heartbeat-timeout", "1.5", *(extra or [])]
+           "--name", name, "--cores", str(cores), "--heartbeat-timeout", "1.5", *extra]
     if metrics:
         cmd += ["--metrics-port", "0"]
     if netns:

@@ -132,3 +132,17 @@ def test_port_receives_peer_frames_skips_outgoing_and_sends(pair, mode: str, ign
     captured = [bytes.fromhex(h) for h in res["captured"]]
     assert captured == other + mine
     assert st["tx_packets"] == len(mine) and not st["drops"]
+
+
+@pytest.mark.parametrize("mode", ["ring", "recv"])
+def test_a_frame_larger_than_the_mtu_is_dropped_counted_and_holds_nothing_back(pair, mode: str) -> None:
+    lab, x, x0, y, y0 = pair
+    mine = [frame(30_000 + i, size) for i, size in enumerate([100, 1514, 1800, 100, 9000, 700])]
+    r = subprocess.run(["ip", "netns", "exec", x, sys.executable, "-c", PORT, ROOT, x0, mode, "1", y, y0,
+                        CAPTURE, SEND],
+                       input=json.dumps([[], [], [f.hex() for f in mine]]), capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    captured = [bytes.fromhex(h) for h in res["captured"]]
+    assert captured == [f for f in mine if len(f) <= 1514 + 4]  # every frame after the big ones went out
+    assert res["stats"]["drops"] == {"larger than the interface's MTU": 2}

@@ -17,6 +17,8 @@ from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport
 from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
+from e2actors.manager.control import ApplyPolicy, GetStatus
+from e2actors.nf.messages import FinalStats, InputDone
 from e2actors.switch.messages import CloseInputs, Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 from nfkit import connection
@@ -71,6 +73,10 @@ SAMPLES = [
     GetTraces(True),
     Credit(((1, 250), (2, 3))),
     CloseInputs(),
+    InputDone(),
+    ApplyPolicy("name: x\n", "p.yaml", "/tmp", True),
+    FinalStats("ids#1", {"packets_in": 3, "error_list": [{"type": "ValueError"}]}),
+    GetStatus(),
     SwitchLoad("s1", (("ids#0", 120),), (("ids#0", 4),)),
 ]
 

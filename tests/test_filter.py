@@ -285,6 +285,18 @@ EXPRESSIONS = [
     'net 198.18.0',
     'src net 10.1',
     'ip broadcast or ip multicast',
+    # found by tests/test_fuzz_inputs.py: a parenthesized value followed by an operator starts a
+    # relation; libpcap's gen_arth looks only at the divisor's first instruction (the index 0
+    # of ip[0]) for "division by zero" / "shift by more than 31 bits"
+    'tcp or (1) + len = len and tcp',
+    'port 80 or (443) = 1',
+    'len / ip[0] = 1',
+    'len / -ip[0] = 1',
+    'len % (ip[0] + 1) = 1',
+    'len << tcp[32] = 1',
+    'len << (40 - 10) = 1',
+    'len / ip[len] = 1',
+    'len / tcp[13] = 1',
 ]
 
 # libpcap's optimizer (or_pullup/and_pullup) moves a comparison of an already-loaded value ahead

@@ -44,7 +44,11 @@ async def test_crash_once_is_restarted_and_its_batch_counted(tmp_path: Path) -> 
         await mgr.stop()
     assert s["drops"] == {"switch: nf error in crash": 6}, s["drops"]
     assert account(s) == (206, 200, 6)
-    assert not s["errors"]  # restarted per its policy: not a failure of the deployment
+    # Restarted per its policy: not a failure of the run, but the error is in the account, with
+    # where in the pipelet's code it was raised.
+    assert not s["failures"]
+    assert [(e["type"], e["message"], e["where"].rsplit("/", 1)[1], e["count"]) for e in s["errors"]] == \
+        [("RuntimeError", "boom", "heal_nfs.py:31", 1)]
 
 
 async def test_crashing_for_good_is_taken_out_of_the_path(tmp_path: Path) -> None:

@@ -148,9 +148,9 @@ def test_running_example_across_agents_in_namespaces(cluster: Cluster) -> None:
     for name, cores in (("s1", 1), ("s2", 4), ("s3", 4)):
         c.agents[name] = start_agent(tmp, name, f"unix://{tmp}/{name}.sock", secret, cores=cores,
                                      netns=c.s[name], procs=c.lab.procs)
-    pcap = tmp / "unsafe.pcap"
-    (tmp / "policy.yaml").write_text(POLICY.format(rules=ROOT / "examples/seed/rules/example.rules", pcap=pcap,
-                                                   rate=RATE_MBIT))
+    # Paths as an agent sees them: inside its data directory (tmp/data-NAME, which holds a copy of
+    # the seed rules); the logger writes there.
+    (tmp / "policy.yaml").write_text(POLICY.format(rules="rules/example.rules", pcap="unsafe.pcap", rate=RATE_MBIT))
     (tmp / "hw.yaml").write_text(f"""
 servers:
   - {{name: s1, cores: 0, address: "{c.agents['s1'].address}"}}
@@ -209,9 +209,9 @@ ports:
     c.curl(f"http://{WEB_IP2}:8081/id", None, 3)  # the flow is cut once unsafe: curl's result does not matter
     time.sleep(1.5)  # the logger flushes its files once a second
     # (during the run, a logger group's pcap is in part files, one per instance: PATH.part-INSTANCE-PID)
-    parts = sorted(tmp.glob("unsafe.pcap.part-*"))
-    assert pcap.exists() or parts, list(tmp.iterdir())
-    logged = pcap if pcap.exists() else parts[0]
+    pcaps = sorted(p for p in tmp.glob("data-s*/unsafe.pcap*") if p.name == "unsafe.pcap" or ".part-" in p.name)
+    assert pcaps, list(tmp.rglob("*.pcap*"))
+    logged = pcaps[0]
     td = subprocess.run(["tcpdump", "-r", str(logged), "-n", "-A"], capture_output=True, text=True, timeout=20)
     assert td.returncode == 0, td.stderr
     # The segment that completed the signature (its first half went out before anything matched)

@@ -61,7 +61,7 @@ def test_pcap_errors_are_clear() -> None:
     with pytest.raises(PcapError, match="need 24"):
         PcapReader(io.BytesIO(b"\xd4\xc3\xb2\xa1"))
     huge = _pcap([]) + struct.pack("<IIII", 0, 0, 10_000_000, 10_000_000)
-    with pytest.raises(PcapError, match="exceeds the snap length"):
+    with pytest.raises(PcapError, match="at offset 24: captured length 10000000 exceeds the 262144-byte cap"):
         list(PcapReader(io.BytesIO(huge)))
     with pytest.raises(PcapError, match="not a pcapng"):
         PcapngReader(io.BytesIO(_pcap([])))

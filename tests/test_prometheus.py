@@ -103,3 +103,45 @@ def test_prometheus_scrapes_a_run_and_agrees_with_its_summary(tmp_path: Path) ->
             server.wait(10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+async def test_exported_series_pass_promtool_and_keep_labels_bounded(tmp_path: Path, monkeypatch) -> None:
+    """What the manager serves for the running example: ``promtool check metrics`` accepts it, the
+    drop reasons carry no host names, ports have only their directions, the build and process
+    series are there."""
+    import asyncio
+
+    from e2actors.manager.manager import Manager, Traffic
+    from e2actors.manager.observe import ClusterMetrics
+    from e2actors.manager.policy import Policy
+
+    promtool = need_tool("promtool")
+    monkeypatch.chdir(tmp_path)  # (the example's logger writes out/ here)
+    mgr = Manager(autoscale=False)
+    metrics = ClusterMetrics(mgr)
+    try:
+        await mgr.deploy(mgr.plan(Policy.load(ROOT / "examples/seed/policy.yaml")),
+                         Traffic(pcap=str(ROOT / "examples/seed/traffic.pcap")))
+        assert await mgr.wait_done(timeout=60)
+        port = await metrics.start(0)
+        metrics.update(await mgr.stats())
+
+        def fetch() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.read().decode()
+
+        text = await asyncio.get_running_loop().run_in_executor(None, fetch)
+    finally:
+        await metrics.stop()
+        await mgr.stop()
+    r = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = [x for x in text.splitlines() if x and not x.startswith("#")]
+    drops = [x for x in lines if x.startswith("e2_drops_total{")]
+    assert any('reason="blocked host"' in x for x in drops), drops
+    assert not any("youtube" in x for x in lines)  # a blocked host's name is never a label value
+    assert not any('port="in"' in x and 'direction="tx"' in x for x in lines)
+    assert not any('port="out"' in x and 'direction="rx"' in x for x in lines)
+    assert any(x.startswith("e2_build_info{") and x.endswith(" 1.0") for x in lines)
+    assert any(x.startswith("process_resident_memory_bytes") for x in lines)
+    assert any(x.startswith("e2_instance_bytes_total{") and 'direction="out"' in x for x in lines)

@@ -33,6 +33,7 @@ from e2actors import (
     TLSConfig,
 )
 from peer_node import Forward, Ping, Pong
+from rawpeer import RawPeer
 
 
 class Inbox(Actor):
@@ -182,28 +183,10 @@ async def test_wrong_secret_is_refused_both_ways(peer_process) -> None:
         assert srv.counters["auth_failures"] >= 1
 
 
-def _raw_connect_and_auth(address: str, secret: bytes) -> socket.socket:
-    """A hand-made client that passes the handshake, to send hostile frames afterwards."""
-    from e2actors.runtime import auth
-
-    host, port = address[len("tcp://"):].rsplit(":", 1)
-    s = socket.create_connection((host, int(port)), timeout=5)
-    nonce = auth.new_nonce()
-    s.sendall(auth.hello(nonce))
-    data = b""
-    while len(data) < auth.HELLO_SIZE + auth.PROOF_SIZE:
-        chunk = s.recv(4096)
-        if not chunk:
-            raise ConnectionError("closed during handshake")
-        data += chunk
-    their = auth.parse_hello(data[: auth.HELLO_SIZE])
-    assert their is not None
-    s.sendall(auth.proof(secret, b"client", their, nonce))
-    import msgpack
-
-    hello = msgpack.packb([6, "anon://raw", "0.1.0", None, "raw"])
-    s.sendall(struct.pack(">I", len(hello)) + hello)
-    return s
+def _raw_connect_and_auth(address: str, secret: bytes) -> RawPeer:
+    """A hand-made client that passes the handshake; ``send`` seals its bytes in a proper record
+    (a peer that holds the secret but speaks garbage)."""
+    return RawPeer(address, secret)
 
 
 def _closed(s: socket.socket) -> bool:
@@ -233,8 +216,8 @@ async def test_hostile_frames_close_only_that_connection(peer_process) -> None:
         ]
         for frame in cases:
             s = await loop.run_in_executor(None, _raw_connect_and_auth, peer.address, SECRET)
-            s.sendall(frame)
-            assert await loop.run_in_executor(None, _closed, s), frame
+            s.send(frame)
+            assert await loop.run_in_executor(None, _closed, s.sock), frame
             s.close()
             # The good link is untouched.
             assert await good.ask(echo, "still here") == "still here"
@@ -260,7 +243,7 @@ def test_hypothesis_garbage_after_auth_never_hurts_the_node(frames: list[bytes])
             s = await loop.run_in_executor(None, _raw_connect_and_auth, srv.address, SECRET)
             for body in frames:
                 try:
-                    s.sendall(struct.pack(">I", len(body)) + body)
+                    s.send(struct.pack(">I", len(body)) + body)
                 except OSError:
                     break
             s.close()

@@ -1,11 +1,11 @@
-"""The runtime's pure parts, tested without an event loop: mailbox, supervision policy, auth."""
+"""The runtime's pure parts, tested without an event loop: mailbox, supervision policy (the
+handshake and records: tests/test_auth_records.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from e2actors import MailboxFull
-from e2actors.runtime import auth
 from e2actors.runtime.mailbox import Mailbox
 from e2actors.runtime.supervision import RestartPolicy, RestartTracker
 
@@ -51,14 +51,3 @@ def test_restart_tracker_strategies() -> None:
     assert RestartTracker(RestartPolicy(strategy="stop")).on_crash(0)[0] == "stop"
     t = RestartTracker(RestartPolicy(max_restarts=0, on_exhausted="stop"))
     assert t.on_crash(0)[0] == "stop"
-
-
-def test_auth_proofs() -> None:
-    a, b = auth.new_nonce(), auth.new_nonce()
-    assert auth.parse_hello(auth.hello(a)) == a
-    assert auth.parse_hello(b"GET / HTTP/1.1\r\n" + bytes(20)) is None
-    p = auth.proof(b"s", b"client", b, a)  # client with nonce a answers server's nonce b
-    assert auth.check(b"s", b"client", b, a, p)
-    assert not auth.check(b"wrong", b"client", b, a, p)
-    # A proof cannot be reflected back with the other role.
-    assert not auth.check(b"s", b"server", b, a, p)

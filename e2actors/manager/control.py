@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from e2actors.errors import ChangeFailed, E2Error
-from e2actors.runtime.actor import Actor
+from e2actors.runtime.service import ServiceActor
 from e2actors.runtime.codec import message
 from e2actors.runtime.node import Node, run
 from e2actors.runtime.ref import ActorRef
@@ -52,15 +52,16 @@ class GetStatus:
     """Ask for the deployment's state: policy, instances per NF and placement, recent events."""
 
 
-class ControlActor(Actor):
-    """Serves control requests for one manager in this process."""
+class ControlActor(ServiceActor):
+    """Serves control requests for one manager in this process. A bad request is answered with
+    its error and counted, never a crash (:class:`~e2actors.runtime.service.ServiceActor`)."""
 
     mailbox_size = 64
 
     def __init__(self, manager: Manager) -> None:
         self.manager = manager
 
-    async def on_message(self, msg: Any) -> Any:
+    async def handle(self, msg: Any) -> Any:
         if isinstance(msg, ApplyPolicy):
             return await self._apply(msg)
         if isinstance(msg, GetStatus):

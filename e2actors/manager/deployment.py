@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,7 @@ class ServerHandle:
     node_address: str
     switch: ActorRef | None = None
     proc: subprocess.Popen | None = None
+    remote: bool = False  # an agent named by address in the hardware file (not this run's own)
 
 
 class Deployment:
@@ -194,7 +196,7 @@ class Deployment:
             if srv.address:
                 addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
                 await check_agent(node, name, addr, srv.cores)
-                self._servers[name] = ServerHandle(name, addr)
+                self._servers[name] = ServerHandle(name, addr, remote=True)
             elif name == MAIN or (not self.workers and len(hardware.servers) == 1):
                 self._servers[name] = ServerHandle(name, node.address)
             else:
@@ -209,7 +211,9 @@ class Deployment:
         sock = f"unix://{self._tmp}/{name}.sock"
         cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
                "--name", name, "--cores", str(cores), "--exit-with-parent",
-               "--heartbeat-timeout", str(self.heartbeat_timeout)]
+               "--heartbeat-timeout", str(self.heartbeat_timeout),
+               # Workers are this run's own processes: confined no more than this one (docs/running.md).
+               "--unconfined", "--data-dir", os.getcwd()]
         for a in self.allow:
             cmd += ["--allow", a]
         env = dict(os.environ)
@@ -249,10 +253,12 @@ class Deployment:
             return node.spawn(load_class(cls, self.allow), name, **kwargs)
         try:
             return await node.ask(node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
-        except SpawnRefused as exc:  # the agent's allow-list said no: say which server and class
-            what = kwargs.get("pipelet", cls)
-            raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load {what}: "
-                               f"{exc} (start it with --allow MODULE to permit)") from None
+        except SpawnRefused as exc:  # the agent said no: say which server, and why
+            why = str(exc)
+            if "allow-list" in why:
+                raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load "
+                                   f"{kwargs.get('pipelet', cls)}: {why} (start it with --allow MODULE to permit)") from None
+            raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused {why}") from None
 
     async def start_switches(self, **kwargs: Any) -> None:
         """A switch on every server that has none (``kwargs``: the switch's settings)."""
@@ -270,7 +276,7 @@ class Deployment:
         node = self._need_node()
         name = f"{inst}~{self.next_gen()}" if replacement else inst
         ref = await self.spawn(server, INSTANCE_CLASS, name,
-                               {"pipelet": spec.cls, "config": resolve_config(spec.config, base_dir),
+                               {"pipelet": spec.cls, "config": self.config_for(server, spec.config, base_dir),
                                 "nf": nf_of(inst), "output": self._servers[server].switch, "monitor": self.monitor,
                                 "report_interval": self.report_interval, "instance": inst,
                                 "clock": "replay" if self.clock == "packet" else "wall"})
@@ -282,6 +288,52 @@ class Deployment:
                 raise ChangeFailed(f"{inst} on {server} did not start: {exc}") from exc
         self.watch(ref)
         return ref
+
+    def config_for(self, server: str, config: dict[str, Any], base_dir: str | None = None) -> dict[str, Any]:
+        """An NF's config as sent to ``server``. In this process and to its workers, relative paths
+        that name files next to the policy (``base_dir``, default the plan's) become absolute
+        (rules files). An agent named in the hardware file gets them as written: it takes them
+        from its own data directory."""
+        srv = self._servers.get(server)
+        if srv is not None and srv.remote:
+            return dict(config)
+        if base_dir is None:
+            base_dir = self._plan.policy.base_dir if self._plan is not None else "."
+        return resolve_config(config, base_dir)
+
+    async def until_ready(self, insts: Iterable[str], timeout: float = 120.0) -> None:
+        """Wait until these members' actors ran their setup (a vport NF's program can take
+        seconds to start), so that no switch sends them flows before. One that fails to start is
+        left to recovery (its Terminated message)."""
+        node = self._need_node()
+
+        async def ready(ref: ActorRef) -> None:
+            try:
+                await node.ask(ref, GetStats(), timeout=timeout)
+            except Exception as exc:
+                log.debug("instance %s did not become ready: %r", ref, exc)
+
+        await asyncio.gather(*(ready(self._instances[i]) for i in insts if i in self._instances))
+
+    def allow_modules(self, modules: Iterable[str]) -> None:
+        """Modules this process and its workers may load actors from, besides :attr:`allow`."""
+        self.allow = tuple(dict.fromkeys(self.allow + tuple(sorted(m for m in modules if m))))
+        if self.node is not None:
+            self.node.allow_spawn = self.allow
+
+    def keep_final(self, inst: str, stats: dict[str, Any]) -> None:
+        """An instance's counters as it stopped (its ``FinalStats``), for the summary."""
+        if self._plan is not None and inst in self._plan.assignment:
+            self.retired[inst] = {**stats, "server": self._plan.assignment[inst]}
+
+    def tell_all(self, msg: Any) -> None:
+        """Send ``msg`` to every switch and instance (no reply; one that is gone is skipped)."""
+        node = self._need_node()
+        for ref in [*self.switches().values(), *self._instances.values()]:
+            try:
+                node.send(ref, msg)
+            except E2Error:
+                pass
 
     def watch(self, ref: ActorRef) -> None:
         self._need_node().watch(ref, self.monitor)  # type: ignore[arg-type]
@@ -430,7 +482,8 @@ class Deployment:
                 await self.stop(srv.switch, quiet=True)
 
     def reap(self) -> None:
-        """After the node stopped: end the worker processes (lost ones killed)."""
+        """After the node stopped: end the worker processes (lost ones killed), remove their
+        sockets and the secret file made for them."""
         for proc in self._lost_procs:
             if proc.poll() is None:
                 proc.kill()
@@ -442,6 +495,7 @@ class Deployment:
                     srv.proc.wait(5)
                 except Exception:
                     srv.proc.kill()
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
     # --- internals ---------------------------------------------------------------------------------------
     def _need_node(self) -> Node:

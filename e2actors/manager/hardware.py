@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from e2actors.manager.policy import IN, OUT, PolicyError, parse_rate, read_file
-from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain
+from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain, yaml_problem
 
 __all__ = ["Hardware", "PortPlace", "Server"]
 
@@ -47,6 +47,10 @@ class Server:
     nic_bps: float = math.inf
     address: str | None = None
     line: int = field(default=0, compare=False)
+    #: Lines of the ``cores`` and ``nic`` values in the file (0: not from a file, or not given):
+    #: placement errors name the entry that binds.
+    cores_line: int = field(default=0, compare=False)
+    nic_line: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,8 @@ class Hardware:
         #: Servers that each hold every external port and a shard of the flows (one switch per
         #: core, see :mod:`e2actors.manager.shards`); empty: the ports are where ``ports`` says.
         self.shards: tuple[str, ...] = ()
+        #: Line of the file's ``servers`` list (0 when not from a file): where a shortage of cores points.
+        self.servers_line = 0
 
     @classmethod
     def single(cls, cores: int = 1 << 30, name: str = "local") -> Hardware:
@@ -97,9 +103,8 @@ class Hardware:
         try:
             data = load_yaml(text, file)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            raise PolicyError(file, mark.line + 1 if mark else 0,
-                              f"not valid YAML: {getattr(e, 'problem', None) or e}") from None
+            line, column, reason = yaml_problem(e, text)
+            raise PolicyError(file, line, reason, column) from None
         return cls.from_data(data, file)
 
     @classmethod
@@ -108,7 +113,7 @@ class Hardware:
             return c.line(k) if isinstance(c, (LDict, LList)) else 0
 
         if not isinstance(data, dict) or not isinstance(data.get("servers"), list) or not data["servers"]:
-            raise PolicyError(file, line(data), "hardware: a mapping with 'servers' (a list) and 'ports'")
+            raise PolicyError(file, line(data) or 1, "hardware: a mapping with 'servers' (a list) and 'ports'")
         for k in data:
             if k not in ("servers", "ports", "name", "description"):
                 raise PolicyError(file, line(data, k), f"hardware: unknown key {k!r}")
@@ -136,7 +141,8 @@ class Hardware:
             addr = d.get("address")
             if addr is not None and (not isinstance(addr, str) or ":" not in addr):
                 raise PolicyError(file, line(d, "address"), f"server {name}: address is host:port")
-            servers.append(Server(name, cores, nic, addr, ln))
+            servers.append(Server(name, cores, nic, addr, ln, line(d, "cores") or ln,
+                                  line(d, "nic") or ln if d.get("nic") is not None else 0))
         names = {s.name for s in servers}
         ports: dict[str, PortPlace] = {}
         pd = data.get("ports") or {}
@@ -155,7 +161,10 @@ class Hardware:
                                   f"port {pname}: unknown server {v['server']!r} (servers: {', '.join(names)})")
             params = {k: plain(x) for k, x in v.items() if k not in _PORT_KEYS}
             ports[pname] = PortPlace(pname, v["server"], str(v.get("kind", "memory")), params)
-        return cls(servers, ports, file)
+        hw = cls(servers, ports, file)
+        key = getattr(data, "key_locs", {}).get("servers")
+        hw.servers_line = key.line if key is not None else line(data, "servers")
+        return hw
 
     # --- views -----------------------------------------------------------------------------------
     @property

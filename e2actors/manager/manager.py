@@ -43,7 +43,7 @@ from e2actors.manager.rebalance import BusyTracker, rebalance
 from e2actors.manager.recovery import Recovery
 from e2actors.manager.scaling import Autoscaler, ScalingPolicy
 from e2actors.manager.shards import merge_captures, shard_hardware, shard_path
-from e2actors.nf.messages import GetStats, LoadReport
+from e2actors.nf.messages import FinalStats, GetStats, InputDone, LoadReport
 from e2actors.runtime.actor import Actor
 from e2actors.runtime.messages import NodeLost, Terminated, Tick
 from e2actors.runtime.node import Node
@@ -128,19 +128,20 @@ class Manager:
         self.autoscale = autoscale
         self.autoscaler = Autoscaler(scaling)
         self.trace_every = trace_every
-        self.allow = ("e2actors.",) + tuple(allow)
         self.report_interval = report_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.max_inflight = max_inflight
         self.node: Node | None = None
         self.ref: ActorRef | None = None
         self.traffic = Traffic()
-        self.deployment = Deployment(allow=self.allow, secret=self.secret, heartbeat_timeout=heartbeat_timeout,
-                                     report_interval=report_interval, workers=bool(workers))
+        self.deployment = Deployment(allow=("e2actors.",) + tuple(allow), secret=self.secret,
+                                     heartbeat_timeout=heartbeat_timeout, report_interval=report_interval,
+                                     workers=bool(workers))
         self.drains = DrainTracker()
         self._last_stats: dict[str, Any] = {}
         self.started = False
         self.deployed = False
+        self._input_told = False
         # Keeping the deployment healthy (moves, updates, failures: changes.py, recovery.py)
         self.rebalance_enabled = rebalance
         self.rebalance_threshold = rebalance_threshold
@@ -150,6 +151,11 @@ class Manager:
         self.recovery = Recovery(self.deployment, self.autoscaler)
 
     # --- the deployment's state, read through the manager ------------------------------------------
+    @property
+    def allow(self) -> tuple[str, ...]:
+        """Class prefixes actors may be loaded from (here and on the workers)."""
+        return self.deployment.allow
+
     @property
     def plan_(self) -> Plan | None:
         """The plan in force (None before :meth:`deploy`)."""
@@ -231,11 +237,15 @@ class Manager:
         hw.ports = {n: dataclasses.replace(p, kind=ports[n][0], params=ports[n][1]) if n in ports else p
                     for n, p in hw.ports.items()}
         dep.set_plan(plan)
+        # The modules the policy names are the user's own choice for this process and the workers
+        # it starts (agents keep their own allow-lists: a remote refusal says which option admits it).
+        dep.allow_modules(spec.cls.partition(":")[0] for spec in plan.policy.nfs.values())
         await dep.start_servers(hw)
         live = any(p.kind == "afpacket" for p in hw.ports.values())
         await dep.start_switches(trace_every=self.trace_every, max_inflight=self.max_inflight, live=live)
         for inst, server in plan.assignment.items():
             await self._spawn_instance(plan, inst, server)
+        await dep.until_ready(plan.assignment)
         # Shards sharing live interfaces join each PACKET_FANOUT group in the same order (the
         # kernel hands a flow to the member at the same index in every group: both directions
         # of a connection reach one switch), so their first tables go one server at a time.
@@ -254,6 +264,10 @@ class Manager:
             return
         ref = await self.deployment.spawn_instance(inst, server, spec, plan.policy.base_dir)
         self.deployment.add_instance(inst, ref)
+
+    def config_for(self, server: str, config: dict[str, Any], base_dir: str | None = None) -> dict[str, Any]:
+        """An NF's config as sent to ``server`` (see :meth:`Deployment.config_for`)."""
+        return self.deployment.config_for(server, config, base_dir)
 
     def tables(self) -> dict[str, SwitchTable]:
         """A new version of every switch's table from the plan in force."""
@@ -277,6 +291,7 @@ class Manager:
                 dep.set_plan(new_plan)
                 for inst in added:
                     await self._spawn_instance(new_plan, inst, new_plan.assignment[inst])
+                await dep.until_ready(added)
                 await dep.push_tables()
                 dep.record(nf, "scale-out", f"{len(cur)} -> {n} ({reason}); new: "
                            + ", ".join(f"{i}@{new_plan.assignment[i]}" for i in added)
@@ -322,6 +337,9 @@ class Manager:
             self._on_drained(msg)
         elif isinstance(msg, SwitchLoad):
             self._on_switch_load(msg)
+        elif isinstance(msg, FinalStats):
+            if isinstance(msg.stats, dict):
+                self.deployment.keep_final(msg.instance, msg.stats)
         elif isinstance(msg, NodeLost):
             self.recovery.on_node_lost(msg)
         elif isinstance(msg, Terminated):
@@ -428,6 +446,12 @@ class Manager:
                 out.extend(r)
         return out
 
+    def _tell_input_done(self) -> None:
+        """Every input is exhausted: tell the switches and instances, whose replay clocks then go
+        on with the wall clock (what waits on a timeout leaves now, not after their idle grace)."""
+        self._input_told = True
+        self.deployment.tell_all(InputDone())
+
     async def close_inputs(self, drain: float = 5.0) -> bool:
         """Stop reading input everywhere (the end of a live run, or a stop asked for) and wait up
         to ``drain`` seconds for what is in the deployment to leave; True when it all did."""
@@ -438,7 +462,7 @@ class Manager:
 
     def instance_counts(self) -> dict[str, int]:
         assert self.plan_ is not None
-        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) != "draining")
+        return {nf: sum(1 for i in self.plan_.instances_of(nf) if self.states.get(i) not in ("draining", "failed"))
                 for nf in self.plan_.policy.nfs}
 
     async def wait_done(self, timeout: float | None = None, poll: float = 0.1, on_poll=None) -> bool:
@@ -456,6 +480,8 @@ class Manager:
             queues = all(isinstance(i, dict) and i.get("queue", 0) == 0 and i.get("held", 0) == 0
                          for i in st["instances"].values())
             sig = _progress(st)
+            if done_input and not self._input_told:
+                self._tell_input_done()
             if done_input and idle and queues and sig == last:
                 quiet += 1
                 if quiet >= 3:
@@ -477,6 +503,8 @@ class Manager:
         ports: dict[str, Any] = {}
         remote = 0
         lost = 0
+        port_errors: list[dict[str, str]] = []
+        nf_errors: list[dict[str, Any]] = []
         hops: dict[str, list[int]] = {}
         t_first, t_last = [], []
         for server, s in st.get("switches", {}).items():
@@ -493,6 +521,8 @@ class Manager:
                         cur[k] += p[k]
                 if p["drops"]:
                     drops.update({f"port {pname}: {k}": v for k, v in p["drops"].items()})
+                if p.get("error"):
+                    port_errors.append({"where": f"port {pname} on {server}", "error": p["error"]})
             remote += sum(s.get("remote_tx", {}).values())
             cr = s.get("credits") or {}
             # Packets admitted and never finished (sent out, dropped, counted) when the run ended.
@@ -512,7 +542,8 @@ class Manager:
         instances: dict[str, Any] = {}
         verdicts: Counter = Counter()
         alerts: Counter = Counter()
-        for inst, i in {**self.deployment.retired, **st.get("instances", {})}.items():
+        live = {k: v for k, v in st.get("instances", {}).items() if isinstance(v, dict) and "packets_in" in v}
+        for inst, i in {**self.deployment.retired, **live}.items():
             if not isinstance(i, dict) or "packets_in" not in i:
                 continue
             server = plan.assignment.get(inst, i.get("server", "?")) if plan else "?"
@@ -521,9 +552,12 @@ class Manager:
                                "lost": i["lost"],
                                "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
                                "counters": dict(i.get("counters", {})),
+                               "state": self.states.get(inst, "retired" if i.get("retired") else "running"),
+                               "restarts": i.get("restarts", 0),
                                "busy_seconds": round(i["busy_seconds"], 4)}
             for reason, n in i.get("drops", {}).items():
                 drops[f"{nf_of(inst)}: {reason}"] += n
+            nf_errors.extend(i.get("error_list") or ())
             # (batches an instance's full mailbox refused are counted, in packets, by the switch
             # that sent them: "switch: queue full")
             for k, v in i.get("counters", {}).items():
@@ -556,7 +590,13 @@ class Manager:
             "verdicts": dict(verdicts),
             "alerts": dict(alerts),
             "scaling_events": [e.as_dict() for e in self.events],
-            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS],
+            # What went wrong: deployment events, failed ports and outputs, and each kind of exception
+            # an NF raised (with where in the pipelet's own code, and how often).
+            "errors": [e.as_dict() for e in self.events if e.kind in _ERROR_KINDS] + port_errors + nf_errors,
+            # Why the run failed (empty: it did not): the exit status of `e2actors run` follows it.
+            "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
+            + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]
+            + ([f"{lost:,} packets admitted and never accounted for"] if lost else []),
         }
 
     # --- stopping -------------------------------------------------------------------------------

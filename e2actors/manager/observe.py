@@ -7,13 +7,49 @@ conventions: ``e2_..._total`` counters, bytes and seconds as base units.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any
 
 from e2actors.manager.instances import nf_of
 from e2actors.runtime.metrics import Metrics, Sample
 
-__all__ = ["ClusterMetrics", "histograms_from_stats", "samples_from_stats"]
+__all__ = ["ClusterMetrics", "histograms_from_stats", "reason_label", "samples_from_stats"]
+
+# Drop reasons whose tail names something (a host, an instance, a server, a port): the label keeps
+# the kind of reason only, so label values come from a fixed vocabulary (a blocked host's name is
+# never a label: every name would be a series of its own).
+_NAMED_TAILS = ("blocked host ", "nf error in ", "lost with failed instance ", "lost with replaced instance ",
+                "held for vanished instance ", "output of unknown instance ", "unknown instance ",
+                "unknown nf ", "no port ", "no switch for server ", "bad remote target ", "bad target ",
+                "no instance of ", "ingress window full ")
+_NAMED_MIDDLE = re.compile(r"^(instance|link to|remote|nf) \S+ (gone|stalled|congested|unreachable|failed|removed|"
+                           r"has no actor)$")
+#: Distinct reason labels kept per place; more are counted under ``other``.
+MAX_REASONS = 64
+
+
+def reason_label(reason: str) -> str:
+    """The ``reason`` label of a drop reason (see the comment above): its kind, names left out."""
+    for t in _NAMED_TAILS:
+        if reason.startswith(t):
+            return t.strip()
+    m = _NAMED_MIDDLE.match(reason)
+    if m:
+        return f"{m.group(1)} {m.group(2)}"
+    return reason
+
+
+def _drops(add: Any, labels: dict[str, str], drops: dict[str, int]) -> None:
+    merged: Counter = Counter()
+    for reason, n in drops.items():
+        merged[reason_label(reason)] += n
+    if len(merged) > MAX_REASONS:  # (a pipelet with a reason per packet: bounded all the same)
+        keep = dict(merged.most_common(MAX_REASONS - 1))
+        keep["other"] = sum(merged.values()) - sum(keep.values())
+        merged = Counter(keep)
+    for reason, n in merged.items():
+        add(("e2_drops_total", "counter", "Packets dropped, by where and why", {**labels, "reason": reason}, n))
 
 
 def histograms_from_stats(st: dict[str, Any]) -> list[tuple]:
@@ -73,17 +109,15 @@ def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], eve
         if not isinstance(s, dict) or "ports" not in s:
             continue
         for port, p in s["ports"].items():
-            for d in ("rx", "tx"):
+            # Only the directions a port has (a capture replayed has no tx, an output file no rx).
+            dirs = [d for d, k in (("rx", "input"), ("tx", "output")) if p.get(k, True)]
+            for d in dirs:
                 add(("e2_port_packets_total", "counter", "Packets through an external port",
                      {"server": server, "port": port, "direction": d}, p[f"{d}_packets"]))
                 add(("e2_port_bytes_total", "counter", "Bytes through an external port",
                      {"server": server, "port": port, "direction": d}, p[f"{d}_bytes"]))
-            for reason, n in p["drops"].items():
-                add(("e2_drops_total", "counter", "Packets dropped, by where and why",
-                     {"server": server, "where": f"port {port}", "reason": reason}, n))
-        for reason, n in s["drops"].items():
-            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
-                 {"server": server, "where": "switch", "reason": reason}, n))
+            _drops(add, {"server": server, "where": f"port {port}"}, p["drops"])
+        _drops(add, {"server": server, "where": "switch"}, s["drops"])
         for edge, n in s["routes"].items():
             add(("e2_edge_packets_total", "counter", "Packets that took a policy edge",
                  {"server": server, "edge": edge}, n))
@@ -118,12 +152,13 @@ def samples_from_stats(st: dict[str, Any], instances_per_nf: dict[str, int], eve
              {**lab, "direction": "in"}, i["packets_in"]))
         add(("e2_instance_packets_total", "counter", "Packets into and out of an NF instance",
              {**lab, "direction": "out"}, i["packets_out"]))
-        add(("e2_instance_bytes_total", "counter", "Bytes into an NF instance", lab, i["bytes_in"]))
+        add(("e2_instance_bytes_total", "counter", "Bytes into and out of an NF instance",
+             {**lab, "direction": "in"}, i["bytes_in"]))
+        add(("e2_instance_bytes_total", "counter", "Bytes into and out of an NF instance",
+             {**lab, "direction": "out"}, i.get("bytes_out", 0)))
         add(("e2_instance_busy_seconds_total", "counter", "Time an instance spent processing", lab,
              i["busy_seconds"]))
-        for reason, n in i.get("drops", {}).items():
-            add(("e2_drops_total", "counter", "Packets dropped, by where and why",
-                 {"server": lab["server"], "where": inst, "reason": reason}, n))
+        _drops(add, {"server": lab["server"], "where": inst}, i.get("drops", {}))
         add(("e2_instance_refused_batches_total", "counter", "Batches a full instance queue refused "
              "(their packets are counted by the sending switch as queue full drops)", lab, i.get("mailbox_dropped", 0)))
         if i.get("lost"):

@@ -10,21 +10,29 @@ whose ends sit on different servers.
 Solvers (pure functions over a :class:`Problem`, registered in :data:`SOLVERS`):
 
 ``heuristic``
-    E2's: an initial packing of the instances in DAG order, each to the server (with a free core)
-    it exchanges most traffic with, then Kernighan-Lin/Fiduccia-Mattheyses style refinement: moves
-    of one instance and swaps of two between servers, taken while they shrink the cut and the
-    capacities hold. Gains come from per-instance tables of traffic towards each server, updated
-    incrementally on every move (O(degree)), never recomputed. The refinement also starts from the
-    first-fit packing, and on small problems from a few perturbed solutions (iterated local
-    search); the best result wins.
+    E2's: an initial packing of the instances in DAG order, each to the server with a free core
+    (and NIC room) it exchanges most traffic with, then Kernighan-Lin / Fiduccia-Mattheyses passes
+    (:mod:`e2actors.manager.refine`): tentative moves and swaps that may worsen the cut, each
+    instance locked once moved, the best prefix of the pass kept, passes repeated while one
+    improves. The refinement also starts from the first-fit packing; the best result wins.
 ``milp``
     Exact: a mixed-integer program solved by :func:`scipy.optimize.milp` (HiGHS) within a time
     limit; ``optimal`` says whether it proved optimality. Instances of one NF are interchangeable
     (the balancer spreads traffic evenly), so they are ordered by server to break symmetry.
 ``random``
-    Each instance to a random server with a free core (a baseline).
+    Each instance to a random server with a free core and NIC room (a baseline).
 ``first-fit``
-    Instances in DAG order, each to the first server (the ``in`` server first) with a free core.
+    Instances in DAG order, each to the first server (the ``in`` server first) with a free core
+    and NIC room.
+
+Every solver's placement respects cores and NICs, or :func:`place` raises :class:`Infeasible`:
+when a placement overloads a NIC (a greedy baseline can paint itself into a corner), FM passes
+that lower the excess repair it; when they cannot, the exact model decides whether any placement
+fits (and finds one) and, when none does, the error names the hardware entry that binds (``FILE:
+LINE``), the resource and the numbers (bits/s needed against the NIC's; cores needed against the
+servers'). A single server whose NIC no placement can fit is found by a lower bound of its own (a
+two-way MILP: this server against all others), which is also a proof that does not depend on the
+size of the whole model.
 
 :func:`place_incremental` adds new instances to a running placement without moving any other
 (what scaling out uses).
@@ -43,17 +51,35 @@ import networkx as nx
 from e2actors.errors import PlacementError
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import InstanceGraph
+from e2actors.manager.refine import State, fm_refine, improve_only, repair
 
-__all__ = ["Placement", "PlacementError", "Problem", "SOLVERS", "place", "place_incremental",
+__all__ = ["Infeasible", "Placement", "PlacementError", "Problem", "SOLVERS", "place", "place_incremental",
            "register_solver", "solver_names"]
 
 EPS = 1e-9
+#: The exact model is built only up to this many variables (beyond, building and solving it would
+#: take longer than a plan should; infeasibility is then reported as not proven).
+MILP_MAX_VARS = 150_000
 
+
+class Infeasible(PlacementError):
+    """No placement fits the hardware. ``resource`` is ``"cores"`` or ``"nic"``; ``server`` the
+    server whose NIC binds (None for cores: they bind in total); ``needed`` and ``available`` in
+    cores or bits/s; ``file`` and ``line`` the hardware entry (line 0: unknown); ``proven`` whether
+    no placement can fit (False: none was found in the time allowed)."""
+
+    def __init__(self, file: str, line: int, reason: str, *, resource: str, server: str | None,
+                 needed: float, available: float, proven: bool = True) -> None:
+        self.file, self.line, self.reason = file, line, reason
+        self.resource, self.server, self.needed, self.available, self.proven = resource, server, needed, available, proven
+        super().__init__(f"{file}{f':{line}' if line else ''}: {reason}")
 
 
 @dataclass
 class Placement:
-    """A solution: ``assignment`` maps every instance (``in``/``out`` included) to a server."""
+    """A solution: ``assignment`` maps every instance (``in``/``out`` included) to a server.
+    ``violations`` lists what it exceeds (only :func:`place_incremental`, which moves nothing
+    placed, can return one that does not fit: ``feasible`` is then False)."""
 
     assignment: dict[str, str]
     cost: float
@@ -61,10 +87,19 @@ class Placement:
     seconds: float = 0.0
     optimal: bool | None = None
     feasible: bool = True
+    violations: list[str] = field(default_factory=list)
 
     def on(self, server: str) -> list[str]:
         """Instances placed on ``server``, in order."""
         return [i for i, s in self.assignment.items() if s == server]
+
+
+def rate(bps: float) -> str:
+    """``11.09 Gbit/s``: bits/s for a message."""
+    for unit, k in (("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= k:
+            return f"{bps / k:.4g} {unit}"
+    return f"{bps:.4g} bit/s"
 
 
 # --- the problem in index form ----------------------------------------------------------------------
@@ -74,7 +109,8 @@ class Problem:
 
     ``adj[i]`` maps each neighbour j to ``(pps, bps)`` of the traffic between i and j (both
     directions added); ``pinned`` maps instance -> server; ``order`` is a DAG order of the
-    instances; ``groups`` lists interchangeable instances (one NF's)."""
+    instances; ``groups`` lists interchangeable instances (one NF's). ``file``, ``servers_line``,
+    ``cores_lines`` and ``nic_lines`` say where the hardware file gives each limit (for errors)."""
 
     names: list[str]
     cores: list[int]
@@ -86,6 +122,11 @@ class Problem:
     order: list[int]
     groups: list[list[int]] = field(default_factory=list)
     port_server: int = 0  # the server of ``in`` (first-fit starts there)
+    nf: list[str] = field(default_factory=list)
+    file: str = "<hardware>"
+    servers_line: int = 0
+    cores_lines: list[int] = field(default_factory=list)
+    nic_lines: list[int] = field(default_factory=list)
 
     @classmethod
     def build(cls, graph: InstanceGraph, hardware: Hardware) -> Problem:
@@ -123,10 +164,12 @@ class Problem:
             by_nf.setdefault(graph.nf[n], []).append(i)
         order = [i for nf in nf_order for i in by_nf[nf]]
         groups = [g for nf, g in by_nf.items() if len(g) > 1]
-        return cls(names, [graph.cores[n] for n in names], servers,
-                   [hardware.servers[s].cores for s in servers],
-                   [hardware.servers[s].nic_bps for s in servers], adj, pinned, order, groups,
-                   sidx[hardware.ports["in"].server] if "in" in hardware.ports else 0)
+        hs = [hardware.servers[s] for s in servers]
+        return cls(names, [graph.cores[n] for n in names], servers, [h.cores for h in hs], [h.nic_bps for h in hs],
+                   adj, pinned, order, groups,
+                   sidx[hardware.ports["in"].server] if "in" in hardware.ports else 0,
+                   [graph.nf[n] for n in names], hardware.file, getattr(hardware, "servers_line", 0),
+                   [h.cores_line or h.line for h in hs], [h.nic_line or h.line for h in hs])
 
     @property
     def n(self) -> int:
@@ -135,6 +178,14 @@ class Problem:
     @property
     def m(self) -> int:
         return len(self.servers)
+
+    @property
+    def nic_limited(self) -> bool:
+        return any(math.isfinite(x) for x in self.nic)
+
+    def movable(self) -> list[int]:
+        """The instances a solver places (all but the pinned ports), in DAG order."""
+        return [i for i in self.order if i not in self.pinned]
 
     def cost(self, srv: list[int]) -> float:
         return sum(w for i, nb in enumerate(self.adj) for j, (w, _b) in nb.items() if j > i and srv[i] != srv[j])
@@ -155,7 +206,7 @@ class Problem:
             use = self.nic_use(srv)
             for s in range(self.m):
                 if use[s] > self.nic[s] * (1 + 1e-9):
-                    bad.append(f"{self.servers[s]}: NIC {use[s]:.3g} bit/s of {self.nic[s]:.3g}")
+                    bad.append(f"{self.servers[s]}: NIC {rate(use[s])} of {rate(self.nic[s])}")
         return bad
 
     def nic_use(self, srv: list[int]) -> list[float]:
@@ -168,175 +219,19 @@ class Problem:
         return use
 
     def check_room(self) -> None:
+        """Raise :class:`Infeasible` (cores) when the instances need more cores than all servers have."""
         need = sum(self.cores[i] for i in range(self.n) if i not in self.pinned)
-        if need > sum(self.capacity):
-            raise PlacementError(f"{need} cores needed, the servers have {sum(self.capacity)}")
-
-
-# --- incremental state: the heart of the heuristic --------------------------------------------------
-class _State:
-    """An assignment with, per instance, its traffic towards each server (``conn``: pps, ``bconn``:
-    bps), per-server core and NIC use, and the cut: all updated in O(degree) per move."""
-
-    def __init__(self, p: Problem, srv: list[int]) -> None:
-        self.p = p
-        self.srv = list(srv)
-        self.load = [0] * p.m
-        for i, s in enumerate(self.srv):
-            self.load[s] += p.cores[i]
-        self.conn: list[dict[int, float]] = [{} for _ in range(p.n)]
-        self.bconn: list[dict[int, float]] = [{} for _ in range(p.n)]
-        self.tot_b = [0.0] * p.n
-        self.nic = [0.0] * p.m
-        cut = 0.0
-        for i, nb in enumerate(p.adj):
-            ci, bi = self.conn[i], self.bconn[i]
-            for j, (w, b) in nb.items():
-                s = self.srv[j]
-                ci[s] = ci.get(s, 0.0) + w
-                bi[s] = bi.get(s, 0.0) + b
-                self.tot_b[i] += b
-                if j > i and self.srv[i] != s:
-                    cut += w
-                    self.nic[self.srv[i]] += b
-                    self.nic[s] += b
-        self.cut = cut
-        self.nic_limited = any(math.isfinite(x) for x in p.nic)
-
-    def move_gain(self, i: int, t: int) -> float:
-        c = self.conn[i]
-        return c.get(t, 0.0) - c.get(self.srv[i], 0.0)
-
-    def nic_after_move(self, i: int, t: int) -> tuple[float, float]:
-        """NIC use of i's server and of ``t`` if i moved to t."""
-        a = self.srv[i]
-        bc = self.bconn[i]
-        tot = self.tot_b[i]
-        na = self.nic[a] - (tot - bc.get(a, 0.0)) + bc.get(a, 0.0)
-        nt = self.nic[t] - bc.get(t, 0.0) + (tot - bc.get(t, 0.0))
-        return na, nt
-
-    def nic_ok_move(self, i: int, t: int) -> bool:
-        if not self.nic_limited:
-            return True
-        a = self.srv[i]
-        na, nt = self.nic_after_move(i, t)
-        nic = self.p.nic
-        # allowed when within bounds, or when it does not make an overloaded server worse
-        return (na <= nic[a] * (1 + 1e-9) or na <= self.nic[a]) and (nt <= nic[t] * (1 + 1e-9) or nt <= self.nic[t])
-
-    def move(self, i: int, t: int) -> None:
-        a = self.srv[i]
-        if a == t:
-            return
-        p = self.p
-        self.cut -= self.move_gain(i, t)
-        if self.nic_limited:
-            na, nt = self.nic_after_move(i, t)
-            self.nic[a], self.nic[t] = na, nt
-        self.load[a] -= p.cores[i]
-        self.load[t] += p.cores[i]
-        self.srv[i] = t
-        conn, bconn = self.conn, self.bconn
-        for j, (w, b) in p.adj[i].items():
-            cj = conn[j]
-            x = cj[a] - w
-            if x <= EPS:
-                del cj[a]
-            else:
-                cj[a] = x
-            cj[t] = cj.get(t, 0.0) + w
-            bj = bconn[j]
-            y = bj.get(a, 0.0) - b
-            if y <= EPS:
-                bj.pop(a, None)
-            else:
-                bj[a] = y
-            bj[t] = bj.get(t, 0.0) + b
-
-    def fits(self, i: int, t: int) -> bool:
-        return self.load[t] + self.p.cores[i] <= self.p.capacity[t]
-
-
-def _refine(st: _State, movable: list[int], deadline: float, max_passes: int = 50) -> None:
-    """Moves and swaps with positive gain, pass after pass, while the cut shrinks."""
-    p = st.p
-    adj = p.adj
-    group_of = [-1] * p.n
-    for g, members in enumerate(p.groups):
-        for i in members:
-            group_of[i] = g
-    for _ in range(max_passes):
-        improved = False
-        on: list[list[int]] = [[] for _ in range(p.m)]
-        for i in movable:
-            on[st.srv[i]].append(i)
-        for i in movable:
-            if time.perf_counter() > deadline:
-                return
-            a = st.srv[i]
-            ci = st.conn[i]
-            here = ci.get(a, 0.0)
-            best_gain, best = EPS, None
-            # targets: servers i exchanges traffic with, most first
-            for t, w in sorted(ci.items(), key=lambda kv: -kv[1]):
-                if t == a:
-                    continue
-                g = w - here
-                if g > best_gain and st.fits(i, t) and st.nic_ok_move(i, t):
-                    best_gain, best = g, ("move", t)
-                # swaps with an instance v on t: gain g + conn[v][a] - conn[v][t] - 2 w(i, v)
-                gi = group_of[i]
-                for v in on[t]:
-                    cv = st.conn[v]
-                    cva = cv.get(a, 0.0)
-                    if g + cva <= best_gain or (gi >= 0 and group_of[v] == gi):
-                        continue
-                    if st.load[t] - p.cores[v] + p.cores[i] > p.capacity[t]:
-                        continue
-                    if st.load[a] - p.cores[i] + p.cores[v] > p.capacity[a]:
-                        continue
-                    wiv = adj[i].get(v, (0.0, 0.0))[0]
-                    gs = g + cva - cv.get(t, 0.0) - 2 * wiv
-                    if gs > best_gain:
-                        best_gain, best = gs, ("swap", t, v)
-            if best is None:
-                continue
-            if best[0] == "move":
-                t = best[1]
-                on[a].remove(i)
-                on[t].append(i)
-                st.move(i, t)
-                improved = True
-            else:
-                _, t, v = best
-                before = st.cut
-                nic_before = list(st.nic) if st.nic_limited else None
-                st.move(i, t)
-                st.move(v, a)
-                if st.nic_limited and not _nic_ok(st, nic_before):  # undo
-                    st.move(v, t)
-                    st.move(i, a)
-                    continue
-                if st.cut >= before - EPS:  # numerical guard
-                    st.move(v, t)
-                    st.move(i, a)
-                    continue
-                on[a].remove(i)
-                on[t].append(i)
-                on[t].remove(v)
-                on[a].append(v)
-                improved = True
-        if not improved:
-            return
-
-
-def _nic_ok(st: _State, before: list[float] | None) -> bool:
-    nic = st.p.nic
-    for s in range(st.p.m):
-        if st.nic[s] > nic[s] * (1 + 1e-9) and (before is None or st.nic[s] > before[s] + 1e-6):
-            return False
-    return True
+        have = sum(self.capacity)
+        if need > have:
+            per: dict[str, int] = {}
+            for i in range(self.n):
+                if i not in self.pinned and self.cores[i]:
+                    per[self.nf[i] if self.nf else self.names[i]] = per.get(self.nf[i] if self.nf else self.names[i], 0) + self.cores[i]
+            servers = ", ".join(f"{s} {c}" for s, c in zip(self.servers, self.capacity))
+            raise Infeasible(self.file, self.servers_line,
+                             f"cores: the instances need {need} cores ({', '.join(f'{k} {v}' for k, v in per.items())}),"
+                             f" the servers have {have} ({servers})",
+                             resource="cores", server=None, needed=need, available=have)
 
 
 # --- solvers ----------------------------------------------------------------------------------------
@@ -365,35 +260,108 @@ def _initial(p: Problem) -> list[int]:
     return srv
 
 
-def _greedy_pack(p: Problem, srv: list[int], todo: Iterable[int], rng: _random.Random | None = None) -> list[int]:
-    """Place each instance of ``todo`` (in order) on the server with a free core it exchanges most
-    traffic with (ties: the fullest server that fits, to pack; then the lowest index)."""
-    load = [0] * p.m
-    for i, s in enumerate(srv):
-        if s >= 0:
-            load[s] += p.cores[i]
-    conn: list[dict[int, float]] = [{} for _ in range(p.n)]
-    for i, s in enumerate(srv):
-        if s >= 0:
-            for j, (w, _b) in p.adj[i].items():
-                conn[j][s] = conn[j].get(s, 0.0) + w
+class _Packer:
+    """A partial placement being built instance by instance: per server its cores and the NIC use
+    of the edges between placed instances; per instance its traffic towards each server's placed
+    instances. NIC use only grows as instances are placed, so a partial use past a limit is a
+    limit the finished placement breaks too."""
+
+    def __init__(self, p: Problem, srv: list[int]) -> None:
+        self.p, self.srv = p, srv
+        self.load = [0] * p.m
+        self.conn: list[dict[int, float]] = [{} for _ in range(p.n)]
+        self.bconn: list[dict[int, float]] = [{} for _ in range(p.n)]
+        self.btot = [0.0] * p.n
+        self.nic = [0.0] * p.m
+        self.limited = p.nic_limited
+        self.lim = [x * (1 + 1e-9) for x in p.nic]
+        for i, s in enumerate(srv):
+            if s >= 0:
+                self.load[s] += p.cores[i]
+        for i, s in enumerate(srv):
+            if s >= 0:
+                self._attach(i, s, count_nic=False)
+        if self.limited:
+            self.nic = self._partial_nic()
+
+    def _partial_nic(self) -> list[float]:
+        use = [0.0] * self.p.m
+        srv = self.srv
+        for i, nb in enumerate(self.p.adj):
+            if srv[i] < 0:
+                continue
+            for j, (_w, b) in nb.items():
+                if j > i and srv[j] >= 0 and srv[i] != srv[j]:
+                    use[srv[i]] += b
+                    use[srv[j]] += b
+        return use
+
+    def _attach(self, i: int, s: int, count_nic: bool = True) -> None:
+        if count_nic and self.limited:
+            bc = self.bconn[i]
+            self.nic[s] += self.btot[i] - bc.get(s, 0.0)
+            for t, b in bc.items():
+                if t != s:
+                    self.nic[t] += b
+        for j, (w, b) in self.p.adj[i].items():
+            cj = self.conn[j]
+            cj[s] = cj.get(s, 0.0) + w
+            bj = self.bconn[j]
+            bj[s] = bj.get(s, 0.0) + b
+            self.btot[j] += b
+
+    def fits(self, i: int, s: int) -> bool:
+        return self.load[s] + self.p.cores[i] <= self.p.capacity[s]
+
+    def overs(self, i: int) -> list[float]:
+        """Per server s: how much NIC excess placing i on s would add (0: within every NIC)."""
+        m = self.p.m
+        if not self.limited:
+            return [0.0] * m
+        nic, lim = self.nic, self.lim
+        bc = self.bconn[i]
+        d: dict[int, float] = {}
+        for t, b in bc.items():
+            d[t] = max(0.0, nic[t] + b - lim[t]) - max(0.0, nic[t] - lim[t])
+        others = sum(d.values())
+        out = []
+        for s in range(m):
+            add = self.btot[i] - bc.get(s, 0.0)
+            x = max(0.0, nic[s] + add - lim[s]) - max(0.0, nic[s] - lim[s])
+            out.append(x + others - d.get(s, 0.0))
+        return out
+
+    def put(self, i: int, s: int) -> None:
+        self.srv[i] = s
+        self.load[s] += self.p.cores[i]
+        self._attach(i, s)
+
+
+def _no_core(p: Problem, i: int) -> Infeasible:
+    need = sum(p.cores[j] for j in range(p.n) if j not in p.pinned)
+    return Infeasible(p.file, p.servers_line, f"cores: no server has a free core for {p.names[i]}",
+                      resource="cores", server=None, needed=need, available=sum(p.capacity))
+
+
+def _greedy_pack(p: Problem, srv: list[int], todo: Iterable[int]) -> list[int]:
+    """Place each instance of ``todo`` (in order) on a server with a free core where its edges to
+    the instances placed so far fit the NICs (else: where they overflow least), choosing the one
+    it exchanges most traffic with (ties: the fullest server that fits, to pack; then the lowest
+    index)."""
+    pk = _Packer(p, srv)
     for i in todo:
         best, key = -1, None
-        ci = conn[i]
+        ci = pk.conn[i]
+        over = pk.overs(i)
         for s in range(p.m):
-            if load[s] + p.cores[i] > p.capacity[s]:
+            if not pk.fits(i, s):
                 continue
-            k = (ci.get(s, 0.0), load[s] if p.cores[i] else 0, -s)
-            if rng is not None:
-                k = (k[0], rng.random())
+            k = (-round(over[s], 3), ci.get(s, 0.0), pk.load[s] if p.cores[i] else 0, -s)
             if key is None or k > key:
                 best, key = s, k
         if best < 0:
-            raise PlacementError(f"no server has a free core for {p.names[i]}")
-        srv[i] = best
-        load[best] += p.cores[i]
-        for j, (w, _b) in p.adj[i].items():
-            conn[j][best] = conn[j].get(best, 0.0) + w
+            raise _no_core(p, i)
+        pk.put(i, best)
     return srv
 
 
@@ -401,20 +369,17 @@ def _greedy_pack(p: Problem, srv: list[int], todo: Iterable[int], rng: _random.R
 def first_fit(p: Problem, *, seed: int = 0, time_limit: float = 0.0) -> tuple[list[int], bool | None]:
     p.check_room()
     srv = _initial(p)
-    load = [0] * p.m
-    for i, s in p.pinned.items():
-        load[s] += p.cores[i]
+    pk = _Packer(p, srv)
     servers = [p.port_server] + [s for s in range(p.m) if s != p.port_server]
     for i in p.order:
         if srv[i] >= 0:
             continue
-        for s in servers:
-            if load[s] + p.cores[i] <= p.capacity[s]:
-                srv[i] = s
-                load[s] += p.cores[i]
-                break
-        else:
-            raise PlacementError(f"no server has a free core for {p.names[i]}")
+        over = pk.overs(i)
+        fit = [s for s in servers if pk.fits(i, s)]
+        if not fit:
+            raise _no_core(p, i)
+        ok = [s for s in fit if over[s] <= 0]
+        pk.put(i, ok[0] if ok else min(fit, key=lambda s: over[s]))
     return srv, None
 
 
@@ -423,79 +388,110 @@ def random_place(p: Problem, *, seed: int = 0, time_limit: float = 0.0) -> tuple
     p.check_room()
     rng = _random.Random(seed)
     srv = _initial(p)
-    load = [0] * p.m
-    for i, s in p.pinned.items():
-        load[s] += p.cores[i]
+    pk = _Packer(p, srv)
     todo = [i for i in range(p.n) if srv[i] < 0]
     rng.shuffle(todo)
     todo.sort(key=lambda i: -p.cores[i])  # stable: cored instances first, random among them
     for i in todo:
-        free = [s for s in range(p.m) if load[s] + p.cores[i] <= p.capacity[s]]
+        free = [s for s in range(p.m) if pk.fits(i, s)]
         if not free:
-            raise PlacementError(f"no server has a free core for {p.names[i]}")
-        s = rng.choice(free)
-        srv[i] = s
-        load[s] += p.cores[i]
+            raise _no_core(p, i)
+        over = pk.overs(i)
+        ok = [s for s in free if over[s] <= 0]
+        pk.put(i, rng.choice(ok) if ok else min(free, key=lambda s: over[s]))
     return srv, None
 
 
 @register_solver("heuristic")
-def heuristic(p: Problem, *, seed: int = 0, time_limit: float = 10.0) -> tuple[list[int], bool | None]:
+def heuristic(p: Problem, *, seed: int = 0, time_limit: float = 10.0, refine: str = "fm",
+              restarts: bool = True) -> tuple[list[int], bool | None]:
+    """Greedy packing (and, on smaller problems, first-fit), repaired to fit the NICs and refined;
+    the best wins. ``refine``: ``"fm"`` (descent, then Fiduccia-Mattheyses passes) or
+    ``"improve"`` (the descent alone: improving moves and swaps only, kept to compare with).
+    ``restarts``: on problems of up to 200 instances, also refine perturbed copies of the best
+    for up to a second (iterated local search: it still finds better optima there)."""
     p.check_room()
     start = time.perf_counter()
     deadline = start + time_limit
-    movable = [i for i in p.order if i not in p.pinned]
-    best: _State | None = None
+    movable = p.movable()
+    refiner = {"fm": fm_refine, "improve": improve_only}[refine]
+    best: State | None = None
+    closest: State | None = None  # the least NIC excess seen, for the error when nothing fits
 
-    def consider(st: _State) -> None:
+    def consider(st: State) -> None:
         nonlocal best
         if best is None or st.cut < best.cut - EPS:
             best = st
 
-    starts = [_greedy_pack(p, _initial(p), movable), first_fit(p)[0]]
+    starts = [_greedy_pack(p, _initial(p), movable)]
+    if p.n <= 500:  # on large problems first-fit rarely differs from the greedy packing
+        ff = first_fit(p)[0]
+        if ff != starts[0]:
+            starts.append(ff)
     for s0 in starts:
-        st = _State(p, s0)
-        _refine(st, movable, deadline)
+        st = State(p, s0)
+        if not repair(st, movable, min(deadline, time.perf_counter() + time_limit / 6)):
+            if closest is None or st.excess < closest.excess:
+                closest = st
+            continue
+        refiner(st, movable, deadline)
         consider(st)
-    # small problems: iterated local search from perturbed copies of the best (a few ms each)
-    if p.n <= 200 and best is not None:
+    if best is None:
+        assert closest is not None
+        st = State(p, _settle(p, closest.srv, max(0.5, deadline - time.perf_counter())))
+        refiner(st, movable, deadline)
+        consider(st)
+    assert best is not None
+    if restarts and p.n <= 200 and len(movable) > 1 and p.m > 1:
         rng = _random.Random(seed)
         rounds = 200 if p.n <= 60 else 15
         budget = min(deadline, start + 1.0)
         for _ in range(rounds):
             if time.perf_counter() > budget:
                 break
-            st = _State(p, best.srv)
-            k = max(2, len(movable) // 5)
-            for i in rng.sample(movable, min(k, len(movable))):
-                targets = [s for s in range(p.m) if s != st.srv[i] and st.fits(i, s)]
-                if targets:
-                    st.move(i, rng.choice(targets))
-                elif p.m > 1:  # swap with someone elsewhere
-                    others = [v for v in movable if st.srv[v] != st.srv[i] and p.cores[v] == p.cores[i]]
-                    if others:
-                        v = rng.choice(others)
-                        a, t = st.srv[i], st.srv[v]
-                        st.move(i, t)
-                        st.move(v, a)
-            _refine(st, movable, deadline)
-            if st.nic_limited and p.check(st.srv):
+            st = State(p, best.srv)
+            _perturb(st, movable, rng, max(2, len(movable) // 5))
+            if not repair(st, movable, budget):
                 continue
+            refiner(st, movable, budget)
             consider(st)
-    assert best is not None
     return best.srv, None
 
 
-@register_solver("milp")
-def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[int], bool | None]:
-    """Exact MILP: x[i,s] binary (instance i on server s); for an edge between two movable
+def _perturb(st: State, movable: list[int], rng: _random.Random, k: int) -> None:
+    """Move ``k`` random instances to random servers with room (or swap them with an instance
+    elsewhere when no server has room): a kick out of the current local minimum."""
+    p = st.p
+    for i in rng.sample(movable, min(k, len(movable))):
+        targets = [s for s in range(p.m) if s != st.srv[i] and st.fits(i, s)]
+        if targets:
+            st.move(i, rng.choice(targets))
+            continue
+        v = rng.choice(movable)
+        a, t = st.srv[i], st.srv[v]
+        if t != a and p.cores[v] == p.cores[i]:
+            st.move(i, t)
+            st.move(v, a)
+
+
+# --- the exact model ----------------------------------------------------------------------------------
+def _milp_vars(p: Problem) -> int:
+    """Variables of the exact model: x per (movable instance, server), z per (free edge, server)."""
+    mov = p.n - len(p.pinned)
+    free = sum(1 for i, nb in enumerate(p.adj) for j in nb if j > i and i not in p.pinned and j not in p.pinned)
+    return mov * p.m + free * (p.m if p.nic_limited else 1)
+
+
+def _milp_solve(p: Problem, time_limit: float) -> tuple[list[int] | None, str]:
+    """The exact model: x[i,s] binary (instance i on server s); for an edge between two movable
     instances, z[e,s] >= |x[u,s] - x[v,s]| and the edge's cut is sum_s z[e,s] / 2; an edge to a
-    pinned instance on server q is cut by 1 - x[u,q]. Capacities: cores, and NIC when finite."""
+    pinned instance on server q is cut by 1 - x[u,q]. Capacities: cores, and NIC when finite.
+    Returns ``(server per instance or None, status)`` with status ``optimal``, ``feasible`` (time
+    limit with an incumbent), ``infeasible`` (proven) or ``unknown`` (time limit, no incumbent)."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp as _milp
     from scipy.sparse import coo_matrix
 
-    p.check_room()
     m = p.m
     movable = [i for i in range(p.n) if i not in p.pinned]
     col = {i: k for k, i in enumerate(movable)}
@@ -506,7 +502,6 @@ def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[i
 
     free_edges: list[tuple[int, int, float, float]] = []
     pinned_edges: list[tuple[int, int, float, float]] = []  # (movable, server, w, b)
-    const = 0.0
     const_nic = [0.0] * m
     for i, nb in enumerate(p.adj):
         for j, (w, b) in nb.items():
@@ -514,7 +509,6 @@ def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[i
                 continue
             if i in p.pinned and j in p.pinned:
                 if p.pinned[i] != p.pinned[j]:
-                    const += w
                     const_nic[p.pinned[i]] += b
                     const_nic[p.pinned[j]] += b
             elif i in p.pinned:
@@ -525,7 +519,7 @@ def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[i
                 free_edges.append((i, j, w, b))
     # with a NIC limit, z[e,s] >= |x[u,s] - x[v,s]| per server (the NIC rows need them); without,
     # one y[e] >= x[u,s] - x[v,s] for every s is the edge's cut (fewer variables, solves faster)
-    nic_rows = any(math.isfinite(x) for x in p.nic)
+    nic_rows = p.nic_limited
     zs = m if nic_rows else 1
     nz = len(free_edges) * zs
     nvar = nx_ + nz
@@ -534,7 +528,6 @@ def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[i
         c[nx_ + e * zs: nx_ + (e + 1) * zs] = w / 2 if nic_rows else w
     for (u, q, w, _b) in pinned_edges:
         c[xv(u, q)] -= w  # w * (1 - x[u,q])
-        const += w
     rows, cols, vals, lo, hi = [], [], [], [], []
     r = 0
 
@@ -586,26 +579,229 @@ def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[i
     A = coo_matrix((vals, (rows, cols)), shape=(r, nvar)).tocsr()
     integrality = np.zeros(nvar)
     integrality[:nx_] = 1
-    ub = np.ones(nvar)
     res = _milp(c, constraints=LinearConstraint(A, lo, hi), integrality=integrality,
-                bounds=Bounds(np.zeros(nvar), ub),
+                bounds=Bounds(np.zeros(nvar), np.ones(nvar)),
                 options={"time_limit": max(0.1, time_limit), "disp": False, "mip_rel_gap": 1e-6})
     if res.x is None:
-        if res.status == 2:
-            raise PlacementError("no placement fits the servers' cores and NICs")
-        srv, _ = heuristic(p, seed=seed, time_limit=time_limit)  # no incumbent in time
-        return srv, False
+        return None, "infeasible" if res.status == 2 else "unknown"
     srv = _initial(p)
     x = res.x[:nx_].reshape(len(movable), m)
     for k, i in enumerate(movable):
         srv[i] = int(np.argmax(x[k]))
-    return srv, bool(res.status == 0)
+    return srv, "optimal" if res.status == 0 else "feasible"
+
+
+@register_solver("milp")
+def milp(p: Problem, *, seed: int = 0, time_limit: float = 30.0) -> tuple[list[int], bool | None]:
+    """Exact (see :func:`_milp_solve`); without an incumbent in time, the heuristic's placement."""
+    p.check_room()
+    t0 = time.perf_counter()
+    srv, status = _milp_solve(p, time_limit)
+    if status == "infeasible":
+        closest = _least_excess(p, t0 + time_limit)
+        raise _no_fit(p, closest, max(0.5, t0 + time_limit - time.perf_counter()), proven=True)
+    if srv is None:  # no incumbent in time
+        srv, _ = heuristic(p, seed=seed, time_limit=max(1.0, time_limit))
+        return srv, False
+    return srv, status == "optimal"
+
+
+# --- when nothing fits: who binds -------------------------------------------------------------------
+def _least_excess(p: Problem, deadline: float) -> list[int]:
+    """A placement with as little NIC excess as the greedy packing and FM repair find."""
+    st = State(p, _greedy_pack(p, _initial(p), p.movable()))
+    repair(st, p.movable(), max(deadline, time.perf_counter() + 0.5))
+    return st.srv
+
+
+def _nic_floor(p: Problem, s: int, time_limit: float) -> tuple[float, set[int] | None]:
+    """A lower bound on the bits/s crossing server s's NIC in any placement that fits the cores:
+    a two-way MILP (on s or elsewhere; the other servers' cores pooled, their NICs ignored), its
+    optimum or, at the time limit, its proven bound. Also the instances its best solution keeps
+    on s (None without one)."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp as _milp
+    from scipy.sparse import coo_matrix
+
+    movable = [i for i in range(p.n) if i not in p.pinned]
+    col = {i: k for k, i in enumerate(movable)}
+    ny = len(movable)
+    free: list[tuple[int, int, float]] = []
+    const = 0.0
+    c_y = np.zeros(ny)
+    for i, nb in enumerate(p.adj):
+        for j, (_w, b) in nb.items():
+            if j <= i or not b:
+                continue
+            pi, pj = p.pinned.get(i), p.pinned.get(j)
+            if pi is not None and pj is not None:
+                if (pi == s) != (pj == s):
+                    const += b
+            elif pi is not None or pj is not None:
+                u, q = (j, pi) if pi is not None else (i, pj)
+                if q == s:  # crosses unless u is on s
+                    const += b
+                    c_y[col[u]] -= b
+                else:  # crosses s's NIC if u is on s
+                    c_y[col[u]] += b
+            else:
+                free.append((col[i], col[j], b))
+    nvar = ny + len(free)
+    c = np.concatenate([c_y, np.array([b for _u, _v, b in free])])
+    rows, cols, vals, lo, hi = [], [], [], [], []
+    for e, (u, v, _b) in enumerate(free):
+        for sign in (1.0, -1.0):
+            r = len(lo)
+            rows += [r, r, r]
+            cols += [ny + e, u, v]
+            vals += [1.0, -sign, sign]
+            lo.append(0.0)
+            hi.append(np.inf)
+    cores = np.array([float(p.cores[i]) for i in movable])
+    pin_s = sum(p.cores[i] for i, q in p.pinned.items() if q == s)
+    pin_o = sum(p.cores[i] for i, q in p.pinned.items() if q != s)
+    others = sum(p.capacity) - p.capacity[s]
+    for coef, ub in ((1.0, p.capacity[s] - pin_s), (-1.0, others - pin_o - cores.sum())):
+        r = len(lo)
+        for k in range(ny):
+            if cores[k]:
+                rows.append(r)
+                cols.append(k)
+                vals.append(coef * cores[k])
+        lo.append(-np.inf)
+        hi.append(ub)
+    A = coo_matrix((vals, (rows, cols)), shape=(len(lo), nvar)).tocsr()
+    integrality = np.zeros(nvar)
+    integrality[:ny] = 1
+    res = _milp(c, constraints=LinearConstraint(A, lo, hi), integrality=integrality,
+                bounds=Bounds(np.zeros(nvar), np.ones(nvar)),
+                options={"time_limit": max(0.1, time_limit), "disp": False, "mip_rel_gap": 1e-6})
+    on = {i for i, k in col.items() if res.x[k] > 0.5} if res.x is not None else None
+    if res.status == 0 and res.fun is not None:
+        return float(res.fun) + const, on
+    bound = getattr(res, "mip_dual_bound", None)
+    return (float(bound) + const if bound is not None and math.isfinite(bound) else 0.0), on
+
+
+def _crossing_by_nf(p: Problem, on: set[int], s: int) -> str:
+    """The NF pairs whose traffic crosses server s's NIC when ``on`` are the instances on s (the
+    ports pinned elsewhere are not), largest first."""
+    here = set(on) | {i for i, q in p.pinned.items() if q == s}
+    by: dict[tuple[str, str], float] = {}
+    for i, nb in enumerate(p.adj):
+        for j, (_w, b) in nb.items():
+            if j > i and b and ((i in here) != (j in here)):
+                key = tuple(sorted((p.nf[i], p.nf[j]))) if p.nf else (p.names[i], p.names[j])
+                by[key] = by.get(key, 0.0) + b  # type: ignore[index]
+    top = sorted(by.items(), key=lambda kv: -kv[1])[:3]
+    return ", ".join(f"{a}-{b} {rate(x)}" for (a, b), x in top)
+
+
+def _floor_error(p: Problem, s: int, floor: float, on: set[int] | None) -> Infeasible:
+    least = f" (where the least crosses: {_crossing_by_nf(p, on, s)})" if on is not None else ""
+    return Infeasible(p.file, p.nic_lines[s],
+                      f"NIC of server {p.servers[s]}: at least {rate(floor)} must cross it in any placement that "
+                      f"fits the servers' cores, it has {rate(p.nic[s])}{least}",
+                      resource="nic", server=p.servers[s], needed=floor, available=p.nic[s])
+
+
+def _by_excess(p: Problem, srv: list[int]) -> list[int]:
+    """The servers with a NIC limit, the most overloaded under ``srv`` (relatively) first."""
+    use = p.nic_use(srv)
+    finite = [s for s in range(p.m) if math.isfinite(p.nic[s])]
+    return sorted(finite, key=lambda s: -(use[s] - p.nic[s]) / max(p.nic[s], 1.0))
+
+
+def _no_fit(p: Problem, closest: list[int], time_limit: float, proven: bool, why: str = "",
+            floors: Mapping[int, float] | None = None) -> Infeasible:
+    """The error for a problem where no placement fits the NICs (cores do: :meth:`Problem.check_room`).
+    A server whose NIC floor (:func:`_nic_floor`) exceeds its limit is named with that proof;
+    otherwise the most overloaded NIC of the least-excess placement ``closest``. ``floors``: the
+    servers whose floor is known already (below their limit)."""
+    use = p.nic_use(closest)
+    finite = _by_excess(p, closest)
+    t_end = time.perf_counter() + time_limit
+    for s in finite:
+        left = t_end - time.perf_counter()
+        if left <= 0:
+            break
+        if floors is not None and s in floors:
+            continue
+        floor, on = _nic_floor(p, s, min(left, max(0.5, time_limit / 2)))
+        if floor > p.nic[s] * (1 + 1e-6):
+            return _floor_error(p, s, floor, on)
+    s = max(finite, key=lambda k: use[k] - p.nic[k] * (1 + 1e-9))
+    if proven:
+        reason = (f"NIC of server {p.servers[s]}: no placement fits every server's NIC (proven by the exact model); "
+                  f"the one with the least excess found puts {rate(use[s])} through it, it has {rate(p.nic[s])}")
+    else:
+        reason = (f"NIC of server {p.servers[s]}: no placement found that fits every server's NIC (not proven "
+                  f"impossible: {why or 'the exact model hit its time limit'}); the best found puts {rate(use[s])} "
+                  f"through it, it has {rate(p.nic[s])}")
+    return Infeasible(p.file, p.nic_lines[s], reason, resource="nic", server=p.servers[s], needed=use[s],
+                      available=p.nic[s], proven=proven)
+
+
+def _settle(p: Problem, closest: list[int], time_limit: float) -> list[int]:
+    """A placement that fits cores and NICs when FM repair from the usual starts found none, or
+    :class:`Infeasible`. For each overloaded server (most overloaded first), the two-way floor
+    model either proves its NIC cannot fit, or says which instances to keep on it so that the
+    least crosses: packing the rest around those and repairing is a start that usually fits.
+    Then the exact model (when small enough) decides."""
+    t_end = time.perf_counter() + time_limit
+    movable = p.movable()
+    use = p.nic_use(closest)
+    floors: dict[int, float] = {}
+    best, best_excess = closest, sum(max(0.0, use[s] - p.nic[s]) for s in range(p.m))
+    for s in _by_excess(p, closest):
+        left = t_end - time.perf_counter()
+        if use[s] <= p.nic[s] * (1 + 1e-9) or left <= 0:
+            break
+        floor, on = _nic_floor(p, s, max(0.2, left / 3))
+        floors[s] = floor
+        if floor > p.nic[s] * (1 + 1e-6):
+            raise _floor_error(p, s, floor, on)
+        if on is None:
+            continue
+        srv = _initial(p)
+        for i in on:
+            srv[i] = s
+        st = State(p, _greedy_pack(p, srv, [i for i in p.order if srv[i] < 0]))
+        if repair(st, movable, time.perf_counter() + max(0.2, (t_end - time.perf_counter()) / 3)):
+            return st.srv
+        if st.excess < best_excess:
+            best, best_excess = st.srv, st.excess
+    left = max(0.5, t_end - time.perf_counter())
+    nvars = _milp_vars(p)
+    if nvars > MILP_MAX_VARS:
+        raise _no_fit(p, best, left, proven=False, floors=floors,
+                      why=f"the exact model would have {nvars:,} variables, more than the {MILP_MAX_VARS:,} it is "
+                          "built for")
+    t0 = time.perf_counter()
+    srv, status = _milp_solve(p, left)
+    if srv is not None:
+        return srv
+    raise _no_fit(p, best, max(0.5, left - (time.perf_counter() - t0)), proven=status == "infeasible", floors=floors)
+
+
+def _fit(p: Problem, srv: list[int], time_limit: float) -> list[int]:
+    """``srv`` if its NICs fit; else repaired by FM passes, or :func:`_settle`'s."""
+    if not p.nic_limited:
+        return srv
+    st = State(p, srv)
+    if st.excess <= 0:
+        return srv
+    t0 = time.perf_counter()
+    if repair(st, p.movable(), t0 + time_limit / 3):
+        return st.srv
+    return _settle(p, st.srv, max(0.5, time_limit - (time.perf_counter() - t0)))
 
 
 # --- the entry points -------------------------------------------------------------------------------
 def place(graph: InstanceGraph, hardware: Hardware, solver: str = "heuristic", *, seed: int = 0,
           time_limit: float = 10.0) -> Placement:
-    """Place every instance of ``graph`` on ``hardware`` with a named solver."""
+    """Place every instance of ``graph`` on ``hardware`` with a named solver. The placement fits
+    every server's cores and NIC, or :class:`Infeasible` says which entry of the hardware binds."""
     try:
         fn = SOLVERS[solver]
     except KeyError:
@@ -613,21 +809,27 @@ def place(graph: InstanceGraph, hardware: Hardware, solver: str = "heuristic", *
     p = Problem.build(graph, hardware)
     t0 = time.perf_counter()
     srv, optimal = fn(p, seed=seed, time_limit=time_limit)
+    fitted = _fit(p, srv, time_limit)
+    if fitted is not srv:
+        optimal = None
     dt = time.perf_counter() - t0
-    return _result(p, srv, solver, dt, optimal)
+    return _result(p, fitted, solver, dt, optimal)
 
 
 def _result(p: Problem, srv: list[int], solver: str, seconds: float, optimal: bool | None) -> Placement:
     bad = p.check(srv)
     return Placement({p.names[i]: p.servers[s] for i, s in enumerate(srv)}, p.cost(srv), solver, seconds,
-                     optimal, not bad)
+                     optimal, not bad, bad)
 
 
 def place_incremental(graph: InstanceGraph, hardware: Hardware, placement: Mapping[str, str],
                       new: Iterable[str] | None = None) -> Placement:
     """Place the instances of ``graph`` that ``placement`` lacks (or ``new``), each on the server with
-    a free core it exchanges most traffic with, without moving any placed instance. Instances of
-    ``placement`` no longer in ``graph`` (scaled in) are dropped."""
+    a free core (and NIC room) it exchanges most traffic with, without moving any placed instance.
+    Instances of ``placement`` no longer in ``graph`` (scaled in) are dropped. Raises
+    :class:`Infeasible` when no server has a free core; when no server has NIC room the placement
+    is returned with ``feasible`` False and its ``violations`` (moving running instances to make
+    room is the caller's decision)."""
     p = Problem.build(graph, hardware)
     idx = {n: i for i, n in enumerate(p.names)}
     sidx = {s: k for k, s in enumerate(p.servers)}

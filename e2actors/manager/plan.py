@@ -37,7 +37,8 @@ class Plan:
     sizing: Sizing
     graph: InstanceGraph
     placement: Placement
-    #: With ``solver="all"``: name -> {inter_server_pps, seconds, optimal, feasible}.
+    #: With ``solver="all"``: name -> {inter_server_pps, seconds, optimal, feasible, rank} (rank 1:
+    #: the kept placement; infeasible rows rank last and carry ``error``).
     solvers: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     #: NF -> the next instance number :meth:`scale` hands out (numbers are never reused, so a
@@ -163,13 +164,19 @@ class Plan:
         lines.append(f"traffic crossing servers: {self.inter_server_pps:,.0f} pps of {tot:,.0f} pps "
                      f"between instances ({share:.1f}%)")
         if not self.placement.feasible:
-            lines.append("WARNING: the placement exceeds a server's cores or NIC bandwidth")
+            lines.append("WARNING: the placement exceeds a server's cores or NIC bandwidth: "
+                         + "; ".join(self.placement.violations))
         if self.solvers:
             lines.append("")
-            lines.append(f"{'solver':<10}  {'crossing pps':>14}  {'seconds':>9}  optimal")
-            for name, r in self.solvers.items():
+            lines.append(f"{'solver':<10}  {'feasible':>8}  {'crossing pps':>14}  {'seconds':>9}  optimal")
+            for name, r in sorted(self.solvers.items(), key=lambda kv: kv[1].get("rank", 0)):
                 opt = {True: "yes", False: "no", None: "-"}[r.get("optimal")]
-                lines.append(f"{name:<10}  {r['inter_server_pps']:>14,.0f}  {r['seconds']:>9.4f}  {opt}")
+                cost = f"{r['inter_server_pps']:>14,.0f}" if r["feasible"] else f"{'-':>14}"
+                kept = "  (kept)" if r.get("rank") == 1 else ""
+                lines.append(f"{name:<10}  {'yes' if r['feasible'] else 'no':>8}  {cost}  {r['seconds']:>9.4f}  {opt}{kept}")
+            for name, r in self.solvers.items():
+                if not r["feasible"]:
+                    lines.append(f"{name}: {r.get('error', 'its placement does not fit')}")
         for n in self.notes:
             lines.append(f"note: {n}")
         return "\n".join(lines)
@@ -215,7 +222,9 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
     load; ``fractions`` (e.g. from profiling) override edge fractions; ``solver`` is a name from
     :data:`~e2actors.manager.placement.SOLVERS` or ``all`` (every solver is run and compared; the
     plan keeps the cheapest feasible placement). Raises :class:`PolicyError` when the hardware
-    cannot carry the load even at full use, :class:`PlacementError` when it cannot be placed."""
+    cannot carry the load even at full use, :class:`PlacementError` when it cannot be placed
+    (:class:`~e2actors.manager.placement.Infeasible` when no placement fits the cores or a NIC:
+    it names the hardware entry that binds)."""
     if hardware is None:
         hardware = Hardware.single()
     if load is not None:
@@ -240,14 +249,28 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
     solvers: dict[str, dict[str, Any]] = {}
     if solver == "all":
         best: Placement | None = None
+        first_error: PlacementError | None = None
         for name in SOLVERS:
             t0 = time.perf_counter()
-            pl = place(graph, hardware, name, seed=seed, time_limit=time_limit)
+            try:
+                pl = place(graph, hardware, name, seed=seed, time_limit=time_limit)
+            except PlacementError as e:
+                first_error = first_error or e
+                solvers[name] = {"inter_server_pps": None, "seconds": round(time.perf_counter() - t0, 6),
+                                 "optimal": None, "feasible": False, "error": str(e)}
+                continue
             solvers[name] = {"inter_server_pps": round(pl.cost, 3), "seconds": round(time.perf_counter() - t0, 6),
                              "optimal": pl.optimal if name == "milp" else None, "feasible": pl.feasible}
             if pl.feasible and (best is None or pl.cost < best.cost - 1e-9):
                 best = pl  # ties keep the earlier solver: heuristic, then milp
-        placement = best or pl
+        if best is None:  # no solver placed it: the same error every solver gives
+            raise first_error or PlacementError("no solver found a placement that fits")
+        # rank: feasible plans by cost (ties in solver order, the kept one first), infeasible last
+        order = sorted(solvers, key=lambda k: (not solvers[k]["feasible"], k != best.solver,
+                                               solvers[k]["inter_server_pps"] or 0.0, list(SOLVERS).index(k)))
+        for rank, k in enumerate(order, 1):
+            solvers[k]["rank"] = rank
+        placement = best
     else:
         placement = place(graph, hardware, solver, seed=seed, time_limit=time_limit)
     return Plan(policy, hardware, sizing, graph, placement, solvers, notes)

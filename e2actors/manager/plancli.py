@@ -3,13 +3,17 @@
 Prints the sizing (instances per NF), which server runs what, per-server core use and the traffic
 crossing servers against the total; ``--json`` prints one JSON object instead (keys ``sizing``,
 ``placement``, ``servers``, ``instance_edges``, ``inter_server_pps``, ``total_pps``, and ``solvers``
-with ``--solver all``); ``--dot``/``--png`` draw the instance graph with servers as clusters.
-Exit status 0, or 2 with the reason on stderr (``FILE:LINE: reason`` for a bad policy).
+with ``--solver all``: each solver's cost, time, feasibility and rank); ``--dot``/``--png`` draw
+the instance graph with servers as clusters. Exit status 0, or 2 with the reason on stderr:
+``FILE:LINE: reason`` for a bad policy or hardware file, and for a placement that cannot fit
+(the hardware entry that binds: ``hw.yaml:3: NIC of server s1: at least 11.2 Gbit/s must cross
+it ..., it has 10 Gbit/s``), whichever solver ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import shutil
 import subprocess
@@ -33,11 +37,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", default="heuristic", help=f"placement solver: {', '.join(SOLVERS)}, or all "
                                                           "(compare them; default heuristic)")
     p.add_argument("--utilization", type=float, default=0.8, help="target utilization for sizing (default 0.8)")
-    p.add_argument("--time-limit", type=float, default=10.0, help="seconds a solver may take (milp)")
+    p.add_argument("--time-limit", type=float, default=10.0,
+                   help="seconds a solver may take (milp; also the search for a placement within the NICs, "
+                        "or the proof that none exists)")
     p.add_argument("--seed", type=int, default=0, help="seed for randomized solvers")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--dot", metavar="FILE", help="write the instance graph as Graphviz DOT")
     p.add_argument("--png", metavar="FILE", help="draw the instance graph as PNG (needs Graphviz's dot)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail (exit 2) on lint warnings: edges never taken, outputs with no edge, stateful NFs "
+                        "without affinity, traffic of the --profile sample that no class takes")
     p.add_argument("--no-check-classes", action="store_true",
                    help="do not import NF classes (descriptions must then give ports, cost, ...)")
     p.add_argument("--no-check-conditions", action="store_true",
@@ -52,6 +61,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.solver != "all" and args.solver not in SOLVERS:
         return fail(f"unknown solver {args.solver!r} (solvers: {', '.join(SOLVERS)}, all)")
+    base = os.path.dirname(os.path.abspath(args.policy))  # (pipelet modules next to the policy)
+    if base not in sys.path:
+        sys.path.insert(1, base)
     try:
         policy = Policy.load(args.policy, check_classes=not args.no_check_classes,
                              check_conditions=not args.no_check_conditions)
@@ -82,8 +94,22 @@ def run(args: argparse.Namespace) -> int:
         r = subprocess.run([dot, "-Tpng", "-o", args.png], input=plan.to_dot().encode(), capture_output=True)
         if r.returncode:
             return fail(f"dot failed: {r.stderr.decode(errors='replace').strip()}")
+    from e2actors.manager.lint import lint
+
+    sample = None
+    if args.profile:
+        from e2actors.packet.pcap import read_packets
+
+        sample = read_packets(args.profile)
+    warnings = lint(policy, sample)
+    for w in warnings:
+        print(w, file=sys.stderr)
     if args.json:
-        print(json.dumps(plan.to_json()))
+        d = plan.to_json()
+        d["warnings"] = [str(w) for w in warnings]
+        print(json.dumps(d))
     else:
         print(plan.summary())
+    if warnings and args.strict:
+        return fail(f"{len(warnings)} warning(s) and --strict")
     return 0

@@ -17,7 +17,9 @@ NF keys: ``class`` (``module:QualName`` or ``module.QualName``, a :class:`~e2act
 ``config``, ``ports``, ``cost_pps`` (packets/s one instance sustains), ``affinity``
 (none, flow, host), ``input`` (packets, bytestream), ``inline`` (runs inside the switch: no core of
 its own), ``min``/``max`` instances. ``ports``, ``cost_pps``, ``affinity`` and ``input`` default to
-what the class says (:meth:`Pipelet.describe`).
+what the class says (:meth:`Pipelet.describe`). ``kind: vport`` instead of ``class``: an existing
+program behind virtual ports, its settings (``command``, ``interfaces``, ``ready``, ...) at the NF's
+top level (:mod:`e2actors.nf.vport.config`; its ports come from its interfaces).
 
 Class keys: ``name``, ``filter`` (the entry condition, pcap-filter), ``load_pps`` and/or
 ``load_bps`` (numbers or rates such as ``1.5Gbit``), ``packet_bytes`` (mean frame size relating the
@@ -50,7 +52,7 @@ import yaml
 
 from e2actors.errors import E2Error, PolicyError
 from e2actors.manager.conditions import check_condition, error_column
-from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml, plain
+from e2actors.manager.yamlsrc import LDict, LList, Loc, load_yaml, plain, yaml_problem
 
 __all__ = ["Edge", "NFSpec", "Policy", "PolicyBuilder", "PolicyError", "TrafficClass",
            "parse_count", "parse_rate", "resolve_class", "resolve_config", "IN", "OUT", "DROP"]
@@ -88,10 +90,16 @@ def _parse_unit(v: Any, units: dict[str, float], what: str) -> float:
 def read_file(path: str, what: str) -> str:
     """The text of a policy or hardware file; a :class:`PolicyError` naming it if it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise PolicyError(path, 0, f"cannot read {what}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise PolicyError(path, line, f"{what} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # as text mode's universal newlines
 
 
 def parse_rate(v: Any, what: str = "rate") -> float:
@@ -257,10 +265,8 @@ class Policy:
         try:
             data = load_yaml(text, file)
         except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            problem = getattr(e, "problem", None) or str(e)
-            raise PolicyError(file, mark.line + 1 if mark else 0, f"not valid YAML: {problem}",
-                              mark.column + 1 if mark else 0) from None
+            line, column, reason = yaml_problem(e, text)
+            raise PolicyError(file, line, reason, column) from None
         return cls.from_data(data, file=file, check_classes=check_classes, check_conditions=check_conditions,
                              base_dir=base_dir)
 
@@ -355,7 +361,7 @@ class _Parser:
 
     def parse(self, data: Any) -> Policy:
         if not isinstance(data, dict):
-            raise self.err(_line(data), "a policy is a mapping with nfs, classes and edges")
+            raise self.err(_line(data) or 1, "a policy is a mapping with nfs, classes and edges")
         self._keys(data, _TOP_KEYS, "policy")
         nfs_d = data.get("nfs") or {}
         if not isinstance(nfs_d, dict):
@@ -393,6 +399,8 @@ class _Parser:
         if not isinstance(d, dict):
             raise self.err(line, f"NF {name}: a mapping with at least 'class'")
         line = _line(d) or line
+        if "kind" in d:
+            d = self.nf_kind(name, d, line)
         self._keys(d, _NF_KEYS, f"NF {name}")
         path = d.get("class")
         if not path or not isinstance(path, str):
@@ -400,7 +408,7 @@ class _Parser:
         try:
             module, qual = split_class_path(path)
         except ValueError as e:
-            raise self.err(_line(d, "class"), f"NF {name}: {e}") from None
+            raise self.err(_line(d, "class") or line, f"NF {name}: {e}") from None
         cls_path = f"{module}:{qual}"
         defaults: dict[str, Any] = {"ports": ["out"], "affinity": "none", "input": "packets", "cost_pps": 100_000}
         class_ports: list[str] | None = None
@@ -408,9 +416,17 @@ class _Parser:
             try:
                 cls = resolve_class(path)
             except (ImportError, AttributeError, TypeError, ValueError) as e:
-                raise self.err(_line(d, "class"), f"NF {name}: cannot import class {path}: {e}") from None
+                raise self.err(_line(d, "class") or line, f"NF {name}: cannot import class {path}: {e}") from None
             defaults = cls.describe()
             class_ports = list(defaults["ports"])
+            if hasattr(cls, "ports_for"):  # (a vport NF's ports come from its config)
+                try:
+                    class_ports = list(cls.ports_for(d.get("config") or {}))
+                except E2Error as e:
+                    key, cfg = getattr(e, "key", ""), d.get("config")
+                    at = _line(cfg, key) if key and isinstance(cfg, LDict) and key in cfg else _line(d, "config")
+                    raise self.err(at or line, f"NF {name}: config: {e}") from None
+                defaults["ports"] = class_ports
         ports = d.get("ports", defaults["ports"])
         if isinstance(ports, str):
             ports = [ports]
@@ -445,6 +461,36 @@ class _Parser:
         if not isinstance(config, dict):
             raise self.err(_line(d, "config"), f"NF {name}: config is a mapping")
         return NFSpec(name, cls_path, plain(config), tuple(ports), cost, affinity, input_, inline, lo, hi, line)
+
+    def nf_kind(self, name: str, d: Any, line: int) -> Any:
+        """``kind: vport``: an existing program behind virtual ports, its settings at the NF's top
+        level (see :mod:`e2actors.nf.vport.config`); the NF it stands for (class, config, ports)."""
+        from e2actors.nf.vport.config import VPORT_CLASS, VPORT_KEYS, VPortConfig, VPortConfigError
+
+        if d["kind"] != "vport":
+            raise self.err(_line(d, "kind"), f"NF {name}: unknown kind {d['kind']!r} (known: vport)")
+        for k in ("class", "config"):
+            if k in d:
+                raise self.err(_line(d, k), f"NF {name}: a kind: vport NF takes no {k!r} (its settings are "
+                                            f"keys of the NF: {', '.join(sorted(VPORT_KEYS))})")
+        for k in ("inline", "input"):
+            if k in d:
+                raise self.err(_line(d, k), f"NF {name}: a kind: vport NF takes no {k!r} (its program runs in "
+                                            f"a namespace of its own and takes packets)")
+        config = {k: plain(d[k]) for k in d if k in VPORT_KEYS}
+        try:
+            ports = VPortConfig.parse(config).ports
+        except VPortConfigError as e:
+            raise self.err(_line(d, e.key) if e.key in d else line, f"NF {name}: {e}") from None
+        out = LDict({k: v for k, v in d.items() if k not in VPORT_KEYS and k != "kind"})
+        if isinstance(d, LDict):
+            out.loc, out.locs, out.key_locs = d.loc, dict(d.locs), dict(d.key_locs)
+        else:
+            out.loc, out.locs, out.key_locs = Loc(line, 0), {}, {}
+        out["class"] = VPORT_CLASS
+        out["config"] = config
+        out.setdefault("ports", list(ports))
+        return out
 
     # --- classes ----------------------------------------------------------------------------------
     def traffic_class(self, i: int, d: Any, line: int) -> TrafficClass:

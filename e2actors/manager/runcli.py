@@ -17,10 +17,12 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from typing import Any
 
 from e2actors.errors import E2Error
@@ -71,14 +73,20 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
     from e2actors.manager.observe import ClusterMetrics
     from e2actors.manager.policy import Policy
 
+    # Pipelet modules next to the policy file are importable, like those in the current directory.
+    base = os.path.dirname(os.path.abspath(args.policy))
+    if base not in sys.path:
+        sys.path.insert(1, base)
     policy = Policy.load(args.policy)
     hardware = Hardware.load(args.hardware) if args.hardware else None
     pcap = args.traffic
     if args.gen:
         from e2actors.packet.traffic import write_pcap
 
-        pcap = os.path.join(tempfile.mkdtemp(prefix="e2gen-"), "gen.pcap")
+        gen_dir = tempfile.mkdtemp(prefix="e2gen-")
+        pcap = os.path.join(gen_dir, "gen.pcap")
         write_pcap(pcap, flows=args.gen, seed=args.seed, profile=args.profile)
+        args._cleanup = gen_dir  # (removed when the run ends)
     # A hardware file may place live ports itself (``in: {server: s1, kind: afpacket, iface: ...}``).
     hw_live = hardware is not None and any(p.kind not in ("memory", "null") for p in hardware.ports.values())
     if not pcap and not args.iface_in and not hw_live:
@@ -86,6 +94,10 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
                       "(or a hardware file whose ports are live interfaces)")
     if (args.iface_in or (hw_live and not pcap)) and not args.duration:
         raise E2Error("live interfaces need --duration SECONDS")
+    if pcap:
+        _check_capture(pcap)
+    if args.out_pcap:
+        _check_writable(args.out_pcap, "--out-pcap")
     traffic = None if (hw_live and not pcap and not args.iface_in) else Traffic(
         pcap=pcap, speed=args.speed, loop=args.loop, out=args.out_pcap,
         iface_in=args.iface_in, iface_out=args.iface_out, both_ways=args.both_ways)
@@ -116,7 +128,11 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
         control = await serve_for(mgr, getattr(args, "control", None), mgr.secret)
         if args.metrics_port is not None:
             metrics = ClusterMetrics(mgr)
-            port = await metrics.start(args.metrics_port, args.metrics_addr)
+            try:
+                port = await metrics.start(args.metrics_port, args.metrics_addr)
+            except OSError as exc:
+                raise E2Error(f"--metrics-port {args.metrics_port}: cannot listen on {args.metrics_addr}: "
+                              f"{exc.strerror or exc}") from None
             if not args.json:
                 print(f"metrics: http://{args.metrics_addr}:{port}/metrics", file=sys.stderr)
 
@@ -129,9 +145,15 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
         # SIGINT/SIGTERM end a live run early, with its summary (how a service manager stops it).
         loop = asyncio.get_running_loop()
         waiting = loop.create_task(mgr.wait_done(timeout=args.duration, on_poll=on_poll))
+        stopped_by: list[str] = []
+
+        def stop(sig: signal.Signals) -> None:
+            stopped_by.append(sig.name)
+            waiting.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, waiting.cancel)
+                loop.add_signal_handler(sig, stop, sig)
             except (NotImplementedError, RuntimeError):
                 pass
         try:
@@ -154,6 +176,8 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
             progress.close()
         summary = mgr.summary(st)
         summary["completed"] = done
+        if stopped_by:
+            summary["stopped_by"] = stopped_by[0]
         if args.trace:
             summary["traces"] = await mgr.traces()
         if metrics is not None and args.linger > 0:
@@ -225,13 +249,55 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
+    # A truncated capture is reported once, as the run's failure (not also as a Python warning).
+    warnings.filterwarnings("ignore", message=".*truncated capture", category=RuntimeWarning)
     try:
-        summary = run(run_job(args))
+        try:
+            summary = run(run_job(args))
+        finally:
+            gen_dir = getattr(args, "_cleanup", None)
+            if gen_dir:
+                shutil.rmtree(gen_dir, ignore_errors=True)
     except E2Error as exc:
         print(f"e2actors run: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the deployment was up: nothing ran yet
+        print("e2actors run: interrupted while starting", file=sys.stderr)
+        return 130
+    except OSError as exc:  # an operator's mistake the checks above did not name (a path, a port)
+        print(f"e2actors run: {exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}",
+              file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(summary, default=str))
     else:
         print_summary(summary)
+    if summary.get("failures"):
+        # The exit status tells the truth: a failed output, a corrupt input, an NF that failed
+        # for good or packets unaccounted for fail the run (status 1), one line each.
+        for f in summary["failures"]:
+            print(f"e2actors run: failed: {f}", file=sys.stderr)
+        return 1
+    if summary.get("stopped_by") == "SIGINT":
+        return 130  # (the summary so far was printed: the run did not end by itself)
     return 0
+
+
+def _check_capture(path: str) -> None:
+    """A capture given on the command line exists and is one (one line, not a traceback)."""
+    from e2actors.packet.pcap import open_capture
+
+    try:
+        open_capture(path).close()
+    except OSError as exc:
+        raise E2Error(f"--traffic {path}: {exc.strerror or exc}") from None
+    except E2Error as exc:
+        raise E2Error(f"--traffic {path}: {exc}") from None
+
+
+def _check_writable(path: str, what: str) -> None:
+    d = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(d):
+        raise E2Error(f"{what} {path}: no directory {d}")
+    if not os.access(d, os.W_OK):
+        raise E2Error(f"{what} {path}: the directory {d} is not writable")

@@ -14,12 +14,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from e2actors.nf.messages import (ExportState, GetStats, ImportState, LoadReport, NFBatch, NFOutput, StreamVerdicts,
-                                  StreamWork)
+from e2actors.nf.messages import (ExportState, FinalStats, GetStats, ImportState, InputDone, LoadReport, NFBatch,
+                                  NFOutput, StreamVerdicts, StreamWork)
 from e2actors.nf.pipelet import Pipelet
 from e2actors.nf.runner import PipeletRunner
 from e2actors.packet.batch import Batch
+from e2actors.errors import SpawnRefused
 from e2actors.runtime.actor import Actor
+from e2actors.runtime.confine import ConfinementError
 from e2actors.runtime.messages import Tick
 from e2actors.runtime.node import load_class
 from e2actors.runtime.ref import ActorRef
@@ -28,6 +30,19 @@ __all__ = ["NFInstance", "resolve_pipelet"]
 
 _TIMER = Tick("nf-timer")
 _REPORT = Tick("nf-report")
+
+
+def _user_frame(exc: BaseException) -> str:
+    """``file:line`` of the deepest traceback frame outside the e2actors package (the NF author's
+    code), or of the deepest frame when there is none."""
+    import os
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    own = [f for f in frames if not os.path.abspath(f.filename).startswith(pkg + os.sep)]
+    f = (own or frames or [None])[-1]
+    return f"{f.filename}:{f.lineno}" if f is not None else "?"
 
 
 def resolve_pipelet(cls: str | type[Pipelet], allow: tuple[str, ...]) -> type[Pipelet]:
@@ -63,7 +78,26 @@ class NFInstance(Actor):
 
     @classmethod
     def check_spawn(cls, node: Any, kwargs: dict[str, Any]) -> None:
-        resolve_pipelet(kwargs.get("pipelet", ""), node.allow_spawn)
+        """Refuse, before anything starts, a pipelet off the allow-list or a config that names
+        files outside the node's data directory or a program it does not allow (``SpawnRefused``
+        naming the NF, the config key and the reason; counted as ``nf_config_refused``)."""
+        pipelet = resolve_pipelet(kwargs.get("pipelet", ""), node.allow_spawn)
+        confine = getattr(node, "confine", None)
+        if confine is None:
+            return
+        config = kwargs.get("config") or {}
+        what = f"NF {kwargs.get('nf') or '?'} ({pipelet.__module__}:{pipelet.__qualname__})"
+        if not isinstance(config, dict):
+            node.counters["nf_config_refused"] += 1
+            raise SpawnRefused(f"{what}: its config is not a mapping")
+        try:
+            pipelet.check_config(config, confine)
+        except ConfinementError as exc:
+            node.counters["nf_config_refused"] += 1
+            raise SpawnRefused(f"{what}: {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:  # a config of the wrong shape
+            node.counters["nf_config_refused"] += 1
+            raise SpawnRefused(f"{what}: bad config: {exc}") from None
 
     async def on_start(self) -> None:
         cls = resolve_pipelet(self.pipelet_cls, self.node.allow_spawn)
@@ -71,8 +105,21 @@ class NFInstance(Actor):
             self.instance = self.name
         p = cls()
         p.name = self.instance
+        self._woken = False
+        p.set_waker(self._wake)
+        p.confinement = getattr(self.node, "confine", None)
         self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
-        await self.runner.start(self.nf_config)
+        # The counters go on across restarts: a restarted instance counts on from where it was.
+        carried = self.carry.get("stats")
+        if carried is not None:
+            self.runner.stats = carried
+        else:
+            self.carry["stats"] = self.runner.stats
+        try:
+            await self.runner.start(self.nf_config)
+        except Exception as exc:
+            self._error(exc, "setup")
+            raise
         self._last = (time.monotonic(), 0, 0, 0.0)
         self._reported_drops = 0
         self._sent_dropped = 0
@@ -92,12 +139,18 @@ class NFInstance(Actor):
             if fin and self.output is not None:
                 self.send(self.output, NFOutput(self.instance, -1, (), 0, held, "stopped", fin))  # type: ignore[arg-type]
             await self.runner.stop()
+            if self.monitor is not None:
+                try:
+                    self.send(self.monitor, FinalStats(self.instance, self.stats()))  # type: ignore[arg-type]
+                except Exception:  # (a monitor gone at shutdown)
+                    pass
 
     async def on_message(self, msg: Any) -> Any:
         if type(msg) is NFBatch:
             try:
                 out = await self.runner.run(msg.batch)
             except Exception as exc:
+                self._error(exc, "process")
                 self._send(msg.seq, {}, error=f"{type(exc).__name__}: {exc}", lost=len(msg.batch))
                 raise
             self._send(msg.seq, out)
@@ -115,12 +168,16 @@ class NFInstance(Actor):
                 self.send(to, StreamVerdicts(self.instance, msg.seq, answers))  # type: ignore[arg-type]
             return None
         if msg is _TIMER or msg == _TIMER:
+            self._woken = False
             out = await self.runner.tick()
             if any(out.values()) or self.runner.has_finished:
                 self._send(-1, out)
             return None
         if msg is _REPORT or msg == _REPORT:
             self._report()
+            return None
+        if type(msg) is InputDone:
+            self.runner.input_done = True
             return None
         if isinstance(msg, ExportState):
             return self.runner.pipelet.export_state()
@@ -130,6 +187,27 @@ class NFInstance(Actor):
         if isinstance(msg, GetStats):
             return self.stats()
         return None
+
+    def _wake(self) -> None:
+        """The pipelet emitted from its own I/O: a timer tick now collects it (one pending at most,
+        so the mailbox bound holds without dropping it)."""
+        if not self._woken:
+            self._woken = True
+            self._cell.mailbox.put_always(_TIMER)
+
+    def _error(self, exc: BaseException, during: str) -> None:
+        """Keep what went wrong (across restarts): the exception, and where in the pipelet's own
+        code it was raised (the deepest frame outside e2actors), counted per kind."""
+        errs: dict = self.carry.setdefault("errors", {})
+        where = _user_frame(exc)
+        key = (type(exc).__name__, str(exc)[:300], where, during)
+        e = errs.get(key)
+        if e is None:
+            if len(errs) >= 32:  # (bounded: the first kinds, then counts of the known ones)
+                return
+            e = errs[key] = {"instance": self.instance, "type": key[0], "message": key[1], "where": where,
+                             "during": during, "count": 0}
+        e["count"] += 1
 
     def _send(self, seq: int, out: dict, error: str = "", lost: int = 0) -> None:
         if self.output is None:
@@ -161,4 +239,4 @@ class NFInstance(Actor):
                 "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
                 # batches waiting (timer ticks and control messages are not traffic)
                 "queue": sum(1 for m in self._cell.mailbox if type(m) is NFBatch or type(m) is StreamWork),
-                "restarts": self._cell.restarts}
+                "restarts": self.restarts, "error_list": list(self.carry.get("errors", {}).values())}

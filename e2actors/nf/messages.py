@@ -11,7 +11,7 @@ from e2actors.packet.batch import Batch
 from e2actors.runtime.codec import message, register
 from e2actors.runtime.ref import ActorRef
 
-__all__ = ["ExportState", "GetStats", "ImportState", "LoadReport", "NFBatch", "NFOutput", "StreamVerdicts",
+__all__ = ["ExportState", "FinalStats", "GetStats", "ImportState", "InputDone", "LoadReport", "NFBatch", "NFOutput", "StreamVerdicts",
            "StreamWork"]
 
 
@@ -110,3 +110,21 @@ class StreamVerdicts:
 
 
 register(Verdict, 208)
+
+
+@message(209)
+@dataclass(frozen=True, slots=True)
+class InputDone:
+    """The deployment's input ended (manager -> switches and instances, once): replay clocks
+    stop waiting for packets and go on with the wall clock, so what is held leaves."""
+
+
+
+@message(210)
+@dataclass(frozen=True, slots=True)
+class FinalStats:
+    """An instance's counters as it stops (instance -> its monitor, the manager): what it did and
+    the errors it met are in the run's account even when it failed for good."""
+
+    instance: str
+    stats: dict[str, Any]

@@ -21,20 +21,28 @@ Each packet goes to one of ``ports`` with :meth:`emit` (the first port by defaul
 with :meth:`drop` (a reason is counted); a packet that is neither is counted as dropped
 ("not emitted"). ``pkt.meta`` is per-packet metadata that travels with the packet to later NFs
 and servers, where conditions can test it.
+
+Files: a config is data from the policy, and on an agent the policy comes from another machine,
+so a pipelet that reads or writes files names them in :attr:`Pipelet.config_paths` (checked when
+the instance is deployed: a path outside the node's data directory refuses the spawn, naming the
+NF, the key and the reason) and opens what :meth:`Pipelet.data_path` returns (the path inside the
+data directory, checked again). See :mod:`e2actors.runtime.confine`.
 """
 
 from __future__ import annotations
 
 import collections
-from collections.abc import Hashable
+import inspect
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from e2actors.packet.batch import Batch
 from e2actors.packet.flowtable import FlowTable
 from e2actors.packet.packet import Packet
+from e2actors.runtime.confine import Confinement, ConfinementError, process_confinement
 
-__all__ = ["DROP", "Pipelet", "Verdict"]
+__all__ = ["DROP", "ConfinementError", "Pipelet", "Verdict"]
 
 Affinity = Literal["none", "flow", "host"]
 InputKind = Literal["packets", "bytestream"]
@@ -79,6 +87,19 @@ class Pipelet:
     #: Seconds between :meth:`on_timer` calls (None: no timer). Time-driven NFs (a shaper
     #: releasing queued packets) use it.
     timer_interval: ClassVar[float | None] = None
+    #: Config keys that name files the pipelet reads or writes (a value may be a path or a list
+    #: of paths): ``{"pcap": "write", "rules": "read"}``. A node that confines NFs refuses to
+    #: deploy an instance whose paths leave its data directory (:meth:`check_config`).
+    config_paths: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        # The runner awaits these: a plain ``def`` would fail on the first packet, far from here.
+        for hook in ("setup", "process", "flush", "teardown"):
+            fn = cls.__dict__.get(hook)
+            if fn is not None and not inspect.iscoroutinefunction(fn):
+                raise TypeError(f"{cls.__module__}.{cls.__qualname__}.{hook} must be 'async def {hook}(...)' "
+                                "(the runner awaits it)")
 
     def __init__(self) -> None:
         self.config: dict[str, Any] = {}
@@ -101,6 +122,11 @@ class Pipelet:
         self._dropped = 0
         #: Ingress credits of the packets dropped since the runner last looked: origin -> packets.
         self._fin: dict[int, int] = {}
+        #: Set by the NF instance actor: asks it to collect what was emitted now (see :meth:`wake`).
+        self._waker: Callable[[], None] | None = None
+        #: What this instance may touch on its node (set by the NF instance actor before
+        #: :meth:`setup`); None: the process's (an agent's), or nothing confined.
+        self.confinement: Confinement | None = None
 
     # --- the NF author's hooks ------------------------------------------------------------------
     async def setup(self, config: dict[str, Any]) -> None:
@@ -147,6 +173,28 @@ class Pipelet:
     async def teardown(self) -> None:
         """Called once when the instance stops: close files, flush buffers."""
 
+    # --- files ------------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
+        """Called on the node before an instance is deployed: raise :class:`ConfinementError` if
+        ``config`` names something this node does not allow. Default: every path under the keys
+        of :attr:`config_paths` must resolve inside the data directory. Override (calling super)
+        to check more, e.g. paths built from a template."""
+        for key in cls.config_paths:
+            value = config.get(key)
+            for v in value if isinstance(value, (list, tuple)) else (value,):
+                if v is not None and v != "":
+                    confine.path(str(v), key)
+
+    def data_path(self, path: str, key: str = "") -> str:
+        """The file ``path`` (from the config) names, inside this node's data directory: relative
+        paths are taken from it, and a path that leaves it raises :class:`ConfinementError`. Where
+        nothing is confined (a local run, :mod:`e2actors.testing`), ``path`` as it is."""
+        c = self.confinement if self.confinement is not None else process_confinement()
+        if c is None:
+            return str(path)
+        return c.path(path, key)
+
     # --- moving an instance with its state ------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
         """Everything needed to carry on elsewhere (msgpack-safe). Default: :attr:`flows` and
@@ -179,7 +227,18 @@ class Pipelet:
             fin = self._fin
             fin[o] = fin.get(o, 0) + 1
 
+    def wake(self) -> None:
+        """A pipelet with I/O of its own (a program behind a virtual port) emitted packets outside
+        :meth:`process` or :meth:`on_timer`: ask for them to be collected now rather than at the
+        next timer tick. A no-op where nothing can be woken (:mod:`e2actors.testing`, inline)."""
+        if self._waker is not None:
+            self._waker()
+
     # --- for the runner (the NF author does not call these) -----------------------------------
+    def set_waker(self, waker: Callable[[], None] | None) -> None:
+        """What :meth:`wake` calls (the instance running the pipelet collects its output)."""
+        self._waker = waker
+
     def take_outputs(self) -> dict[str, list[Packet]]:
         """Hand over what was emitted since the last call (port -> packets) and start empty lists."""
         out = self._out

@@ -27,8 +27,9 @@ __all__ = ["BATCH_BUCKETS", "PipeletRunner", "RunnerStats", "count_origins"]
 Clock = Literal["packet", "wall", "replay"]
 
 #: ``replay`` clock: wall seconds without a packet after which the pipelet's time moves on with the
-#: wall clock from the last packet's time (the end of a replay: timers fire, held packets leave).
-REPLAY_IDLE = 0.25
+#: wall clock from the last packet's time, until the end of the input is told (then at once): a
+#: safety net, long enough that a busy machine's pauses do not change a replay's outcome.
+REPLAY_IDLE = 2.0
 
 _origin = operator.attrgetter("origin")
 
@@ -56,6 +57,7 @@ class RunnerStats:
     packets_in: int = 0
     bytes_in: int = 0
     packets_out: int = 0
+    bytes_out: int = 0
     per_port: collections.Counter = field(default_factory=collections.Counter)
     dropped: int = 0
     lost: int = 0  # packets of batches whose processing raised
@@ -68,6 +70,7 @@ class RunnerStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "packets_in": self.packets_in, "bytes_in": self.bytes_in, "packets_out": self.packets_out,
+            "bytes_out": self.bytes_out,
             "per_port": dict(self.per_port), "dropped": self.dropped, "lost": self.lost,
             "errors": self.errors, "batches": self.batches, "busy_seconds": self.busy_seconds,
             "batch_hist": list(self.batch_hist),
@@ -87,6 +90,8 @@ class PipeletRunner:
         self.clock = clock
         self._last_ts = 0.0  # (replay) the latest packet time seen, and when (monotonic)
         self._wall_last = time.monotonic()
+        #: (replay) the deployment's input ended: time goes on with the wall clock from now on.
+        self.input_done = False
         self.stats = RunnerStats()
         self.started = False
         self._next_timer: float | None = None
@@ -275,6 +280,7 @@ class PipeletRunner:
             if lst:
                 st.per_port[port] += len(lst)
                 st.packets_out += len(lst)
+                st.bytes_out += sum([len(x.data) for x in lst])
         st.dropped = p.dropped_total
         self._settle(out)
         return out
@@ -354,8 +360,9 @@ class PipeletRunner:
             p.now = time.time()
         elif self.clock == "replay":
             idle = time.monotonic() - self._wall_last
-            if idle > REPLAY_IDLE and self._last_ts:
-                p.now = max(p.now, self._last_ts + idle - REPLAY_IDLE)
+            grace = 0.0 if self.input_done else REPLAY_IDLE
+            if idle > grace and self._last_ts:
+                p.now = max(p.now, self._last_ts + idle - grace)
         t0 = time.perf_counter()
         self._housekeeping()
         self.stats.busy_seconds += time.perf_counter() - t0

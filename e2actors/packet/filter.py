@@ -12,19 +12,24 @@ first fragments for ports, IHL-relative ``tcp[...]``, ``vlan`` shifting later of
 out-of-bounds load rejecting the whole packet.
 
 The expression is turned into one Python expression over the frame bytes (constant offsets,
-direct indexing, short-circuit ``and``/``or``), compiled with :func:`compile` into a closure.
+direct indexing, short-circuit ``and``/``or``), compiled with :func:`compile` into a closure. A
+run of terms joined by one operator is one flat ``a or b or c`` however long; past 64 terms it is
+cut into helper functions, each compiled on its own, so that a 3,000-term expression costs tens of
+MB rather than a gigabyte. Nesting is bounded (:data:`MAX_DEPTH`, a :class:`FilterError` beyond).
 """
 
 from __future__ import annotations
 
+import re
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Optional
 
 from e2actors.errors import FilterError
 from e2actors.packet.filter_compile import compile_to_ir, ir_to_python
+from e2actors.packet.filter_parser import MAX_DEPTH
 
-__all__ = ["compile_filter", "Filter", "DLT_EN10MB", "benchmark_filters"]
+__all__ = ["compile_filter", "Filter", "DLT_EN10MB", "MAX_DEPTH", "benchmark_filters"]
 
 DLT_EN10MB = 1
 _ERRORS = (IndexError, struct.error, ZeroDivisionError)
@@ -66,7 +71,6 @@ def select(packets):
     return out
 """
 
-
 class Filter:
     """A compiled filter: ``f(packet) -> bool``, ``f.match(data, wirelen)``, ``f.select(packets)``.
 
@@ -75,13 +79,16 @@ class Filter:
 
     __slots__ = ("expression", "source", "match", "select", "evaluate", "_uses_len")
 
-    def __init__(self, expression: str, python_expr: str) -> None:
+    def __init__(self, expression: str, python_expr: str, helpers: Sequence[str] = ()) -> None:
         self.expression = expression
-        self._uses_len = "w" in _names(python_expr)
+        self._uses_len = _uses_len(python_expr)
         wline = "        w = p.wirelen\n" if self._uses_len else ""
-        self.source = _TEMPLATE.format(expr=python_expr, wline=wline)
+        self.source = "".join(h + "\n" for h in helpers) + _TEMPLATE.format(expr=python_expr, wline=wline)
         ns: dict[str, Any] = {"_ERRORS": _ERRORS, "_u16": _u16, "_u32": _u32, "_lsh": _lsh}
-        exec(compile(self.source, f"<filter {expression!r}>", "exec"), ns)
+        name = f"<filter {expression[:100]!r}{'...' if len(expression) > 100 else ''}>"
+        for h in helpers:  # one at a time: bounded memory for the compiler, whatever the length
+            exec(compile(h, name, "exec"), ns)
+        exec(compile(_TEMPLATE.format(expr=python_expr, wline=wline), name, "exec"), ns)
         self.match = ns["match"]
         self.select = ns["select"]
         #: ``evaluate(data, wirelen) -> True | False | None``: like ``match`` but None when the
@@ -100,10 +107,10 @@ class Filter:
         return f"Filter({self.expression!r})"
 
 
-def _names(src: str) -> set[str]:
-    import ast
-
-    return {n.id for n in ast.walk(ast.parse(src, mode="eval")) if isinstance(n, ast.Name)}
+def _uses_len(src: str) -> bool:
+    """Whether the generated expression reads ``w`` (the only one-letter name but ``d`` in it;
+    no second parse of what may be a megabyte of source)."""
+    return re.search(r"\bw\b", src) is not None
 
 
 def compile_filter(expr: str, linktype: Optional[int] = None, netmask: int = 0) -> Filter:
@@ -111,15 +118,24 @@ def compile_filter(expr: str, linktype: Optional[int] = None, netmask: int = 0) 
 
     ``linktype`` (a DLT number) defaults to Ethernet, the only one supported. ``netmask`` plays
     the role of tcpdump's netmask for ``ip broadcast`` (tcpdump uses 0 when reading a file).
-    Raises :class:`FilterError` (with the 1-based column) on bad or unsupported syntax.
+    Raises :class:`FilterError` (with the 1-based column) on bad or unsupported syntax, and on
+    nesting deeper than :data:`~e2actors.packet.filter_parser.MAX_DEPTH` levels (a run of
+    terms joined by one operator, ``host a or host b or ...``, may have any length).
     """
     if linktype is not None and linktype != DLT_EN10MB:
         raise FilterError(f"unsupported link type {linktype}: only Ethernet (DLT_EN10MB=1)",
                           expr, 0)
     if not isinstance(expr, str):
         raise TypeError("filter expression must be a str")
-    ir = compile_to_ir(expr, netmask)
-    return Filter(expr, ir_to_python(ir))
+    try:
+        ir = compile_to_ir(expr, netmask)
+        helpers: list[str] = []
+        return Filter(expr, ir_to_python(ir, helpers), helpers)
+    except RecursionError:
+        # MAX_DEPTH keeps the compiler within ~600 frames; a caller already that deep in its
+        # own stack gets the same refusal as a too-deep expression rather than a traceback
+        raise FilterError(f"expression too deeply nested to compile here (at most {MAX_DEPTH} "
+                          "levels, fewer from a deep call stack)", expr, 0) from None
 
 
 def select(expr: str, packets: Iterable[Any]) -> list[Any]:

@@ -29,6 +29,8 @@ from e2actors.packet import filter_parser as P
 __all__ = ["compile_to_ir", "ir_to_python", "Compiler"]
 
 M32 = 0xFFFFFFFF
+#: Operands of an ``and``/``or`` run per generated helper function (see :class:`_Gen`).
+CHUNK = 64
 T: tuple = ("T",)
 F: tuple = ("F",)
 
@@ -550,10 +552,34 @@ class Compiler:
         if isinstance(a, P.BinOp):
             c0, v0 = self.arith(a.left)
             _c1, v1 = self.arith(a.right)
+            self._gen_arth_checks(a)
             return c0, fold_bin(a.op, v0, v1, self, a.column)
         if isinstance(a, P.Load):
             return self.load(a)
         raise AssertionError(a)
+
+    def _gen_arth_checks(self, a: P.BinOp) -> None:
+        """libpcap's gen_arth refuses a division, modulus or shift whose right operand's *first
+        instruction* loads the constant 0 (or, for a shift, more than 31), whatever that operand
+        computes in the end: the first instruction of ``ip[0]``, ``-ip[0]`` or ``(ip[0] + 1)`` is
+        the load of the index 0, so ``len / ip[0]`` is "division by zero" and ``len << tcp[32]``
+        "shift by more than 31 bits" there. We refuse the same expressions (the folding in
+        :func:`fold_bin` is the optimizer's check, which tcpdump also applies)."""
+        op = {"LSH": "<<", "RSH": ">>"}.get(a.op, a.op)
+        if op not in ("/", "%", "<<", ">>"):
+            return
+        first = a.right
+        while not isinstance(first, (P.Num, P.Len)):  # to the operand's first instruction
+            first = first.index if isinstance(first, P.Load) else first.left if isinstance(first, P.BinOp) \
+                else first.expr
+        if not isinstance(first, P.Num):
+            return
+        if op == "/" and first.value == 0:
+            raise self.err("division by zero", a.column)
+        if op == "%" and first.value == 0:
+            raise self.err("modulus by zero", a.column)
+        if op in ("<<", ">>") and first.value > 31:
+            raise self.err("shift by more than 31 bits", a.column)
 
     def load(self, a: P.Load) -> tuple[tuple, tuple]:
         """libpcap's gen_load: ``proto[index:size]``."""
@@ -629,6 +655,14 @@ def fold_neg(v: tuple) -> tuple:
     return ("neg", v)
 
 
+_CONST_OPS = {
+    "+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y,
+    "/": lambda x, y: x // y if y else 0, "%": lambda x, y: x % y if y else 0,
+    "&": lambda x, y: x & y, "|": lambda x, y: x | y, "^": lambda x, y: x ^ y,
+    "<<": lambda x, y: x << y, ">>": lambda x, y: x >> y,
+}
+
+
 def fold_bin(op: str, a: tuple, b: tuple, c: Compiler, column: int) -> tuple:
     """A binary operation, folded the way libpcap's gencode and optimizer fold it."""
     op = {"LSH": "<<", "RSH": ">>"}.get(op, op)
@@ -642,10 +676,9 @@ def fold_bin(op: str, a: tuple, b: tuple, c: Compiler, column: int) -> tuple:
             raise c.err("shift by more than 31 bits", column)
         if a[0] == "k":
             x = a[1]
-            r = {"+": x + y, "-": x - y, "*": x * y, "/": x // y if y else 0,
-                 "%": x % y if y else 0, "&": x & y, "|": x | y, "^": x ^ y,
-                 "<<": x << y, ">>": x >> y}[op]
-            return k(r)
+            # only the operation asked for: evaluating them all computed ``x << y`` too, a
+            # 512 MB integer for ``1 | 0xffffffff`` (the shift itself was refused above)
+            return k(_CONST_OPS[op](x, y))
         if y == 0:
             if op in ("+", "-", "<<", ">>", "|", "^"):
                 return a
@@ -695,10 +728,14 @@ class _Gen:
     is computed once and kept in a local (``:=``) for the code that runs after it on every path:
     the right side of an ``and``/``or`` may reuse what its left side always computes."""
 
-    def __init__(self, reused: Optional[set] = None) -> None:
+    def __init__(self, reused: Optional[set] = None, helpers: Optional[list[str]] = None) -> None:
         self.n = 0
         self.reused = reused  # values worth a local (None: first pass, finding them)
         self.hits: set = set()
+        #: When a list: a run of more than CHUNK operands is cut into helper functions
+        #: ``_hN(d, w)`` (their source appended here), each compiled on its own, so that no single
+        #: ``compile`` sees a huge expression (CPython needs ~200 bytes per source byte for it).
+        self.helpers = helpers
 
     def val(self, v: tuple, av: dict) -> str:
         t = v[0]
@@ -737,7 +774,9 @@ class _Gen:
                 if size == 2:
                     return f"(d[{o}]<<8|d[{o + 1}])"
                 return f"_u32(d,{o})[0]"
-            o = self.val(off, av)
+            # brackets and call parentheses delimit the offset: no parentheses of its own (each
+            # level of nesting counts against Python's limit of 200)
+            o = f"{self.val(off[1], av)}+{off[2]}" if off[0] == "off" else self.val(off, av)
             if size == 1:
                 return f"d[{o}]"
             if size == 2:
@@ -747,16 +786,23 @@ class _Gen:
             op = v[1]
             a = self.val(v[2], av)
             b = self.val(v[3], av)
+            # ``a+b&M`` is ``(a+b)&M`` in Python (``&`` binds looser): one pair of parentheses
             if op in ("+", "-", "*"):
-                return f"(({a}{op}{b})&0xffffffff)"
+                return f"({a}{op}{b}&0xffffffff)"
             if op == "/":
                 return f"({a}//{b})"
             if op == "<<":
                 if v[3][0] == "k":
-                    return f"(({a}<<{b})&0xffffffff)"
+                    return f"({a}<<{b}&0xffffffff)"
                 return f"_lsh({a},{b})"
             return f"({a}{op}{b})"
         raise AssertionError(v)
+
+    def _helper(self, code: str) -> str:
+        assert self.helpers is not None
+        name = f"_h{len(self.helpers)}"
+        self.helpers.append(f"def {name}(d, w):\n    return ({code})\n")
+        return f"{name}(d,w)"
 
     def bool(self, ir: tuple, av: dict) -> str:
         """Code for ``ir``; ``av`` gains what is computed on every path through it."""
@@ -766,9 +812,22 @@ class _Gen:
         if t == "F":
             return "False"
         if t in ("and", "or"):
-            left = self.bool(ir[1], av)
-            right = self.bool(ir[2], dict(av))
-            return f"({left} {t} {right})"
+            # A run of one operator is one flat Python ``a or b or c``: no nesting however long
+            # (Python refuses more than 200 nested parentheses). Each operand after the first
+            # runs only when all before it ran, so it may reuse what they always compute; what
+            # follows the whole run may reuse only what the first always computes.
+            ops = _run(ir)
+            if self.helpers is not None and len(ops) > CHUNK:
+                # each helper starts afresh: locals computed by one are not visible to another
+                parts = []
+                for i in range(0, len(ops), CHUNK):
+                    fresh: dict = {}
+                    parts.append(self._helper(f" {t} ".join(self.bool(x, fresh) for x in ops[i:i + CHUNK])))
+                return "(" + f" {t} ".join(parts) + ")"
+            parts = [self.bool(ops[0], av)]
+            later = dict(av)
+            parts.extend(self.bool(x, later) for x in ops[1:])
+            return "(" + f" {t} ".join(parts) + ")"
         if t == "not":
             return f"(not {self.bool(ir[1], av)})"
         if t == "cmp":
@@ -780,8 +839,25 @@ class _Gen:
         raise AssertionError(ir)
 
 
-def ir_to_python(ir: tuple) -> str:
-    """A Python expression over ``d`` (frame bytes) and ``w`` (wire length) for the IR."""
+def _run(ir: tuple) -> list:
+    """The operands, in order, of the run of ``ir[0]`` (``and`` or ``or``) that ``ir`` heads."""
+    t = ir[0]
+    out: list = []
+    stack = [ir]
+    while stack:
+        x = stack.pop()
+        if x[0] == t:
+            stack.append(x[2])
+            stack.append(x[1])
+        else:
+            out.append(x)
+    return out
+
+
+def ir_to_python(ir: tuple, helpers: Optional[list[str]] = None) -> str:
+    """A Python expression over ``d`` (frame bytes) and ``w`` (wire length) for the IR. With a
+    ``helpers`` list, long runs of ``and``/``or`` call helper functions whose definitions (each a
+    separate piece of source, to be compiled on its own) are appended to it."""
     first = _Gen()
     first.bool(ir, {})
-    return _Gen(first.hits).bool(ir, {})
+    return _Gen(first.hits, helpers).bool(ir, {})

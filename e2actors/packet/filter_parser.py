@@ -13,6 +13,17 @@ Points of libpcap's grammar that we reproduce on purpose:
 * Arithmetic: ``|`` < ``&`` < ``<< >>`` < ``+ -`` < ``* /`` < unary ``-``, all left-associative;
   ``%`` and ``^`` have *no* precedence in libpcap's grammar, so bison always shifts on them:
   ``a % b * c`` is ``a % (b * c)`` and ``a + b ^ c`` is ``a + (b ^ c)``.
+
+Two points where we part from libpcap, for bounded work on any input:
+
+* A run of terms joined by one operator (``host a or host b or ...``) becomes a *balanced* tree
+  of :class:`Or` (or :class:`And`) nodes rather than libpcap's left-leaning one: the same
+  packets match (both operators are associative and the terms keep their order), and a run of N
+  terms is only about log2(N) levels deep, so runs of any length compile.
+* Nesting is bounded: the syntax tree may be at most :data:`MAX_DEPTH` levels deep (each
+  parenthesis, ``not``, switch between ``and`` and ``or``, arithmetic operator and unary minus
+  adds a level, ``proto[...]`` two; a run of N terms about log2(N)). Deeper input is a
+  :class:`FilterError`; libpcap's own parser stops near 10,000 levels ("memory exhausted").
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from e2actors.errors import FilterError
 from e2actors.packet.filter_lexer import Token, tokenize
 
 __all__ = [
-    "parse", "Qual", "Node", "And", "Or", "Not", "Prim", "Abbrev", "Cast", "LenCmp", "Vlan",
+    "parse", "MAX_DEPTH", "Qual", "Node", "And", "Or", "Not", "Prim", "Abbrev", "Cast", "LenCmp", "Vlan",
     "Relation", "Num", "Len", "Load", "BinOp", "Neg", "Empty",
 ]
 
@@ -42,6 +53,10 @@ RELOPS = {">": ">", "GEQ": ">=", "=": "==", "LEQ": "<=", "<": "<", "NEQ": "!="}
 PREC: dict[str, Optional[int]] = {
     "|": 1, "&": 2, "LSH": 3, "RSH": 3, "+": 4, "-": 4, "*": 5, "/": 5, "%": None, "^": None,
 }
+#: Deepest syntax tree accepted (see the module docstring). It keeps every recursive walk over the
+#: tree and the IR, and the nesting of the generated Python, well inside Python's own limits.
+MAX_DEPTH = 100
+
 UNSUPPORTED = {
     "protochain": "'protochain'", "gateway": "'gateway'", "byte": "'byte'",
     "inbound": "'inbound'", "outbound": "'outbound'", "ifindex": "'ifindex'", "mpls": "'mpls'",
@@ -157,6 +172,7 @@ class BinOp:
 @dataclass
 class Neg:
     expr: "Arith"
+    column: int = 0
 
 
 @dataclass
@@ -175,12 +191,62 @@ Arith = Union[Num, Len, Load, BinOp, Neg]
 Node = Union[And, Or, Not, Prim, Abbrev, Cast, LenCmp, Vlan, Relation, Empty]
 
 
-class _Backtrack(Exception):
-    pass
+class _TooDeep(FilterError):
+    """Nesting past :data:`MAX_DEPTH`: final, never retried by the parser's backtracking."""
+
+
+def _too_deep(expr: str, column: int) -> _TooDeep:
+    return _TooDeep(f"expression nested deeper than {MAX_DEPTH} levels", expr, column)
+
+
+def _balanced(op: type, items: list) -> "Node":
+    """``items`` joined by ``op`` (And or Or) as a balanced tree, in order (pairwise, bottom up)."""
+    while len(items) > 1:
+        nxt = [op(items[i], items[i + 1]) for i in range(0, len(items) - 1, 2)]
+        if len(items) % 2:
+            nxt.append(items[-1])
+        items = nxt
+    return items[0]
+
+
+def _column(n: object) -> int:
+    """The column of ``n`` or of its first leaf (0 when none is known)."""
+    while True:
+        c = getattr(n, "column", 0)
+        if c:
+            return c
+        for attr in ("left", "expr", "index"):
+            if hasattr(n, attr):
+                n = getattr(n, attr)
+                break
+        else:
+            return 0
+
+
+def check_depth(tree: "Node", expr: str) -> None:
+    """Raise :class:`FilterError` if ``tree`` is more than :data:`MAX_DEPTH` levels deep. Walks
+    with its own stack: the tree may be arbitrarily deep here (a chain of unary minus signs)."""
+    stack = [(tree, 1, 0)]  # node, its depth, the column of the nearest enclosing node that has one
+    while stack:
+        n, d, outer = stack.pop()
+        col = getattr(n, "column", 0) or outer
+        if d > MAX_DEPTH:
+            raise _too_deep(expr, _column(n) or col)
+        if isinstance(n, (And, Or, BinOp, Relation)):
+            stack.append((n.right, d + 1, col))
+            stack.append((n.left, d + 1, col))
+        elif isinstance(n, (Not, Neg)):
+            stack.append((n.expr, d + 1, col))
+        elif isinstance(n, Load):  # two: the generated offset arithmetic nests once more
+            stack.append((n.index, d + 2, col))
 
 
 class Parser:
     """Parse one expression; use :func:`parse`."""
+
+    #: Open parentheses, brackets and ``not`` around the current token (bounds the recursion).
+    #: A class attribute: subclasses with their own ``__init__`` get it too.
+    nesting = 0
 
     def __init__(self, expr: str) -> None:
         self.expr = expr
@@ -213,6 +279,15 @@ class Parser:
             raise self.error()
         return self.advance()
 
+    def enter(self, t: Token) -> None:
+        """One more level of nesting at token ``t``; pair with :meth:`leave` (in a ``finally``)."""
+        self.nesting += 1
+        if self.nesting > MAX_DEPTH:
+            raise _too_deep(self.expr, t.column)
+
+    def leave(self) -> None:
+        self.nesting -= 1
+
     def unsupported_check(self, t: Token) -> None:
         if t.kind in UNSUPPORTED:
             raise self.error(f"unsupported filter syntax: {UNSUPPORTED[t.kind]} ({t.text!r})", t)
@@ -224,27 +299,42 @@ class Parser:
         node, _q = self.expr_(None)
         if self.tok.kind != "EOF":
             raise self.error()
+        check_depth(node, self.expr)
         return node
 
     def expr_(self, q: Optional[Qual]) -> tuple[Node, Optional[Qual]]:
         node, q = self.term(q)
+        run: list = [node]  # terms joined by ``op`` so far (left to right)
+        op = ""
         while self.tok.kind in ("AND", "OR"):
-            op = self.advance().kind
+            k = self.advance().kind
+            if k != op and len(run) > 1:  # libpcap groups to the left: close the run
+                run = [_balanced(And if op == "AND" else Or, run)]
+            op = k
             right, q = self.term_or_id(q)
-            node = And(node, right) if op == "AND" else Or(node, right)
-        return node, q
+            run.append(right)
+        return (_balanced(And if op == "AND" else Or, run) if len(run) > 1 else node), q
 
     def term_or_id(self, q: Optional[Qual]) -> tuple[Node, Optional[Qual]]:
         """After ``and``/``or``: either a full term or an abbreviated ``id`` inheriting ``q``."""
         if self._starts_id():
             save = self.i
             try:
-                return self.id_(q), q
+                node = self.id_(q)
+                if self.tok.kind not in BINOPS and self.tok.kind not in RELOPS:
+                    return node, q
+                # ``(1) + len = 2``: an arithmetic operator cannot follow an id, so the
+                # parenthesized value began a relation (bison decides after the ``)``)
+                e_id = self.error()
+            except _TooDeep:
+                raise
             except FilterError as e:
                 e_id = e
             self.i = save
             try:
                 return self.term(q)
+            except _TooDeep:
+                raise
             except FilterError as e_term:
                 if e_id.column > e_term.column:
                     raise e_id from None
@@ -264,8 +354,12 @@ class Parser:
 
     def term(self, q: Optional[Qual]) -> tuple[Node, Optional[Qual]]:
         if self.tok.kind == "!":
-            self.advance()
-            inner, q2 = self.term(q)
+            self.enter(self.tok)
+            try:
+                self.advance()
+                inner, q2 = self.term(q)
+            finally:
+                self.leave()
             return Not(inner), q2
         return self.rterm(q)
 
@@ -276,17 +370,24 @@ class Parser:
             save = self.i
             try:
                 return self.relation(), None
+            except _TooDeep:
+                raise
             except FilterError as e:
                 e_rel = e
             self.i = save
+            self.enter(t)
             self.advance()
             try:
                 node, _ = self.expr_(q)
                 self.expect(")")
+            except _TooDeep:
+                raise
             except FilterError as e_expr:
                 if e_rel.column > e_expr.column:
                     raise e_rel from None
                 raise
+            finally:
+                self.leave()
             return node, q
         if k in PNAMES:
             nk = self.peek().kind
@@ -322,9 +423,13 @@ class Parser:
 
     def pnum(self) -> int:
         if self.tok.kind == "(":
-            self.advance()
-            v = self.pnum()
-            self.expect(")")
+            self.enter(self.tok)
+            try:
+                self.advance()
+                v = self.pnum()
+                self.expect(")")
+            finally:
+                self.leave()
             return v
         return self.expect("NUM").value  # type: ignore[return-value]
 
@@ -355,18 +460,24 @@ class Parser:
         """An ``id``: a value taking the qualifiers ``q``."""
         t = self.tok
         k = t.kind
-        if k == "!":
-            self.advance()
-            return Not(self.id_(q))
-        if k == "(":
-            self.advance()
-            node = self.id_(q)
-            while self.tok.kind in ("AND", "OR"):
-                op = self.advance().kind
-                right = self.id_(q)
-                node = And(node, right) if op == "AND" else Or(node, right)
-            self.expect(")")
-            return node
+        if k in ("!", "("):
+            self.enter(t)
+            try:
+                self.advance()
+                if k == "!":
+                    return Not(self.id_(q))
+                run: list = [self.id_(q)]
+                op = ""
+                while self.tok.kind in ("AND", "OR"):
+                    kind = self.advance().kind
+                    if kind != op and len(run) > 1:
+                        run = [_balanced(And if op == "AND" else Or, run)]
+                    op = kind
+                    run.append(self.id_(q))
+                self.expect(")")
+                return _balanced(And if op == "AND" else Or, run) if len(run) > 1 else run[0]
+            finally:
+                self.leave()
         if k == "NUM":
             self.advance()
             return Prim(q, "NUM", t.value, t.column)
@@ -402,11 +513,11 @@ class Parser:
 
     def arith(self) -> "Arith":
         """Shift-reduce parse of an arithmetic expression with bison's conflict resolution."""
-        stack: list = []  # operands, ("op", kind, column) and ("neg",) markers
+        stack: list = []  # operands, ("op", kind, column) and ("neg", column) markers
 
         def reduce_ok(la: Optional[str]) -> Optional[str]:
             # return "neg" or "bin" if the top of the stack should be reduced before ``la``
-            if len(stack) >= 2 and stack[-2] == ("neg",):
+            if len(stack) >= 2 and isinstance(stack[-2], tuple) and stack[-2][0] == "neg":
                 if la is None or PREC[la] is not None:
                     return "neg"
                 return None
@@ -421,16 +532,14 @@ class Parser:
 
         while True:
             while self.tok.kind == "-":
-                self.advance()
-                stack.append(("neg",))
+                stack.append(("neg", self.advance().column))
             stack.append(self.primary())
             la = self.tok.kind if self.tok.kind in BINOPS else None
             while True:
                 r = reduce_ok(la)
                 if r == "neg":
                     v = stack.pop()
-                    stack.pop()
-                    stack.append(Neg(v))
+                    stack.append(Neg(v, stack.pop()[1]))
                 elif r == "bin":
                     rhs = stack.pop()
                     _, op, col = stack.pop()
@@ -454,22 +563,30 @@ class Parser:
             self.advance()
             return Len()
         if t.kind == "(":
-            self.advance()
-            v = self.arith()
-            self.expect(")")
+            self.enter(t)
+            try:
+                self.advance()
+                v = self.arith()
+                self.expect(")")
+            finally:
+                self.leave()
             return v
         if t.kind in PNAMES and self.peek().kind == "[":
-            self.advance()
-            self.advance()
-            idx = self.arith()
-            size = 1
-            if self.tok.kind == ":":
+            self.enter(t)
+            try:
                 self.advance()
-                st = self.expect("NUM")
-                size = st.value  # type: ignore[assignment]
-                if size not in (1, 2, 4):
-                    raise self.error("data size must be 1, 2, or 4", st)
-            self.expect("]")
+                self.advance()
+                idx = self.arith()
+                size = 1
+                if self.tok.kind == ":":
+                    self.advance()
+                    st = self.expect("NUM")
+                    size = st.value  # type: ignore[assignment]
+                    if size not in (1, 2, 4):
+                        raise self.error("data size must be 1, 2, or 4", st)
+                self.expect("]")
+            finally:
+                self.leave()
             return Load(t.kind, idx, size, t.column)
         self.unsupported_check(t)
         raise self.error()

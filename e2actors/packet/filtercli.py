@@ -32,7 +32,9 @@ def run(args: argparse.Namespace) -> int:
     except FilterError as e:
         print(f"e2actors filter: {e}", file=sys.stderr)
         if e.column:
-            print(f"  {e.expression}\n  {' ' * (e.column - 1)}^", file=sys.stderr)
+            # at most 80 characters either side of the column (expressions may be long)
+            lo = max(0, e.column - 1 - 80)
+            print(f"  {e.expression[lo:e.column + 80]}\n  {' ' * (e.column - 1 - lo)}^", file=sys.stderr)
         return 2
     try:
         with open_capture(args.input) as reader:

@@ -10,6 +10,14 @@ Faults: a file that is not a capture, or whose headers or blocks are inconsisten
 record length, a block length that does not match its trailer, an unknown interface, an unsupported
 pcapng major version) raises :class:`~e2actors.errors.PcapError` naming the offset and the reason.
 
+Lengths are never trusted further than a fixed cap, whatever the file header claims: a record's
+captured length may be at most :data:`MAX_CAPLEN` (262,144 bytes, libpcap's ``MAXIMUM_SNAPLEN``;
+:func:`max_caplen` gives libpcap's larger caps for D-Bus, EBHSCR and USBPcap) even when the header's
+snap length says 0xFFFFFFFF, and a pcapng block at most 16 MiB; a longer one is a
+:class:`~e2actors.errors.PcapError` naming the record and its offset, as tcpdump refuses it
+("invalid packet capture length"). Big reads go in 1 MiB pieces, so a length that the file does not
+back costs no more memory than the bytes actually present.
+
 A truncated *last* record is not an error: a capture stopped mid-write (tcpdump killed, disk full)
 is common and its complete records are worth reading. Like tcpdump, which prints a warning for it,
 we stop there, emit a :class:`RuntimeWarning` and set the reader's ``truncated`` attribute to the
@@ -29,6 +37,7 @@ from e2actors.errors import PcapError
 from e2actors.packet.packet import LINKTYPE_ETHERNET, Packet
 
 __all__ = [
+    "MAX_CAPLEN",
     "PCAPNG_MAGIC",
     "PCAP_MAGIC_NS",
     "PCAP_MAGIC_US",
@@ -39,6 +48,7 @@ __all__ = [
     "open_capture",
     "read_packets",
     "read_records",
+    "max_caplen",
     "write_pcap",
 ]
 
@@ -48,9 +58,33 @@ PCAP_MAGIC_US = 0xA1B2C3D4
 PCAP_MAGIC_NS = 0xA1B23C4D
 PCAPNG_MAGIC = 0x0A0D0D0A  # the section header block type; reads the same in both byte orders
 _BOM = 0x1A2B3C4D
-# libpcap refuses records bigger than this when the snap length is smaller (a corrupt length).
-_MAX_RECORD = 0x40000
+#: Largest captured length of one record (libpcap's MAXIMUM_SNAPLEN): a longer one is corruption.
+MAX_CAPLEN = 262_144
+# libpcap's max_snaplen_for_dlt: the link types whose records may be longer (D-Bus messages,
+# EBHSCR, USBPcap), in bytes.
+_MAX_CAPLEN_BY_LINKTYPE = {231: 128 * 1024 * 1024, 279: 8 * 1024 * 1024, 249: 1024 * 1024}
 _MAX_BLOCK = 16 * 1024 * 1024  # a sanity bound on pcapng blocks: a corrupt length must not OOM us
+_PIECE = 1 << 20  # reads beyond this go in pieces (see _read)
+
+
+def max_caplen(linktype: int) -> int:
+    """The longest captured length a record of ``linktype`` may have (as libpcap decides)."""
+    return _MAX_CAPLEN_BY_LINKTYPE.get(linktype, MAX_CAPLEN)
+
+
+def _read(read, n: int) -> bytes:
+    """Up to ``n`` bytes. ``read(n)`` would allocate all ``n`` first, even at the end of a short
+    file; past 1 MiB we read pieces, so memory follows the bytes that are really there."""
+    if n <= _PIECE:
+        return read(n)
+    parts = []
+    while n > 0:
+        b = read(min(n, _PIECE))
+        if not b:
+            break
+        parts.append(b)
+        n -= len(b)
+    return b"".join(parts)
 
 
 def _open(src: str | os.PathLike | BinaryIO) -> tuple[BinaryIO, bool]:
@@ -103,8 +137,11 @@ class PcapReader:
 
     def __iter__(self) -> Iterator[Record]:
         f, rec, div, lt = self._f, self._rec, self._div, self.linktype
-        limit = max(self.snaplen, _MAX_RECORD)
+        # Not the header's snap length: a file may claim 0xFFFFFFFF there. libpcap accepts a record
+        # longer than the snap length up to the link type's cap (and so do we).
+        limit = max_caplen(lt)
         read = f.read
+        offset = 24
         while True:
             hdr = read(16)
             if len(hdr) < 16:
@@ -114,14 +151,15 @@ class PcapReader:
             sec, frac, caplen, wirelen = rec(hdr)
             if caplen > limit:
                 raise PcapError(
-                    f"{self.name}: record {self.count + 1}: captured length {caplen} exceeds "
-                    f"the snap length {self.snaplen} (corrupt file?)"
+                    f"{self.name}: record {self.count + 1} at offset {offset}: captured length {caplen} "
+                    f"exceeds the {limit}-byte cap (snap length {self.snaplen}; corrupt file?)"
                 )
-            data = read(caplen)
+            data = _read(read, caplen) if caplen > _PIECE else read(caplen)
             if len(data) < caplen:
                 _warn_truncated(self, f"record {self.count + 1}: {len(data)} of {caplen} captured bytes")
                 return
             self.count += 1
+            offset += 16 + caplen
             # A writer that put wirelen < caplen is wrong; the captured bytes were on the wire.
             yield (sec + frac / div, data, wirelen if wirelen >= caplen else caplen, lt, 0)
 
@@ -169,6 +207,7 @@ class PcapngReader:
         self._ifaces: list[_Iface] = []
         self._bo = "<"
         self._pos = 0
+        self._block = 0  # offset of the block being decoded
         head = self._f.read(12)
         if len(head) < 4 or struct.unpack("<I", head[:4])[0] != PCAPNG_MAGIC:
             self.close()
@@ -188,13 +227,15 @@ class PcapngReader:
         return self._ifaces[0].linktype if self._ifaces else -1
 
     def _fail(self, msg: str) -> PcapError:
-        return PcapError(f"{self.name}: offset {self._pos}: {msg}")
+        """An error at the block being read (``_read_block``) or decoded (the iterator)."""
+        return PcapError(f"{self.name}: offset {self._block}: {msg}")
 
     def _read_block(self) -> tuple[int, bytes] | None:
         """Next block as (type, body without type/lengths), None at a clean end of file."""
         f = self._f
         head = self._pending if self._pending is not None else f.read(8)
         self._pending = None
+        self._block = self._pos
         if not head:
             return None
         if len(head) < 8:
@@ -223,7 +264,7 @@ class PcapngReader:
             raise self._fail(f"bad block length {blen} for block type 0x{btype:08x}")
         if blen > _MAX_BLOCK:
             raise self._fail(f"block length {blen} exceeds {_MAX_BLOCK} (corrupt file?)")
-        rest = extra + f.read(blen - 8 - len(extra))
+        rest = extra + _read(f.read, blen - 8 - len(extra))
         if len(rest) < blen - 8:
             _warn_truncated(self, f"offset {self._pos}: block of {blen} bytes, only {len(rest) + 8} present")
             return None
@@ -306,6 +347,9 @@ class PcapngReader:
                 if 20 + caplen > len(body):
                     raise self._fail(f"captured length {caplen} runs past its block")
                 ifc = self._ifaces[ifid]
+                if caplen > max_caplen(ifc.linktype):
+                    raise self._fail(f"captured length {caplen} exceeds the {max_caplen(ifc.linktype)}-byte cap "
+                                     "(corrupt file?)")
                 t = (hi << 32) | lo
                 ts = ifc.offset + t / ifc.div
                 self.count += 1

@@ -238,6 +238,17 @@ class Actor:
     def mailbox(self) -> MailboxStats:
         return self._cell.mailbox.stats()
 
+    @property
+    def carry(self) -> dict[str, Any]:
+        """A dict that outlives this actor's restarts (a restart builds a new instance of the class):
+        what must survive a crash — counters, the errors seen — goes here."""
+        return self._cell.carry
+
+    @property
+    def restarts(self) -> int:
+        """How many times the supervisor restarted this actor."""
+        return self._cell.restarts
+
 
 async def _maybe_await(x: Any) -> None:
     if inspect.isawaitable(x):
@@ -249,7 +260,7 @@ class ActorCell:
 
     __slots__ = ("node", "ref", "cls", "kwargs", "actor", "mailbox", "parent", "children", "watchers",
                  "timers", "tracker", "task", "alive", "stopping", "current_ask", "stop_reason", "restarts",
-                 "crashes", "parked", "busy", "_busy_waiter", "urgent", "lossless", "__weakref__")
+                 "crashes", "parked", "busy", "_busy_waiter", "urgent", "lossless", "carry", "__weakref__")
 
     def __init__(self, node: Node, ref: ActorRef, cls: type[Actor], kwargs: dict[str, Any], parent: ActorCell | None,
                  policy: RestartPolicy, mailbox: Mailbox) -> None:
@@ -276,6 +287,7 @@ class ActorCell:
         self.parked = False   # the actor's task waits on an empty mailbox
         self.busy = False     # an ask is being handled in the asker's task (see ask_inline)
         self._busy_waiter: asyncio.Future[None] | None = None
+        self.carry: dict[str, Any] = {}  # what the actor keeps across its restarts (Actor.carry)
 
     def _new_actor(self) -> Actor:
         actor = self.cls(**self.kwargs)

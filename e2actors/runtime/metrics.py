@@ -1,10 +1,13 @@
 """Prometheus metrics for a node: an HTTP endpoint (loopback by default) serving what the node's
 actors report.
 
-Actors live on the event loop; the exporter's HTTP server runs in a thread. So nothing is read
-across threads while it changes: the loop takes a snapshot every ``interval`` seconds (each
-registered source returns its samples), and a scrape serves the latest snapshot. Names follow
-Prometheus conventions: ``e2_..._total`` for counters, base units (bytes, seconds).
+The loop takes a snapshot every ``interval`` seconds (each registered source returns its
+samples), and a scrape serves the latest snapshot, so a scrape costs the same however often it
+comes. The HTTP server is an asyncio server on the node's own loop (no thread per connection): a
+client gets ``head_timeout`` seconds to send its request (slow-loris connections are closed and
+counted), ``write_timeout`` to take the answer, and at most ``max_clients`` are served at once (the
+rest are closed at accept, counted). One request per connection (``Connection: close``).
+Names follow Prometheus conventions: ``e2_..._total`` for counters, base units (bytes, seconds).
 
 A source is a callable returning ``[(name, kind, help, labels, value), ...]`` with ``kind``
 ``counter`` or ``gauge``; histograms are kept by :class:`Histogram` objects and exported whole.
@@ -14,15 +17,18 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
+import gzip
 import logging
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from prometheus_client import PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import choose_encoder, gzip_accepted
 from prometheus_client.registry import Collector, CollectorRegistry
 
-__all__ = ["Histogram", "Metrics", "Sample"]
+__all__ = ["Histogram", "Metrics", "Sample", "build_info"]
 
 log = logging.getLogger("e2actors.metrics")
 
@@ -58,6 +64,16 @@ class Histogram:
         return out, self.sum
 
 
+def build_info() -> list[Sample]:
+    """``e2_build_info``: which e2actors (and Python) serves these series, as labels of a 1."""
+    import platform
+
+    from e2actors._version import __version__
+
+    return [("e2_build_info", "gauge", "The e2actors version serving these metrics (always 1)",
+             {"version": __version__, "python": platform.python_version()}, 1.0)]
+
+
 class _Collector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -87,18 +103,35 @@ class _Collector(Collector):
 class Metrics:
     """One node's metrics: register sources and histograms, ``start(port)`` to serve them."""
 
+    #: Seconds a client has to send its request line and headers (then it is closed).
+    head_timeout = 5.0
+    #: Seconds a client has to read the answer.
+    write_timeout = 10.0
+    #: Clients served at once; more are closed at accept.
+    max_clients = 256
+    #: Bytes of request head accepted.
+    max_head = 8192
+
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
+        #: HTTP events: ``requests``, ``idle_closed`` (no request in time), ``refused`` (over
+        #: max_clients), ``bad_requests``, ``slow_readers`` (did not take the answer in time).
+        self.http: collections.Counter[str] = collections.Counter()
+        self.clients = 0
         self.sources: list[Source] = []
         self.histograms: list[Histogram] = []
         #: Histograms computed elsewhere, already in export form (name, help, labels, buckets, sum).
         self.extra_histograms: list[tuple] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+        # The standard process and platform series (CPU seconds, resident memory, open files,
+        # start time; Python's version), as every Prometheus client library exports them.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         self._snapshot: tuple[list[Sample], list[tuple]] = ([], [])
         self._task: asyncio.Task | None = None
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self._handlers: set[asyncio.Task] = set()
         self.port: int | None = None
 
     def add_source(self, src: Source) -> None:
@@ -133,13 +166,81 @@ class Metrics:
 
     async def start(self, port: int = 0, addr: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` on ``addr:port`` (0: any free port); returns the port."""
-        from prometheus_client import start_http_server
-
         self.snapshot()
-        self._server, self._thread = start_http_server(port, addr=addr, registry=self.registry)
-        self.port = self._server.server_port
+        self.add_source(self.http_samples)
+        self.add_source(build_info)
+        self._server = await asyncio.start_server(self._client, addr, port, limit=self.max_head,
+                                                  reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
         self._task = asyncio.get_running_loop().create_task(self._refresh(), name="metrics")
         return self.port  # type: ignore[return-value]
+
+    def http_samples(self) -> list[Sample]:
+        return [("e2_metrics_http_total", "counter", "Metrics endpoint: requests served and clients closed "
+                 "(idle_closed, refused, bad_requests, slow_readers)", {"event": k}, v)
+                for k, v in sorted(self.http.items())]
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= self.max_clients:
+            self.http["refused"] += 1
+            writer.transport.abort()
+            return
+        self.clients += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            await self._answer(reader, writer)
+        finally:
+            self.clients -= 1
+            if task is not None:
+                self._handlers.discard(task)
+            writer.transport.abort()  # one request per connection; nothing left to flush
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
+        except asyncio.TimeoutError:
+            self.http["idle_closed"] += 1
+            return
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            self.http["bad_requests"] += 1
+            return
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        headers = {}
+        for ln in lines[1:]:
+            k, sep, v = ln.partition(":")
+            if sep:
+                headers[k.strip().lower()] = v.strip()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            self.http["bad_requests"] += 1
+            status, ctype, body = "400 Bad Request", "text/plain", b"bad request\n"
+            extra: list[tuple[str, str]] = []
+        elif parts[0] not in ("GET", "HEAD"):
+            status, ctype, body, extra = "405 Method Not Allowed", "text/plain", b"GET only\n", [("Allow", "GET, HEAD")]
+        elif parts[1].split("?")[0] not in ("/metrics", "/"):
+            status, ctype, body, extra = "404 Not Found", "text/plain", b"see /metrics\n", []
+        else:
+            self.http["requests"] += 1
+            encoder, ctype = choose_encoder(headers.get("accept", ""))
+            body = encoder(self.registry)
+            extra = []
+            if gzip_accepted(headers.get("accept-encoding", "")):
+                body = gzip.compress(body)
+                extra.append(("Content-Encoding", "gzip"))
+            status = "200 OK"
+        out = [f"HTTP/1.1 {status}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}", "Connection: close",
+               *(f"{k}: {v}" for k, v in extra)]
+        writer.write(("\r\n".join(out) + "\r\n\r\n").encode("latin-1"))
+        if parts[:1] != ["HEAD"]:
+            writer.write(body)
+        try:
+            await asyncio.wait_for(writer.drain(), self.write_timeout)
+        except asyncio.TimeoutError:
+            self.http["slow_readers"] += 1
+        except ConnectionError:
+            pass
 
     async def _refresh(self) -> None:
         while True:
@@ -151,6 +252,8 @@ class Metrics:
             self._task.cancel()
             self._task = None
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
+            for t in list(self._handlers):
+                t.cancel()
             self._server = None
+        self.remove_source(self.http_samples)

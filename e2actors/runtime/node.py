@@ -38,7 +38,9 @@ from e2actors.runtime.actor import Actor, ActorCell, Ask
 from e2actors.runtime.codec import DEFAULT_MAX_FRAME, encode_frame
 from e2actors.runtime.mailbox import Mailbox, Overflow
 from e2actors.runtime.messages import GetNodeInfo, NodeInfo, NodeLost, NodeUp, Spawn, StopActor, Terminated
+from e2actors.runtime.ratelog import RateLimitedLog
 from e2actors.runtime.ref import ActorRef
+from e2actors.runtime.service import ServiceActor
 from e2actors.runtime.supervision import RestartPolicy
 from e2actors.runtime.transport import ASK, HEARTBEAT, REPLY, TELL, UNWATCH, WATCH, Connection
 
@@ -71,6 +73,16 @@ class TLSConfig:
         ctx.verify_mode = _ssl.CERT_REQUIRED
         return ctx
 
+    def cert_der(self) -> bytes:
+        """This node's certificate (the first in ``cert``) in DER form, for the channel binding."""
+        with open(self.cert, encoding="ascii", errors="replace") as f:
+            pem = f.read()
+        end = "-----END CERTIFICATE-----"
+        i = pem.find(end)
+        if i < 0:
+            raise ValueError(f"{self.cert}: no PEM certificate")
+        return _ssl.PEM_cert_to_DER_cert(pem[: i + len(end)])
+
 
 class _Peer:
     __slots__ = ("address", "conn", "pending", "pending_bytes", "connecting", "last_seen", "lost", "ever_up")
@@ -92,6 +104,14 @@ class Node:
     ``listen``: ``tcp://127.0.0.1:0`` (port chosen), ``unix:///path`` or ``mem://name``; without it
     the node still connects out (its address is then ``anon://...``, reachable over its own links).
     ``secret``: the shared secret every peer must prove (required for any link).
+
+    Bounds on what peers can make this node hold (each refusal closes one connection, is counted
+    in :attr:`counters` and logged at a limited rate): ``handshake_timeout`` seconds from accept
+    to a complete handshake (TLS included); at most ``max_connections`` accepted connections, and
+    ``max_connections_per_host`` from one peer address (Unix and in-memory peers count as one
+    host, ``local``); ``max_write_buffer`` bytes queued to a peer that does not read.
+    ``confine``: what NF configurations may touch on this node (data directory, Legacy programs;
+    :class:`~e2actors.runtime.confine.Confinement`); None: nothing is confined (a local run).
     """
 
     def __init__(
@@ -107,6 +127,11 @@ class Node:
         allow_spawn: tuple[str, ...] = ("e2actors.",),
         cores: int | None = None,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        handshake_timeout: float = transport.HANDSHAKE_TIMEOUT,
+        max_connections: int = 512,
+        max_connections_per_host: int = 32,
+        max_write_buffer: int = 32 * 1024 * 1024,
+        confine: Any = None,
     ) -> None:
         self.name = name or f"node-{os.getpid()}"
         self._listen = listen
@@ -118,6 +143,17 @@ class Node:
         self.allow_spawn = allow_spawn
         self.cores = cores if cores is not None else (os.cpu_count() or 1)
         self.max_pending_bytes = max_pending_bytes
+        self.handshake_timeout = handshake_timeout
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        # Room for at least two of the largest frames (a big reply must not look like a stalled peer).
+        self.max_write_buffer = max(max_write_buffer, 2 * max_frame + transport.FLUSH_BYTES)
+        self.confine = confine
+        #: Warnings about hostile or broken peers, at a bounded rate (counters count every event).
+        self.ratelog = RateLimitedLog(log)
+        self._nonces: set[bytes] = set()   # our handshakes in progress (a hello sent back is refused)
+        self._inbound: collections.Counter[str] = collections.Counter()
+        self._inbound_total = 0
         self.version = __version__
         self.address = f"anon://{self.name}-{uuid.uuid4().hex[:12]}"
         self.counters: collections.Counter[str] = collections.Counter()
@@ -134,6 +170,7 @@ class Node:
         self._tasks: set[asyncio.Task] = set()
         self._server_ssl = tls.server_context() if tls else None
         self._client_ssl = tls.client_context() if tls else None
+        self._tls_cert_der = tls.cert_der() if tls else b""
         self.loop: asyncio.AbstractEventLoop | None = None
         self.running = False
         self._hb_frame = encode_frame(HEARTBEAT, None, None, None)
@@ -145,7 +182,7 @@ class Node:
         self.running = True
         if self._listen is not None:
             self._need_secret()
-            server, self.address = await transport.listen(self._listen, self._server_conn, self._server_ssl)
+            server, self.address = await transport.listen(self._listen, self)
             self._servers.append(server)
         self._spawn(SystemActor, SYSTEM, None, None, None, None, {})
         self._hb_task = self.loop.create_task(self._heartbeats(), name=f"heartbeats:{self.name}")
@@ -211,7 +248,7 @@ class Node:
             cls.check_spawn(self, kwargs)
         except SpawnRefused as exc:
             self.counters["spawn_refused"] += 1
-            log.warning("%s: refused to spawn %s %s: %s", self.name, cls.__name__, name, exc)
+            self.ratelog.warning("spawn_refused", "%s: refused to spawn %s %s: %s", self.name, cls.__name__, name, exc)
             raise
         ref = ActorRef(self.address, name)
         mb = Mailbox(mailbox_size or cls.mailbox_size, overflow or cls.overflow)
@@ -426,8 +463,10 @@ class Node:
                 pass
 
     # --- links ----------------------------------------------------------------------------------
-    def _server_conn(self) -> Connection:
-        conn = Connection(self, self.secret or b"", client=False, max_frame=self.max_frame)
+    def _server_conn(self, accepted_at: float, host: str | None) -> Connection:
+        """A connection for a socket accepted at ``accepted_at`` from ``host`` (already admitted)."""
+        conn = Connection(self, self.secret or b"", client=False, max_frame=self.max_frame,
+                          accepted_at=accepted_at, host=host)
         self._conns.add(conn)
         return conn
 
@@ -446,7 +485,7 @@ class Node:
             await asyncio.shield(peer.connecting)
             if peer.conn is not None:
                 return
-        await transport.connect(address, self._client_conn, self._client_ssl)
+        await transport.connect(address, self._client_conn, self._client_ssl, timeout=self.handshake_timeout)
 
     def _peer(self, address: str) -> _Peer:
         peer = self._peers.get(address)
@@ -482,11 +521,12 @@ class Node:
             while self.running and peer.conn is None and not peer.lost:
                 try:
                     self._need_secret()
-                    await transport.connect(peer.address, self._client_conn, self._client_ssl)
+                    await transport.connect(peer.address, self._client_conn, self._client_ssl,
+                                            timeout=self.handshake_timeout)
                     return
                 except AuthError as exc:
                     self.counters["auth_failures"] += 1
-                    log.warning("%s: %s", self.name, exc)
+                    self.ratelog.warning("auth_failures", "%s: %s", self.name, exc)
                 except (TransportError, OSError) as exc:
                     self.counters["connect_failures"] += 1
                     log.debug("%s: connect to %s failed: %s", self.name, peer.address, exc)
@@ -511,8 +551,27 @@ class Node:
         if was_lost:
             self._publish(NodeUp(addr))
 
+    def _admit(self, host: str) -> str | None:
+        """Count a connection accepted from ``host`` against the caps; the reason to refuse it, or None."""
+        if self._inbound_total >= self.max_connections:
+            return f"over the cap of {self.max_connections} connections"
+        if self._inbound[host] >= self.max_connections_per_host:
+            return f"over the cap of {self.max_connections_per_host} connections from {host}"
+        self._inbound[host] += 1
+        self._inbound_total += 1
+        return None
+
+    def _release(self, host: str) -> None:
+        self._inbound[host] -= 1
+        if self._inbound[host] <= 0:
+            del self._inbound[host]
+        self._inbound_total -= 1
+
     def _on_connection_lost(self, conn: Connection) -> None:
         self._conns.discard(conn)
+        if conn.host is not None:
+            self._release(conn.host)
+            conn.host = None
         addr = conn.peer_address
         if addr is None:
             return
@@ -673,22 +732,17 @@ def _expire(fut: asyncio.Future, ref: ActorRef, timeout: float) -> None:
         fut.set_exception(AskTimeout(f"no reply from {ref} within {timeout:g}s"))
 
 
-class SystemActor(Actor):
-    """Every node's ``$system`` actor: spawns and stops actors on request, describes the node."""
+class SystemActor(ServiceActor):
+    """Every node's ``$system`` actor: spawns and stops actors on request, describes the node.
 
-    async def on_message(self, msg: Any) -> Any:
+    A bad request (an unknown message, a malformed or refused Spawn) is answered with its error,
+    counted and logged, never a crash (see :class:`~e2actors.runtime.service.ServiceActor`): a peer
+    cannot spend ``$system``'s restart budget and leave the node unable to spawn."""
+
+    async def handle(self, msg: Any) -> Any:
         if isinstance(msg, Spawn):
-            try:
-                cls = load_class(msg.cls, self.node.allow_spawn, self.node)
-                return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
-            except Exception as exc:
-                # A refused spawn is the asker's error, not ours: reply with it and carry on (a
-                # crash here would spend $system's restart budget, and a few refusals stop it).
-                ask = self._cell.current_ask
-                if ask is None:
-                    raise
-                ask.fail(exc)
-                return None
+            cls = load_class(msg.cls, self.node.allow_spawn, self.node)
+            return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
         if isinstance(msg, StopActor):
             ref = ActorRef(self.node.address, msg.name)
             alive = self.node.is_alive(ref)

@@ -1,20 +1,31 @@
-"""Connections between nodes: framing, authentication, coalesced writes, flow control.
+"""Connections between nodes: handshake, sealed records, framing, coalesced writes, flow control.
 
 One :class:`Connection` (an asyncio Protocol) per TCP, Unix or in-memory link. It speaks:
 
-1. the shared-secret handshake of :mod:`e2actors.runtime.auth` (raw bytes, before any frame);
-2. length-prefixed msgpack frames (:mod:`e2actors.runtime.codec`), the first being HELLO.
+1. with TLS, the TLS handshake. A listener accepts sockets itself (:class:`_Acceptor`): the
+   connection caps apply at accept, before any TLS work, and the deadline runs from the accept, so
+   a peer that never sends a ClientHello is closed (and counted) like any slow handshake;
+2. the handshake of :mod:`e2actors.runtime.auth` (raw bytes): shared-secret proofs both ways and
+   per-connection keys bound to both nonces, both names, both roles and the TLS channel;
+3. sealed records (:mod:`e2actors.runtime.records`) holding length-prefixed msgpack frames
+   (:mod:`e2actors.runtime.codec`), the first frame being HELLO.
 
-Writes made during one event-loop turn go out in one ``write`` (one syscall for many messages).
-A frame over the size limit, one that does not decode, or a failed handshake closes this one
-connection, is logged and counted, and disturbs nothing else. The in-memory transport pairs two
-protocols without sockets so tests can join two nodes in one process.
+Writes made during one event-loop turn go out in one sealed record and one ``write``. Whatever a
+peer does wrong closes that one connection, is counted in ``node.counters`` and logged (rate
+limited), and disturbs nothing else: a handshake not done within ``handshake_timeout`` of the
+accept (``handshake_timeouts``), a failed TLS handshake (``tls_failures``), a wrong proof
+(``auth_failures``), a record that fails authentication (``frame_auth_failures``: injected,
+modified, replayed or reordered), an oversized frame, one that does not decode, an accept past the
+connection caps (``connections_refused``), a peer that lets more than ``max_write_buffer`` bytes
+pile up unread (``slow_peers``). The in-memory transport pairs two protocols without sockets so
+tests can join two nodes in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl as _ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -23,6 +34,7 @@ from urllib.parse import urlsplit
 from e2actors.errors import AuthError, CodecError, TransportError
 from e2actors.runtime import auth
 from e2actors.runtime.codec import DEFAULT_MAX_FRAME, FrameDecoder, decode_frame_body, encode_frame
+from e2actors.runtime.records import TAG_SIZE, Opener, RecordError, Sealer
 
 if TYPE_CHECKING:
     from e2actors.runtime.node import Node
@@ -38,10 +50,12 @@ WATCH = 4     # a: target name, message: watcher ref
 UNWATCH = 5
 HELLO = 6     # a: node address, b: version, message: node name
 
+#: Seconds from accept (or connect) to a complete handshake (TLS, proofs, HELLO) by default.
 HANDSHAKE_TIMEOUT = 5.0
 FLUSH_BYTES = 256 * 1024
-ROLE_CLIENT = b"client"
-ROLE_SERVER = b"server"
+#: Plaintext bytes per sealed record at most: a write of more is cut into several records, so the
+#: receiver opens and dispatches frames while the rest is still arriving (and buffers one record).
+RECORD_BYTES = 16 * 1024
 
 
 def parse_address(address: str) -> tuple[str, str, int | None]:
@@ -65,23 +79,30 @@ def parse_address(address: str) -> tuple[str, str, int | None]:
 class Connection(asyncio.Protocol):
     """One authenticated, framed link to a peer node."""
 
-    def __init__(self, node: Node, secret: bytes, client: bool, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+    def __init__(self, node: Node, secret: bytes, client: bool, max_frame: int = DEFAULT_MAX_FRAME,
+                 accepted_at: float | None = None, host: str | None = None) -> None:
         self.node = node
         self.secret = secret
         self.client = client
         self.max_frame = max_frame
+        #: When the socket was accepted (the handshake deadline runs from then); None: now.
+        self.accepted_at = accepted_at
         self.transport: asyncio.Transport | None = None
         self.peer_address: str | None = None   # set by HELLO
+        self.peer_name: str | None = None      # from the handshake
         self.authenticated = False
         self.auth_failed = False
         self.closed = False
+        self.closed_by_us = False
         self.ready: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self.last_recv = 0.0
         self.frames_in = 0
         self.frames_out = 0
-        self._nonce = auth.new_nonce()
-        self._peer_nonce: bytes | None = None
-        self._hs = bytearray()
+        #: The admission key (peer host) of an accepted connection, released when it ends.
+        self.host = host
+        self._hs: auth.Handshake | None = None
+        self._sealer: Sealer | None = None
+        self._opener: Opener | None = None
         self._decoder = FrameDecoder(max_frame)
         self._wbuf: list[bytes] = []
         self._wbytes = 0
@@ -91,29 +112,89 @@ class Connection(asyncio.Protocol):
         self._stash: list[bytes] = []
         self._blocked: asyncio.Future | None = None
         self._hs_timer: asyncio.TimerHandle | None = None
+        self._gone = False
         self.loop = asyncio.get_running_loop()
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.last_recv = self.loop.time()
-        transport.write(auth.hello(self._nonce))  # type: ignore[attr-defined]
-        self._hs_timer = self.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
+        # The deadline runs from the accept (or connect): TLS, proofs and HELLO all fit in it.
+        t0 = self.accepted_at if self.accepted_at is not None else self.last_recv
+        self._hs_timer = self.loop.call_at(t0 + self.node.handshake_timeout, self._handshake_timeout)
+        self._begin()
+
+    def _begin(self) -> None:
+        """Send our hello (after TLS, so the handshake can be bound to the TLS channel)."""
+        try:
+            binding = self._binding()
+        except (ValueError, OSError) as exc:
+            self.fail(f"TLS channel binding unavailable: {exc}", "tls_failures")
+            return
+        hs = self._hs = auth.Handshake(self.secret, self.client, self.node.name, binding,
+                                       own_nonces=self.node._nonces)
+        self.node._nonces.add(hs.nonce)
+        self.transport.write(hs.start())  # type: ignore[union-attr]
+
+    def _binding(self) -> bytes:
+        sslobj = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        if sslobj is None:
+            return b""
+        peer = sslobj.getpeercert(binary_form=True) or b""
+        own = self.node._tls_cert_der
+        try:
+            unique = sslobj.get_channel_binding("tls-unique")
+        except (ValueError, NotImplementedError):
+            unique = None
+        client_cert, server_cert = (own, peer) if self.client else (peer, own)
+        return auth.tls_binding(client_cert, server_cert, unique)
 
     def _handshake_timeout(self) -> None:
         if self.peer_address is None and not self.closed:
-            self.fail("handshake timed out", "auth_failures")
+            stage = "proofs" if not self.authenticated else "HELLO"
+            self.fail(f"handshake not complete within {self.node.handshake_timeout:g}s (at {stage})",
+                      "handshake_timeouts")
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
         self.last_recv = self.loop.time()
-        if not self.authenticated:
-            data = self._handshake(data)
-            if not data:
+        opener = self._opener
+        if opener is None:
+            hs = self._hs
+            if hs is None:
+                return
+            try:
+                out = hs.feed(data)
+            except AuthError as exc:
+                reply = getattr(exc, "reply", b"")
+                if reply and self.transport is not None:
+                    self.transport.write(reply)
+                self.fail(str(exc), "auth_failures")
+                return
+            if out:
+                self.transport.write(out)  # type: ignore[union-attr]
+            if not hs.done:
+                return
+            self._authenticated(hs)
+            data = hs.rest
+            opener = self._opener
+            if not data or opener is None:
                 return
         try:
-            bodies = self._decoder.feed(data)
+            plains = opener.feed(data)
+        except RecordError as exc:
+            self.fail(str(exc), "frame_auth_failures")
+            return
+        if not plains:
+            return
+        try:
+            if len(plains) == 1:
+                bodies = self._decoder.feed(plains[0])
+            else:
+                bodies = []
+                for p in plains:
+                    bodies.extend(self._decoder.feed(p))
         except CodecError as exc:
             self.fail(str(exc), "oversized_frames")
             return
@@ -122,34 +203,14 @@ class Connection(asyncio.Protocol):
             return
         self._dispatch(bodies)
 
-    def _handshake(self, data: bytes) -> bytes:
-        """Consume handshake bytes; return whatever follows the handshake."""
-        self._hs += data
-        if self._peer_nonce is None:
-            if len(self._hs) < auth.HELLO_SIZE:
-                if not auth.MAGIC.startswith(bytes(self._hs[: len(auth.MAGIC)])):
-                    self.fail("peer did not start the e2actors handshake", "auth_failures")
-                return b""
-            nonce = auth.parse_hello(bytes(self._hs[: auth.HELLO_SIZE]))
-            if nonce is None:
-                self.fail("peer did not start the e2actors handshake", "auth_failures")
-                return b""
-            self._peer_nonce = nonce
-            del self._hs[: auth.HELLO_SIZE]
-            role = ROLE_CLIENT if self.client else ROLE_SERVER
-            self.transport.write(auth.proof(self.secret, role, nonce, self._nonce))  # type: ignore[union-attr]
-        if len(self._hs) < auth.PROOF_SIZE:
-            return b""
-        their_role = ROLE_SERVER if self.client else ROLE_CLIENT
-        if not auth.check(self.secret, their_role, self._nonce, self._peer_nonce, bytes(self._hs[: auth.PROOF_SIZE])):
-            self.fail("peer failed the shared-secret challenge", "auth_failures")
-            return b""
-        rest = bytes(self._hs[auth.PROOF_SIZE:])
-        self._hs = bytearray()
+    def _authenticated(self, hs: auth.Handshake) -> None:
         self.authenticated = True
+        self.peer_name = hs.peer_name
+        self.node._nonces.discard(hs.nonce)
+        self._sealer = Sealer(hs.send_key)
+        self._opener = Opener(hs.recv_key, RECORD_BYTES + TAG_SIZE)
         if self.client:
             self.send_frame(encode_frame(HELLO, self.node.address, self.node.version, self.node.name))
-        return rest
 
     def _dispatch(self, bodies: list[bytes]) -> None:
         node = self.node
@@ -163,6 +224,12 @@ class Connection(asyncio.Protocol):
             if self.peer_address is None:
                 if kind != HELLO or not isinstance(a, str) or not isinstance(msg, str):
                     self.fail("first frame was not HELLO", "codec_errors")
+                    return
+                if auth.wire_name(msg) != self.peer_name:
+                    self.fail(f"HELLO names {msg!r}, the handshake {self.peer_name!r}", "auth_failures")
+                    return
+                if a == node.address:
+                    self.fail("peer claims our own address (a relay joining us to ourselves?)", "auth_failures")
                     return
                 self.peer_address = a
                 if self._hs_timer is not None:
@@ -200,12 +267,23 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.closed and self.transport is None:
+        self._lost(exc)
+
+    def _lost(self, exc: Exception | None = None) -> None:
+        """Forget this connection (once, however it ended)."""
+        if self._gone:
             return
+        self._gone = True
+        self.closed_by_us = self.closed
         self.closed = True
         self.transport = None
         if self._hs_timer is not None:
             self._hs_timer.cancel()
+        if self._hs is not None:
+            self.node._nonces.discard(self._hs.nonce)
+        if not self.authenticated and not self.client and not self.closed_by_us:
+            # The peer went away mid-handshake (a probe, a scanner, a dying peer): counted, not logged.
+            self.node.counters["handshakes_aborted"] += 1
         for w in self._drain_waiters:
             if not w.done():
                 w.set_exception(TransportError(f"connection to {self.peer_address} lost"))
@@ -247,9 +325,21 @@ class Connection(asyncio.Protocol):
             return
         self._wbuf = []
         self._wbytes = 0
-        if self.transport is None or self.closed:
+        t = self.transport
+        if t is None or self.closed or self._sealer is None:
             return
-        self.transport.write(buf[0] if len(buf) == 1 else b"".join(buf))
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        seal = self._sealer.seal
+        if len(data) <= RECORD_BYTES:
+            t.write(seal(data))
+        else:  # frames may span records: the frame decoder on the other side joins them
+            view = memoryview(data)
+            t.write(b"".join([seal(view[i:i + RECORD_BYTES]) for i in range(0, len(data), RECORD_BYTES)]))
+        # Past the high-water mark (asyncio paused our writers) look at how much is queued.
+        if self._paused and t.get_write_buffer_size() > self.node.max_write_buffer:
+            # The peer does not read what we send it (e.g. it sends asks and never reads the
+            # replies): drop the link rather than grow without bound.
+            self.fail(f"peer does not read: over {self.node.max_write_buffer} bytes queued to it", "slow_peers")
 
     @property
     def write_paused(self) -> bool:
@@ -270,11 +360,12 @@ class Connection(asyncio.Protocol):
         await fut
 
     def fail(self, reason: str, counter: str) -> None:
-        """Close this connection because of bad input; log and count it."""
+        """Close this connection because of bad input or a hostile peer; log (rate limited) and count."""
         self.node.counters[counter] += 1
         if counter == "auth_failures":
             self.auth_failed = True
-        log.warning("closing connection %s (%s): %s", self.peer_address or self._peername(), counter, reason)
+        self.node.ratelog.warning(counter, "%s: closing connection %s (%s): %s", self.node.name,
+                                  self.peer_address or self._peername(), counter, reason)
         self.close()
 
     def close(self) -> None:
@@ -291,32 +382,145 @@ class Connection(asyncio.Protocol):
 
 
 # --- listening and connecting ---------------------------------------------------------------------
-async def listen(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLContext | None) -> tuple[Any, str]:
-    """Start a server; returns (server, the concrete address, e.g. with the port chosen)."""
+def peer_host(peername: Any) -> str:
+    """The admission key of a peer: its IP address, or ``local`` (Unix sockets, in memory)."""
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return "local"
+
+
+async def listen(address: str, node: Node) -> tuple[Any, str]:
+    """Start accepting connections for ``node``; returns (server, the concrete address, e.g. with
+    the port chosen)."""
     kind, host, port = parse_address(address)
-    loop = asyncio.get_running_loop()
+    if kind == "mem":
+        if host in _MEM_LISTENERS:
+            raise TransportError(f"mem address {address} already in use")
+        # In-memory pairs (tests) are not counted against the caps.
+        _MEM_LISTENERS[host] = lambda: node._server_conn(asyncio.get_running_loop().time(), None)
+        return _MemServer(host), f"mem://{host}"
     if kind == "tcp":
-        server = await loop.create_server(factory, host, port, ssl=ssl, reuse_address=True)
-        sock = server.sockets[0]
-        h, p = sock.getsockname()[:2]
-        h = f"[{h}]" if ":" in h else h
-        return server, f"tcp://{h}:{p}"
-    if kind == "unix":
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    else:
         import os
 
         if os.path.exists(host):
             os.unlink(host)
-        server = await loop.create_unix_server(factory, host, ssl=ssl)
-        return server, f"unix://{host}"
-    if host in _MEM_LISTENERS:
-        raise TransportError(f"mem address {address} already in use")
-    _MEM_LISTENERS[host] = factory
-    return _MemServer(host), f"mem://{host}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sockaddr = host
+    try:
+        sock.bind(sockaddr)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    acceptor = _Acceptor(sock, node)
+    if kind == "unix":
+        return acceptor, f"unix://{host}"
+    h, p = sock.getsockname()[:2]
+    h = f"[{h}]" if ":" in h else h
+    return acceptor, f"tcp://{h}:{p}"
+
+
+class _Acceptor:
+    """Accepts sockets for a node: applies the connection caps to each before any work (refused
+    sockets are closed at once, counted as ``connections_refused``), then starts TLS if the node
+    uses it, under the handshake deadline that runs from the accept (``handshake_timeouts``,
+    ``tls_failures``), and hands the socket to a :class:`Connection`."""
+
+    def __init__(self, sock: Any, node: Node) -> None:
+        self.sock = sock
+        self.node = node
+        self.closed = False
+        self._handshakes: set[asyncio.Task] = set()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"accept:{node.name}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        node = self.node
+        while not self.closed:
+            try:
+                sock, peer = await loop.sock_accept(self.sock)
+            except asyncio.CancelledError:
+                raise
+            except OSError as exc:  # EMFILE and friends: wait a little rather than spin
+                if self.closed:
+                    return
+                node.counters["accept_errors"] += 1
+                node.ratelog.warning("accept_errors", "%s: accept failed: %s", node.name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            host = peer_host(peer)
+            refused = node._admit(host)
+            if refused:
+                sock.close()
+                node.counters["connections_refused"] += 1
+                node.ratelog.warning("connections_refused", "%s: refused a connection from %s: %s",
+                                     node.name, peer or "a local peer", refused)
+                continue
+            sock.setblocking(False)
+            if sock.family != socket.AF_UNIX:
+                # Small frames (asks, replies) must not wait for Nagle's algorithm.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            t = loop.create_task(self._start(sock, peer, host, loop.time()))
+            self._handshakes.add(t)
+            t.add_done_callback(self._handshakes.discard)
+
+    async def _start(self, sock: Any, peer: Any, host: str, t0: float) -> None:
+        node = self.node
+        loop = asyncio.get_running_loop()
+        made: list[Connection] = []
+
+        def factory() -> Connection:
+            conn = node._server_conn(t0, host)
+            made.append(conn)
+            return conn
+
+        ssl = node._server_ssl
+        try:
+            await loop.connect_accepted_socket(factory, sock, ssl=ssl,
+                                               ssl_handshake_timeout=node.handshake_timeout if ssl else None)
+            return
+        except asyncio.CancelledError:
+            if not made:
+                sock.close()
+            raise
+        except Exception as exc:  # a TLS handshake that failed or never came
+            slow = loop.time() - t0 >= node.handshake_timeout * 0.9
+            counter = "handshake_timeouts" if slow else "tls_failures"
+            node.counters[counter] += 1
+            node.ratelog.warning(counter, "%s: closing connection %s (%s): TLS handshake failed: %s: %s",
+                                 node.name, peer or "a local peer", counter, type(exc).__name__, exc)
+        # The event loop's transport owns the socket once the protocol exists, and has closed it.
+        if made:
+            made[0].closed = True  # counted above: not an aborted handshake as well
+            made[0]._lost()
+        else:
+            sock.close()
+            node._release(host)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._task.cancel()
+        for t in list(self._handshakes):
+            t.cancel()
+        self.sock.close()
+
+    async def wait_closed(self) -> None:
+        return None
 
 
 async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSLContext | None,
-                  server_hostname: str | None = None) -> Connection:
-    """Connect to ``address`` and complete the handshake.
+                  server_hostname: str | None = None, timeout: float = HANDSHAKE_TIMEOUT) -> Connection:
+    """Connect to ``address`` and complete the handshake within ``timeout`` seconds.
 
     Raises :class:`TransportError` when nothing answers and :class:`AuthError` when the peer
     closes during the handshake (it refused our proof) or sent a bad proof.
@@ -326,12 +530,14 @@ async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSL
     try:
         if kind == "tcp":
             _, proto = await loop.create_connection(factory, host, port, ssl=ssl,
-                                                    server_hostname=(server_hostname or host) if ssl else None)
+                                                    server_hostname=(server_hostname or host) if ssl else None,
+                                                    ssl_handshake_timeout=timeout if ssl else None)
         elif kind == "unix":
             _, proto = await loop.create_unix_connection(
-                factory, host, ssl=ssl, server_hostname=(server_hostname or "localhost") if ssl else None)
-    except (OSError, _ssl.SSLError) as exc:
-        raise TransportError(f"cannot connect to {address}: {exc}") from None
+                factory, host, ssl=ssl, server_hostname=(server_hostname or "localhost") if ssl else None,
+                ssl_handshake_timeout=timeout if ssl else None)
+    except (OSError, _ssl.SSLError, asyncio.TimeoutError) as exc:
+        raise TransportError(f"cannot connect to {address}: {exc or type(exc).__name__}") from None
     if kind == "mem":
         server_factory = _MEM_LISTENERS.get(host)
         if server_factory is None:
@@ -343,11 +549,13 @@ async def connect(address: str, factory: Callable[[], Connection], ssl: _ssl.SSL
         peer.connection_made(b)
         proto.connection_made(a)
     try:
-        return await asyncio.wait_for(proto.ready, HANDSHAKE_TIMEOUT + 1)  # type: ignore[union-attr]
+        return await asyncio.wait_for(proto.ready, timeout + 1)  # type: ignore[union-attr]
     except (asyncio.TimeoutError, TransportError) as exc:
         # The peer refused us if it closed after seeing our proof, or if its own proof was wrong;
         # a close before its hello is just a failed connection (e.g. a dying process).
-        refused = proto.auth_failed or (proto._peer_nonce is not None and not proto.authenticated)  # type: ignore[union-attr]
+        hs = proto._hs  # type: ignore[union-attr]
+        saw_hello = hs is not None and hs.keys is not None
+        refused = proto.auth_failed or (saw_hello and not proto.authenticated)  # type: ignore[union-attr]
         proto.close()  # type: ignore[union-attr]
         if refused:
             raise AuthError(f"{address}: handshake failed (wrong shared secret?): {exc}") from None
@@ -415,6 +623,9 @@ class _MemTransport(asyncio.Transport):
             self.other.close()
 
     abort = close
+
+    def get_write_buffer_size(self) -> int:
+        return 0
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default

@@ -57,6 +57,7 @@ PACKET_VERSION = 10
 PACKET_TX_RING = 13
 PACKET_IGNORE_OUTGOING = 23
 PACKET_FANOUT = 18
+PACKET_LOSS = 14
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000
 TPACKET_V2 = 1
@@ -112,6 +113,7 @@ class AfPacketPort(Port):
         #: its traffic by flow hash (the kernel's symmetric hash, after defragmentation).
         self.fanout = fanout
         self._paused = False
+        self._max_frame = 65535 + 18
         if mode not in ("ring", "recv"):
             raise ConfigError(f"port {name}", "mode", f"ring or recv, not {mode!r}")
         self.iface = iface
@@ -166,6 +168,8 @@ class AfPacketPort(Port):
                 s.close()
                 raise E2Error(f"port {self.name}: cannot join fanout group {self.fanout} on {self.iface!r}: "
                               f"{exc}") from None
+        # The largest frame the interface sends: its MTU, an Ethernet header and one VLAN tag.
+        self._max_frame = _mtu(s, self.iface) + 18
         s.setblocking(False)
         if self.mode == "recv":
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -200,6 +204,9 @@ class AfPacketPort(Port):
         nblocks = -(-frames // per_block)
         nframes = nblocks * per_block
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        # A frame the kernel refuses (larger than the MTU) is skipped, not left in the transmit ring
+        # where it would hold back every frame after it (set before the ring is made).
+        s.setsockopt(SOL_PACKET, PACKET_LOSS, 1)
         req = struct.pack("=IIII", bsize, nblocks, fsize, nframes)
         s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         s.setsockopt(SOL_PACKET, PACKET_TX_RING, req)
@@ -287,12 +294,30 @@ class AfPacketPort(Port):
             self.rx_bytes += nbytes
             self._ingress(name, pkts)
 
+    def poll(self) -> int:
+        """Read what waits now, as the reader callback does; returns the frames handed over. For an
+        owner that just sent frames into a veth and expects the answers already there."""
+        before = self.rx_packets
+        if self._paused:
+            return 0
+        if self.mode == "ring":
+            self._readable_ring()
+        else:
+            self._readable()
+        return self.rx_packets - before
+
     # --- send -----------------------------------------------------------------------------------
     def send(self, pkts: list[Packet]) -> None:
         s = self.sock
         if s is None:
             self.drops["port closed"] += len(pkts)
             return
+        limit = self._max_frame
+        if any(len(p.data) > limit for p in pkts):
+            # (a reassembled datagram, a frame from a bigger link: the kernel would refuse it)
+            big = sum(1 for p in pkts if len(p.data) > limit)
+            self.drops["larger than the interface's MTU"] += big
+            pkts = [p for p in pkts if len(p.data) <= limit]
         if self._mm is not None:
             self._send_ring(s, pkts)
             return

@@ -325,6 +325,7 @@ class Balancer:
         "_next_tick",
         "_now",
         "counters",
+        "_bpm",
     )
 
     def __init__(
@@ -366,6 +367,7 @@ class Balancer:
         self._new_drained: list[str] = []
         self._next_tick = -math.inf
         self._now = 0.0
+        self._bpm: tuple[int, dict[str, int]] | None = None
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "new_flows",  # flows started (recorded in the table)
@@ -643,11 +645,16 @@ class Balancer:
         return {n: self._nflows.get(n, 0) for n in self._members}
 
     def buckets_per_member(self) -> dict[str, int]:
+        # (asked for with every stats poll: counted once per table version)
+        cached = self._bpm
+        if cached is not None and cached[0] == self.version:
+            return dict(cached[1])
         out = dict.fromkeys(self._members, 0)
         for o in self._owners:
             if o is not None:
                 out[o] += 1
-        return out
+        self._bpm = (self.version, out)
+        return dict(out)
 
     def members(self) -> dict[str, tuple[float, str]]:
         """``name -> (weight, state)`` of the current version."""

@@ -119,16 +119,21 @@ _META_OPS = {"=", "NEQ", "<", "LEQ", ">", "GEQ"}
 
 def _value_position(toks: list[Token]) -> bool:
     """True if the next token is a metadata value (after ``meta.K OP``, ``in (`` or a ``,``)."""
-    if not toks:
+    # Minus signs in front of a value position keep it one (walked back in a loop, not by
+    # recursion: a long run of them is hostile input, not a reason to overflow the stack).
+    end = len(toks)
+    while end and toks[end - 1].kind == "-":
+        end -= 1
+    if end == 0:
         return False
-    last = toks[-1]
+    last = toks[end - 1]
     if last.kind in _META_OPS:
-        return len(toks) >= 2 and toks[-2].kind == "META"
-    if last.kind == "," or (last.kind == "-" and _value_position(toks[:-1])):
+        return end >= 2 and toks[end - 2].kind == "META"
+    if last.kind == ",":
         return True
     if last.kind == "(":
-        return len(toks) >= 3 and toks[-2].kind == "ID" and toks[-2].text == "in" \
-            and toks[-3].kind == "META"
+        return end >= 3 and toks[end - 2].kind == "ID" and toks[end - 2].text == "in" \
+            and toks[end - 3].kind == "META"
     return False
 
 

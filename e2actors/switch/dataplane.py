@@ -790,17 +790,20 @@ class Dataplane:
                 self.remote_tx[server] += len(part)
                 sends.append((ref, RemoteBatch(target, Batch(part)), server))
 
-    def settle(self, msg: Any, ctx: Any, ok: bool) -> None:
+    def settle(self, msg: Any, ctx: Any, ok: bool, gone: bool = False) -> None:
         """The shell's report on a send from :meth:`take` (always for failures, and for sends
-        with a context: stream work)."""
+        with a context: stream work). ``gone``: the receiver no longer runs."""
         t = type(msg)
         if t is NFBatch:
             if not ok:
                 q = self._queues.get(ctx)
                 if q is not None:
                     q.out.pop(msg.seq, None)
-                self.drop(msg.batch.packets, "queue full")
-                self.congestion[ctx] += len(msg.batch.packets)
+                if gone:
+                    self.drop(msg.batch.packets, f"lost with failed instance {ctx}")
+                else:
+                    self.drop(msg.batch.packets, "queue full")
+                    self.congestion[ctx] += len(msg.batch.packets)
         elif t is StreamWork:
             w: Work = ctx
             nf = self.instance_nf.get(w.instance)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from e2actors.errors import E2Error
+from e2actors.errors import E2Error, PcapError
 from e2actors.packet.batch import DEFAULT_BATCH
 from e2actors.packet.packet import Packet
 from e2actors.packet.pcap import PcapWriter, open_capture
@@ -71,7 +71,7 @@ class Port:
     def stats(self) -> dict[str, Any]:
         return {"kind": self.kind, "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
                 "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes, "drops": dict(self.drops),
-                "done": self.done}
+                "done": self.done, "input": self.is_input, "output": self.is_output}
 
     def _count_tx(self, pkts: list[Packet]) -> None:
         self.tx_packets += len(pkts)
@@ -93,6 +93,8 @@ class PcapInPort(Port):
         #: (k, n): keep only the flows of shard k of n (see e2actors.manager.shards).
         self.shard = (int(shard[0]), int(shard[1])) if shard else None
         self.skipped = 0
+        #: Why the replay stopped before the capture's end (a corrupt or truncated file), if it did.
+        self.error: str | None = None
         self._t0 = 0.0
         self._task: asyncio.Task | None = None
         self.finished = asyncio.Event()
@@ -158,6 +160,12 @@ class PcapInPort(Port):
                             cur = []
                     if cur:
                         await self._push(ingress, gate, cur)
+                    if reader.truncated:
+                        # (tcpdump fails on it too: packets are missing, the run must say so)
+                        self.error = f"{self.path}: truncated capture: {reader.truncated}"
+                        break
+        except (PcapError, OSError) as exc:  # corrupt or unreadable past the start: loud, not a crash
+            self.error = f"{self.path}: {exc}"
         finally:
             self.done = True
             self.finished.set()
@@ -182,6 +190,14 @@ class PcapInPort(Port):
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def stats(self) -> dict[str, Any]:
+        st = super().stats()
+        if self.error:
+            st["error"] = self.error
+        if self.skipped:
+            st["other_shards"] = self.skipped
+        return st
+
 
 class PcapOutPort(Port):
     """Writes every packet that leaves through it to a pcap file."""
@@ -192,16 +208,49 @@ class PcapOutPort(Port):
     def __init__(self, name: str, path: str) -> None:
         super().__init__(name)
         self.path = path
-        self.writer = PcapWriter(path)
+        #: The first write error (``PATH: reason``): the output failed; what it refused is dropped
+        #: and counted, and the run fails with this message.
+        self.error: str | None = None
+        try:
+            self.writer: PcapWriter | None = PcapWriter(path)
+        except OSError as exc:
+            raise E2Error(f"port {name}: cannot write {path}: {exc.strerror or exc}") from None
 
     def send(self, pkts: list[Packet]) -> None:
         w = self.writer
-        for p in pkts:
-            w.write(p.data, p.ts, p.wirelen)
+        if w is None:
+            self.drops["output failed"] += len(pkts)
+            return
+        try:
+            for p in pkts:
+                w.write(p.data, p.ts, p.wirelen)
+        except OSError as exc:  # a full disk, a file system gone read-only: loud, counted, never a crash
+            self._failed(exc, len(pkts))
+            return
         self._count_tx(pkts)
 
+    def _failed(self, exc: OSError, n: int) -> None:
+        self.error = f"{self.path}: {exc.strerror or exc}"
+        self.drops["output failed"] += n
+        w, self.writer = self.writer, None
+        try:
+            if w is not None:
+                w.close()
+        except OSError:
+            pass
+
     async def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except OSError as exc:
+                self._failed(exc, 0)
+
+    def stats(self) -> dict[str, Any]:
+        st = super().stats()
+        if self.error:
+            st["error"] = self.error
+        return st
 
 
 class MemoryPort(Port):

@@ -43,7 +43,7 @@ from typing import Any
 
 from e2actors.errors import E2Error
 from e2actors.nf.instance import resolve_pipelet
-from e2actors.nf.messages import NFOutput, StreamVerdicts
+from e2actors.nf.messages import InputDone, NFOutput, StreamVerdicts
 from e2actors.nf.runner import PipeletRunner
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
@@ -80,7 +80,7 @@ class Switch(Actor):
 
     mailbox_size = 65536
     overflow = "drop"
-    urgent = frozenset({SetTable, GetSwitchStats, GetTraces, Credit, CloseInputs})
+    urgent = frozenset({SetTable, GetSwitchStats, GetTraces, Credit, CloseInputs, InputDone})
     # Never dropped for lack of room: an instance's output (at most one per batch this switch
     # sent, bounded by its window) and port input (bounded by the port's credit window) — losing
     # one would lose its packets uncounted and their credits with them.
@@ -119,6 +119,7 @@ class Switch(Actor):
         self._room = asyncio.Event()
         self._room.set()
         self._returned = 0
+        self._input_done = False  # (told by the manager: InputDone)
         self._last_report = 0.0
         self._reported_congestion: dict[str, int] = {}
         self.every(self.housekeeping_interval, _HOUSEKEEPING)
@@ -165,6 +166,10 @@ class Switch(Actor):
             return v
         if t is GetSwitchStats:
             return self.stats()
+        if t is InputDone:
+            self._input_done = True
+            self.dp.inputs_done = True
+            return None
         if t is CloseInputs:
             for p in self.ports.values():
                 if p.is_input and not p.done:
@@ -201,7 +206,7 @@ class Switch(Actor):
                 if ok is None:
                     continue
                 if ctx is not None or not ok:
-                    dp.settle(msg, ctx, ok)
+                    dp.settle(msg, ctx, ok, not ok and ref.node == self.node.address and not self.node.is_alive(ref))
             for name, pkts in ports.items():
                 self.ports[name].send(pkts)
             if not inline:
@@ -365,7 +370,7 @@ class Switch(Actor):
             return ref.node != here or node.is_alive(ref)
 
         inputs = [p for p in self.ports.values() if p.is_input]
-        dp.inputs_done = bool(inputs) and all(p.done for p in inputs)
+        dp.inputs_done = self._input_done or (bool(inputs) and all(p.done for p in inputs))
         for ref, msg, _ctx in dp.housekeeping(now, alive):
             self._send(ref, msg, None)
         for nf, g in list(dp.groups.items()):

@@ -3,7 +3,8 @@
 Config (the ``config`` of the policy)::
 
     rules: PATH | [RULE, ...]   # a rules file, or rule lines (a list mixing both is allowed:
-                                # an item that does not look like a rule is read as a file path)
+                                # an item that does not look like a rule is read as a file path;
+                                # files are read from the node's data directory, see Pipelet.data_path)
     vars: {HTTP_PORTS: "[80,8080]", ...}   # port variables (unknown ones mean any)
     strict: true                 # a malformed rule raises RuleError; false: skip it with a warning
     max_flows: 200000            # flows tracked (least recently used evicted past it)
@@ -73,6 +74,7 @@ from e2actors.nf.rules import (
 from e2actors.packet.batch import Batch
 from e2actors.packet.flowtable import FlowTable
 from e2actors.packet.reassembly import OVERLAP_POLICIES
+from e2actors.runtime.confine import Confinement
 
 __all__ = ["IDS", "Detector"]
 
@@ -84,6 +86,16 @@ _UNKNOWN = -1
 _SYN, _SYNACK, _SEEN0, _SEEN1, _HTTP = 1, 2, 4, 8, 16
 # Direction state: the Matcher's [pos, tail, seen, pids] and then:
 _BUF, _BUFSTART, _PARSER = 4, 5, 6
+
+
+def _is_rule_text(s: str) -> bool:
+    """A ``rules`` item that is rule text (or a comment), not a file path."""
+    return "(" in s and s.rstrip().endswith(")") or s.lstrip().startswith("#") or "\n" in s
+
+
+def _rule_items(rules: Any) -> list[str]:
+    items = [rules] if isinstance(rules, (str, os.PathLike)) else list(rules or ())
+    return [os.fspath(it) if isinstance(it, os.PathLike) else str(it) for it in items]
 
 
 def _flow_ports(flow: Hashable) -> tuple[int, int] | None:
@@ -215,6 +227,12 @@ class IDS(Pipelet):
         return {"overlap": overlap}
 
     # --- setup -----------------------------------------------------------------------------------
+    @classmethod
+    def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
+        for item in _rule_items(config.get("rules", ())):
+            if not _is_rule_text(item):
+                confine.path(item, "rules")
+
     async def setup(self, config: dict[str, Any]) -> None:
         self.config = config
         if "max_flows" in config or "flow_timeout" in config:
@@ -225,8 +243,11 @@ class IDS(Pipelet):
         self.reassembly = self.reassembly_options(config)
         if config.get("matcher") not in (None, *MATCHERS):
             raise ConfigError("IDS", "matcher", f"one of {', '.join(MATCHERS)}, not {config['matcher']!r}")
+        # Rule files are read from inside the node's data directory.
+        rules = [it if _is_rule_text(it) else self.data_path(it, "rules")
+                 for it in _rule_items(config.get("rules", ()))]
         # Compiling a large rule set takes long: off the event loop, so the node keeps answering.
-        rs, det = await asyncio.to_thread(self.compile, config.get("rules", ()), config.get("vars"),
+        rs, det = await asyncio.to_thread(self.compile, rules, config.get("vars"),
                                           config.get("strict", True), config.get("matcher"))
         self._install(rs, det)
 
@@ -235,12 +256,9 @@ class IDS(Pipelet):
                 matcher: str | None = None) -> tuple[RuleSet, Detector]:
         """Parse and compile rules (a path, or a list of rule lines and/or paths). Pure work."""
         rs = RuleSet()
-        items = [rules] if isinstance(rules, (str, os.PathLike)) else list(rules or ())
         inline: list[str] = []
-        for it in items:
-            s = os.fspath(it) if isinstance(it, os.PathLike) else str(it)
-            looks_rule = "(" in s and s.rstrip().endswith(")") or s.lstrip().startswith("#") or "\n" in s
-            if looks_rule:
+        for s in _rule_items(rules):
+            if _is_rule_text(s):
                 inline.extend(s.splitlines())
             else:
                 if inline:

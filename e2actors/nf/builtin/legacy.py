@@ -9,6 +9,11 @@ Config: ``cmd`` (argv list or a shell-free string), ``max_frame`` (default 65535
 ``max_inflight`` (frames written but not yet answered before new ones are dropped, default 10000).
 The program's stderr is passed through to ours. If the program exits, the NF raises (the
 supervisor restarts it, starting the program again).
+
+A ``cmd`` is a program to run: on an agent it runs only if the agent was started with
+``--allow-legacy PREFIX`` and the program's resolved path is under such a prefix (then it runs
+with the data directory as its working directory); otherwise the deployment is refused with the
+reason. Allowing a prefix that holds an interpreter or a shell allows any script it may be given.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from e2actors.errors import ConfigError, E2Error
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
+from e2actors.runtime.confine import Confinement, ConfinementError, process_confinement
 
 __all__ = ["Legacy"]
 
@@ -35,15 +41,38 @@ class Legacy(Pipelet):
     cost_pps = 50_000
     timer_interval = 0.005
 
-    async def setup(self, config: dict[str, Any]) -> None:
+    @staticmethod
+    def _argv(config: dict[str, Any]) -> list[str]:
         cmd = config.get("cmd")
         if not cmd:
-            raise ConfigError("Legacy", "cmd", "missing: the program to run")
-        argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
+            raise ConfinementError("Legacy needs the program to run", "cmd")
+        try:
+            argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
+        except (ValueError, TypeError) as exc:
+            raise ConfinementError(f"cannot read the command line: {exc}", "cmd") from None
+        if not argv:
+            raise ConfinementError("Legacy needs the program to run", "cmd")
+        return argv
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
+        confine.program(cls._argv(config)[0])
+
+    async def setup(self, config: dict[str, Any]) -> None:
+        try:
+            argv = self._argv(config)
+        except ConfinementError as exc:
+            raise ConfigError("Legacy", exc.key, exc.reason) from None
+        confine = self.confinement if self.confinement is not None else process_confinement()
+        cwd = None
+        if confine is not None:
+            argv[0] = confine.program(argv[0])  # checked again, and run by its resolved path
+            if confine.files:
+                cwd = confine.data_dir
         self.max_frame = int(config.get("max_frame", 65535))
         self.max_inflight = int(config.get("max_inflight", 10_000))
         self.proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
-                                                         stdout=asyncio.subprocess.PIPE)
+                                                         stdout=asyncio.subprocess.PIPE, cwd=cwd)
         self.back: collections.deque[bytes] = collections.deque()
         self.meta_of: dict[bytes, list] = {}
         self.inflight = 0

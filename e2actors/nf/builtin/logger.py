@@ -4,6 +4,9 @@ Config: ``pcap`` (path), ``jsonl`` (path, default: the pcap path with ``.jsonl``
 The pcap is readable by tcpdump; each JSON line holds time, lengths, addresses, ports, the flow's
 direction and ``meta`` (the verdicts and tags earlier NFs attached). Packets pass on to ``out``.
 
+Both files are written inside the node's data directory (relative paths are taken from it; on an
+agent a path that leaves it refuses the deployment). In a local run that is the current directory.
+
 Several instances (a scale-out, or one per shard) never write one file at once. With
 ``{instance}`` in a path, each instance writes its own file (``{instance}`` replaced by its name,
 ``/`` made ``_``). Without it, each instance writes a part file next to it,
@@ -26,6 +29,7 @@ from typing import Any, TextIO
 
 from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
+from e2actors.runtime.confine import Confinement
 from e2actors.packet.batch import Batch
 from e2actors.packet.pcap import PcapWriter, open_capture
 
@@ -37,13 +41,29 @@ class Logger(Pipelet):
     affinity = "none"
     cost_pps = 200_000
     timer_interval = 1.0  # flush the files once a second, so they can be read during a run
+    config_paths = {"pcap": "write", "jsonl": "write"}
+
+    @staticmethod
+    def _paths(config: dict[str, Any], instance: str) -> tuple[str, str]:
+        pcap = str(config.get("pcap", "logger-{instance}.pcap")).replace("{instance}", instance)
+        jsonl = config.get("jsonl")
+        jsonl = str(jsonl).replace("{instance}", instance) if jsonl else os.path.splitext(pcap)[0] + ".jsonl"
+        return pcap, jsonl
+
+    @classmethod
+    def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
+        pcap, jsonl = cls._paths(config, "instance")
+        confine.path(pcap, "pcap")
+        confine.path(jsonl, "jsonl" if config.get("jsonl") else "pcap")
 
     async def setup(self, config: dict[str, Any]) -> None:
         name = self.name.replace("/", "_")
+        pcap, jsonl = self._paths(config, name)
         pcap_t = str(config.get("pcap", "logger-{instance}.pcap"))
-        jsonl_t = config.get("jsonl")
-        jsonl_t = str(jsonl_t) if jsonl_t else os.path.splitext(pcap_t)[0] + ".jsonl"
-        pcap, jsonl = pcap_t.format(instance=name), jsonl_t.format(instance=name)
+        jsonl_t = str(config.get("jsonl") or pcap_t)
+        # Checked again with the instance's own name in (a name could lead elsewhere).
+        pcap = self.data_path(pcap, "pcap")
+        jsonl = self.data_path(jsonl, "jsonl" if config.get("jsonl") else "pcap")
         for path in (pcap, jsonl):
             d = os.path.dirname(path)
             if d:

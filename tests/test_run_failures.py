@@ -1,0 +1,144 @@
+"""Runs that go wrong say so: the exit status and the summary tell the truth (real processes,
+a real full file system)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from clusterkit import env_with_tests
+from conftest import TESTS, need_root, need_tool
+
+ROOT = TESTS.parent
+POLICY = ROOT / "examples" / "seed" / "policy.yaml"
+TRAFFIC = ROOT / "examples" / "seed" / "traffic.pcap"
+
+
+def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "e2actors", "run", str(POLICY), *args], cwd=cwd,
+                          env=env_with_tests(), capture_output=True, text=True, timeout=120)
+
+
+def test_a_truncated_capture_fails_the_run(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(TRAFFIC.read_bytes()[:500_000])  # a record cut in the middle
+    r = run(["--traffic", str(cut), "--json"], tmp_path)
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert any("truncated capture" in f for f in s["failures"]), s["failures"]
+    # One line for the operator, no traceback, no Python warning.
+    err = [x for x in r.stderr.splitlines() if x.strip()]
+    assert err and all(x.startswith("e2actors run: failed: ") for x in err), r.stderr
+    # What was read before the cut went through the policy and is accounted for.
+    assert s["packets_in"] > 0 and s["lost"] == 0
+
+
+def test_a_full_disk_under_out_pcap_fails_the_run_with_the_path(tmp_path: Path) -> None:
+    need_root()
+    need_tool("mount")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], check=True)
+    try:
+        out = disk / "out.pcap"
+        r = run(["--traffic", str(TRAFFIC), "--out-pcap", str(out), "--json"], tmp_path)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert any(str(out) in f and "No space left on device" in f for f in s["failures"]), s["failures"]
+    # What could not be written is counted, not lost: every packet is still accounted for.
+    assert s["drops"].get("port out: output failed", 0) > 0
+    assert s["lost"] == 0
+    assert s["packets_in"] == s["packets_out"] + sum(s["drops"].values())
+
+
+def test_operator_mistakes_get_one_line(tmp_path: Path) -> None:
+    import socket
+
+    r = run(["--traffic", str(tmp_path / "missing.pcap")], tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == \
+        f"e2actors run: --traffic {tmp_path / 'missing.pcap'}: No such file or directory", r.stderr
+    r = run(["--traffic", str(POLICY)], tmp_path)  # not a capture
+    assert r.returncode == 2 and "not a pcap file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run(["--traffic", str(TRAFFIC), "--out-pcap", str(tmp_path / "no" / "such" / "dir" / "o.pcap")], tmp_path)
+    assert r.returncode == 2 and "no directory" in r.stderr and "Traceback" not in r.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = run(["--traffic", str(TRAFFIC), "--metrics-port", str(port)], tmp_path)
+    assert r.returncode == 2 and f"--metrics-port {port}" in r.stderr and "Traceback" not in r.stderr
+    v = subprocess.run([sys.executable, "-m", "e2actors", "--version"], capture_output=True, text=True)
+    assert v.returncode == 0 and v.stdout.startswith("e2actors ")
+
+
+def test_sigint_during_a_run_prints_the_summary_so_far_and_exits_130(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    p = subprocess.Popen([sys.executable, "-m", "e2actors", "run", str(POLICY), "--traffic", str(TRAFFIC),
+                          "--speed", "0.2", "--json"], cwd=tmp_path, env=env_with_tests(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Wait until it is under way (its logger has written something), then interrupt it.
+    deadline = time.monotonic() + 60
+    while not any(f.stat().st_size for f in tmp_path.glob("out/unsafe.jsonl*")):
+        assert time.monotonic() < deadline and p.poll() is None, p.communicate()[1]
+        time.sleep(0.1)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    s = json.loads(out)
+    assert not s["completed"] and s["stopped_by"] == "SIGINT"
+    assert 0 < s["packets_in"] < 2853 and s["lost"] == 0
+    assert "Traceback" not in err
+
+
+def test_a_pipelet_next_to_the_user_is_found(tmp_path: Path) -> None:
+    (tmp_path / "mynf.py").write_text(
+        "from e2actors import Pipelet\n\n"
+        "class Tag(Pipelet):\n"
+        "    async def process(self, batch):\n"
+        "        for p in batch:\n"
+        "            p.meta['tag'] = 1\n"
+        "            self.emit(p)\n")
+    (tmp_path / "pol.yaml").write_text(
+        'name: own\nnfs:\n  tag: {class: "mynf:Tag", cost_pps: 100000}\n'
+        'classes:\n  - {name: all, filter: "", load_pps: 1000}\n'
+        "edges:\n  - {from: in, to: tag}\n  - {from: tag, to: out}\n")
+    exe = Path(sys.executable).parent / "e2actors"  # the console script, as a user types it
+    for cwd, pol in ((tmp_path, "pol.yaml"), (tmp_path.parent, str(tmp_path / "pol.yaml"))):
+        r = subprocess.run([str(exe), "run", pol, "--traffic", str(TRAFFIC), "--json", "--workers", "2"], cwd=cwd,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["packets_out"] > 0
+
+
+def test_a_pipelet_that_raises_is_in_the_account_with_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.py").write_text(
+        "from e2actors import Pipelet\n\n"
+        "class Bad(Pipelet):\n"
+        "    async def process(self, batch):\n"
+        "        for p in batch:\n"
+        "            if p.proto == 17:\n"
+        "                raise ValueError('udp is not welcome')\n"
+        "            self.emit(p)\n")
+    (tmp_path / "pol.yaml").write_text(
+        'name: bad\nnfs:\n  bad: {class: "bad:Bad", cost_pps: 100000}\n'
+        'classes:\n  - {name: all, filter: "", load_pps: 1000}\n'
+        "edges:\n  - {from: in, to: bad}\n  - {from: bad, to: out}\n")
+    r = subprocess.run([sys.executable, "-m", "e2actors", "run", "pol.yaml", "--traffic", str(TRAFFIC), "--json",
+                        "--no-autoscale"], cwd=tmp_path, env=env_with_tests(), capture_output=True, text=True,
+                       timeout=120)
+    # It crashed on every batch with UDP in it, was restarted, and failed for good: the run fails.
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    errs = [e for e in s["errors"] if e.get("type") == "ValueError"]
+    assert errs and errs[0]["where"] == f"{tmp_path / 'bad.py'}:7" and errs[0]["count"] >= 2, s["errors"]
+    inst = s["instances"]["bad#1"]
+    assert inst["state"] == "failed" and inst["restarts"] >= 1
+    assert inst["in"] > 256  # (counters went on across restarts)
+    assert any("bad#1 failed" in f for f in s["failures"])
+    assert s["lost"] == 0 and s["congestion_drops"] == 0  # every packet is accounted for, by reason
