@@ -1,7 +1,7 @@
 """Refining a placement: Fiduccia-Mattheyses passes over servers with cores and NIC limits.
 
 A placement here is ``srv``: one server index per instance of a
-:class:`~e2actors.manager.placement.Problem`. :class:`State` keeps, per instance, its traffic
+:class:`~e2actors.manager.problem.Problem`. :class:`State` keeps, per instance, its traffic
 towards each server (packets/s and bits/s) and, per server, its core and NIC use, the cut and the
 NIC excess, all updated in O(degree) per move: gains are read, never recomputed.
 
@@ -37,10 +37,8 @@ import math
 import time
 from collections.abc import Sequence
 from itertools import islice
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from e2actors.manager.placement import Problem
+from e2actors.manager.problem import Problem
 
 __all__ = ["State", "fm_refine", "improve_only", "repair"]
 
