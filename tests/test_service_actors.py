@@ -41,9 +41,14 @@ def bad_messages(address: str) -> list[Any]:
         Spawn("e2actors.nothing_here:X", ""),               # on the allow-list, not importable
         Spawn("e2actors.runtime.node:NoSuchClass", ""),
         Spawn("os:system", "evil", {"command": "true"}),    # off the allow-list
-        Spawn("e2actors.runtime.node:SystemActor", "x", [1, 2]),   # kwargs not a mapping
-        Spawn(5, None),                                     # fields of the wrong types
     ]
+
+
+def mistyped_messages() -> list[Any]:
+    """Messages whose fields are not of their declared types: they never reach ``$system`` (the
+    codec refuses them, see the test below)."""
+    return [Spawn("e2actors.runtime.node:SystemActor", "x", [1, 2]),  # kwargs not a mapping
+            Spawn(5, None)]                                          # fields of the wrong types
 
 
 def wait_metric(agent: Agent, name: str, want: float, timeout: float = 15.0, **labels: str) -> float:
@@ -61,7 +66,7 @@ async def test_agent_system_actor_survives_hundreds_of_bad_messages(agent: Agent
         sysref = node.system_ref(agent.address)
         bad = bad_messages(agent.address)
         sent = 0
-        for round_ in range(12):
+        for round_ in range(14):
             for msg in bad:
                 if round_ % 2:
                     node.send(sysref, msg)                  # a tell: no one to answer, still no crash
@@ -85,6 +90,24 @@ async def test_agent_system_actor_survives_hundreds_of_bad_messages(agent: Agent
     # Logged, but not once per message: one line per 10 s (this test takes a few seconds).
     lines = [ln for ln in agent.log_text().splitlines() if "$system refused a" in ln]
     assert 1 <= len(lines) <= 3, lines
+
+
+async def test_agent_closes_the_link_of_a_peer_sending_mistyped_fields(agent: Agent) -> None:
+    """A message whose fields are not of their declared types does not decode: the agent closes
+    that one connection and counts it (as it does any frame that does not decode), and a new
+    connection is served as before."""
+    from e2actors.errors import ActorStopped
+
+    async with Node("peer", secret=SECRET) as node:
+        sysref = node.system_ref(agent.address)
+        bad = mistyped_messages()
+        for msg in bad:
+            with pytest.raises(ActorStopped, match="lost"):
+                await node.ask(sysref, msg, timeout=10)
+            info = await node.ask(sysref, GetNodeInfo(), timeout=10)  # (a new connection)
+            assert isinstance(info, NodeInfo) and info.pid == agent.proc.pid
+    assert wait_metric(agent, "e2_node_events_total", len(bad), event="codec_errors") == len(bad)
+    assert metric(agent.metrics(), "e2_node_events_total", event="actor_crashes") == 0
 
 
 async def test_system_actor_in_process_tells_and_asks() -> None:
