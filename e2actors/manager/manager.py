@@ -761,7 +761,7 @@ class Manager:
             for srv in self.servers.values():
                 if srv.switch is not None and srv.node_address != self.node.address:
                     try:
-                        await self.node.ask(self.node.system_ref(srv.node_address), StopActor(srv.switch.name), timeout=5)
+                        await self.node.ask(self.node.system_ref(srv.node_address), StopActor(srv.switch.name), timeout=30)
                     except Exception:
                         pass
             await self.node.stop()
@@ -773,7 +773,7 @@ class Manager:
             if srv.proc is not None:
                 try:
                     srv.proc.stdin.close()  # type: ignore[union-attr]
-                    srv.proc.wait(5)
+                    srv.proc.wait(30)  # (a busy machine: its ports flush and close first)
                 except Exception:
                     srv.proc.kill()
         self._merge_outputs()
