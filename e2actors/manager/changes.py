@@ -47,7 +47,7 @@ from e2actors.nf.messages import ExportState, GetStats, ImportState
 from e2actors.runtime.messages import StopActor
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.messages import SetTable
-from e2actors.switch.table import PortSpec, Route, SwitchTable
+from e2actors.switch.table import Route, SwitchTable
 
 if TYPE_CHECKING:
     from e2actors.manager.manager import Manager
@@ -261,17 +261,17 @@ async def ask_patiently(mgr: Manager, ref: ActorRef, msg: Any, timeout: float = 
 def build_tables(mgr: Manager, routes: tuple[Route, ...], nfs: dict[str, NFSpec], assignment: dict[str, str],
                  refs: dict[str, ActorRef], states: dict[str, str]) -> dict[str, SwitchTable]:
     """Tables for every live switch from explicit parts (a transaction's in-between tables)."""
+    from e2actors.manager.routing import _fanout_group, tables_from
+
     assert mgr.plan_ is not None
     mgr.version += 1
     hw = mgr.plan_.hardware
-    gs = route_groups(SimpleNamespace(nfs=nfs), assignment, refs, states)  # type: ignore[arg-type]
+    gs = route_groups(SimpleNamespace(nfs=nfs), assignment, refs, states,  # type: ignore[arg-type]
+                      sharded=bool(hw.shards))
     switches = {n: s.switch for n, s in mgr.servers.items() if s.switch is not None}
-    port_servers = {p.name: p.server for p in hw.ports.values()}
-    out = {}
-    for server in switches:
-        ports = tuple(PortSpec(p.name, p.kind, dict(p.params)) for p in hw.ports.values() if p.server == server)
-        out[server] = SwitchTable(mgr.version, server, ports, gs, routes, dict(switches), dict(port_servers))
-    return out
+    # (the same ports, credit origins, shard parameters and clock as the manager's own tables)
+    return tables_from(hw, mgr.version, routes, gs, switches, mgr.clock, _fanout_group(mgr.plan_.policy, hw),
+                       servers=tuple(switches))
 
 
 async def push(mgr: Manager, tables: dict[str, SwitchTable], first: tuple[str, ...] = ()) -> None:
