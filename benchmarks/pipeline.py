@@ -183,7 +183,13 @@ def main() -> None:
                 best["one_process_pps"], one = pps(s1), s1
             if pps(s2) > best.get("two_workers_pps", 0) or not two:
                 best["two_workers_pps"], two = pps(s2), s2
-        same = flows_of(os.path.join(d, "out1.pcap")) == flows_of(os.path.join(d, "out2.pcap"))
+        f1, f2 = flows_of(os.path.join(d, "out1.pcap")), flows_of(os.path.join(d, "out2.pcap"))
+        same = f1 == f2
+        if not same:
+            diff = [k for k in set(f1) | set(f2) if f1.get(k) != f2.get(k)]
+            print(f"outputs differ in {len(diff)} flows, e.g. {[(len(f1.get(k, ())), len(f2.get(k, ()))) for k in diff[:5]]}; "
+                  f"packets {sum(map(len, f1.values()))} vs {sum(map(len, f2.values()))} "
+                  f"(summaries: {one['packets_out']} vs {two['packets_out']})")
         res = {k: round(v) for k, v in best.items()}
         res["one_vs_ceiling"] = round(best["one_process_pps"] / best["nf_ceiling_pps"], 3)
         res["two_vs_one"] = round(best["two_workers_pps"] / best["one_process_pps"], 3)

@@ -234,3 +234,32 @@ async def test_deploy_time_refusals_name_the_nf_the_key_and_the_reason(tmp_path:
     assert (data / "logs" / "good.pcap").exists()
     text = metrics_when(agent, lambda t: metric(t, "e2_node_events_total", event="nf_config_refused") >= len(refused))
     assert metric(text, "e2_node_events_total", event="nf_config_refused") == len(refused)
+
+
+async def test_a_switch_writes_its_output_pcap_only_inside_the_data_directory(tmp_path) -> None:
+    """A table's pcap-out port on a confined node (an agent): relative paths from the data
+    directory, anything outside refused with the reason (the table is not installed)."""
+    from e2actors import Node
+    from e2actors.errors import RemoteError
+    from e2actors.runtime.confine import Confinement, ConfinementError
+    from e2actors.switch.messages import SetTable
+    from e2actors.switch.switch import Switch
+    from e2actors.switch.table import PortSpec, Route, SwitchTable
+
+    data = tmp_path / "data"
+    data.mkdir()
+    async with Node("agent", confine=Confinement(str(data))) as node:
+        sw = node.spawn(Switch, "switch", server="s1")
+        ok = SwitchTable(1, "s1", (PortSpec("in", "memory"), PortSpec("out", "pcap-out", {"path": "o.pcap"})), (),
+                         (Route("port:in", "", "port:out", "in->out"),))
+        assert await node.ask(sw, SetTable(ok)) == 1
+        assert (data / "o.pcap").exists()
+        bad = SwitchTable(2, "s1", (PortSpec("in", "memory"), PortSpec("out", "pcap-out", {"path": str(tmp_path / "x.pcap")})),
+                          (), (Route("port:in", "", "port:out", "in->out"),))
+        try:
+            await node.ask(sw, SetTable(bad))
+        except (ConfinementError, RemoteError) as exc:
+            assert "outside the data directory" in str(exc)
+        else:
+            raise AssertionError("a path outside the data directory was accepted")
+        assert not (tmp_path / "x.pcap").exists()

@@ -20,7 +20,7 @@ import pytest
 from conftest import need_tool
 
 from e2actors.nf.builtin.ids import IDS
-from e2actors.packet.build import ether, ip, tcp, udp
+from e2actors.packet.build import ether, fragment, ip, tcp, udp
 from e2actors.packet.pcap import write_pcap
 from e2actors.testing import arun_pipelet
 
@@ -117,6 +117,13 @@ class Trace:
         for f in frames:
             self.add(f)
 
+    def udp_fragmented(self, data: bytes, mtu: int = 1480, reverse: bool = False) -> None:
+        """One client datagram cut into IP fragments (``reverse``: the last fragment first)."""
+        self.port += 1
+        pieces = [ether(f) for f in fragment(ip(C, S, 17, udp(C, S, self.port, 53, data)), mtu)]
+        for f in (pieces[::-1] if reverse else pieces):
+            self.add(f)
+
     def udp_flow(self, dgrams: list[tuple[str, bytes]]) -> None:
         self.port += 1
         for who, data in dgrams:
@@ -187,6 +194,11 @@ def build() -> tuple[Trace, dict[str, int]]:
     mark("udp server matches to_server pattern")
     t.udp_flow([("c", b"QUERYX PONGX"), ("s", b"ANSWERX PONGX")])
     mark("udp both ways")
+    # A signature across the boundary of two IP fragments: found in the reassembled datagram.
+    t.udp_fragmented(b"a" * 1470 + b"QUERYX" + b"b" * 1600)
+    mark("udp fragments")
+    t.udp_fragmented(b"c" * 1473 + b"QUERYX" + b"d" * 1600, reverse=True)
+    mark("udp fragments reversed")
     return t, ports
 
 
@@ -267,6 +279,7 @@ async def test_ids_alerts_equal_suricata_per_flow_and_sid(crafted, tmp_path) -> 
     assert 1 not in ref["overlap old kept"] and ref["flowbits set then isset"] == {8}
     assert 11 not in ref["udp server matches to_server pattern"] and ref["udp both ways"] == {11, 12, 13}
     assert ref["http split request"] == {9, 10} and ref["ipv6"] == ref["vlan"] == {1, 2}
+    assert ref["udp fragments"] == ref["udp fragments reversed"] == {11}  # (reassembled by both)
 
 
 async def test_overlap_policy_is_selectable(crafted) -> None:

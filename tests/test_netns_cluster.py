@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Agent, env_with_tests, metric, start_agent
+from clusterkit import Agent, env_with_tests, start_agent
 from conftest import SECRET, TESTS, need_root, need_tool
 from netns import Lab, sh, wait_port
 

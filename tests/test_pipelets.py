@@ -19,7 +19,7 @@ from e2actors.packet.flowtable import FlowTable
 from e2actors.packet.packet import Packet, format_addr
 from e2actors.packet.pcap import read_packets
 from e2actors.packet.traffic import generate
-from e2actors.testing import arun_pipelet, run_pipelet
+from e2actors.testing import run_pipelet
 from nfkit import C, S, connection, tcp_pkt, udp_pkt
 
 

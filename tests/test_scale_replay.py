@@ -80,7 +80,8 @@ def test_replay_is_lossless_and_the_same_in_one_process_two_workers_and_two_agen
         hw = tmp_path / "hw.yaml"
         hw.write_text("servers:\n" + "".join(f"  - {{name: {a.name}, cores: 4, address: \"{a.address}\"}}\n"
                                              for a in agents) + "ports:\n  in: s1\n  out: s1\n")
-        ag = run_cli([str(POLICY), "--traffic", str(trace), "--out-pcap", str(tmp_path / "agents.pcap"),
+        # (the out port is s1's: its file is written in s1's data directory, relative paths from it)
+        ag = run_cli([str(POLICY), "--traffic", str(trace), "--out-pcap", "agents.pcap",
                       "--hardware", str(hw), "--secret-file", str(secret), "--no-autoscale"], tmp_path)
     finally:
         for a in agents:
@@ -94,7 +95,7 @@ def test_replay_is_lossless_and_the_same_in_one_process_two_workers_and_two_agen
     ref = flows(tmp_path / "one.pcap")
     assert sum(len(v) for v in ref.values()) == one["packets_out"]
     assert flows(tmp_path / "two.pcap") == ref
-    assert flows(tmp_path / "agents.pcap") == ref
+    assert flows(tmp_path / "data-s1" / "agents.pcap") == ref
     assert one["edges"] == two["edges"] == ag["edges"]
 
 

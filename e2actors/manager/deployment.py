@@ -42,13 +42,14 @@ from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan
 from e2actors.manager.policy import NFSpec, resolve_config
+from e2actors.manager.routing import fanout_group, tables_from
 from e2actors.manager.routing import groups as route_groups
 from e2actors.nf.messages import GetStats
 from e2actors.runtime.messages import GetNodeInfo, NodeInfo, Spawn, StopActor
 from e2actors.runtime.node import Node, load_class
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.messages import SetTable
-from e2actors.switch.table import PortSpec, Route, SwitchTable
+from e2actors.switch.table import Route, SwitchTable
 
 __all__ = ["MAIN", "Deployment", "Event", "ServerHandle", "check_agent"]
 
@@ -341,11 +342,11 @@ class Deployment:
     def unwatch(self, ref: ActorRef) -> None:
         self._need_node().unwatch(ref, self.monitor)  # type: ignore[arg-type]
 
-    async def stop(self, ref: ActorRef, *, quiet: bool = False) -> None:
+    async def stop(self, ref: ActorRef, *, quiet: bool = False, timeout: float = 5.0) -> None:
         """Stop actor ``ref`` on its node (its teardown runs). Failures are logged, not raised."""
         node = self._need_node()
         try:
-            await node.ask(node.system_ref(ref.node), StopActor(ref.name), timeout=5)
+            await node.ask(node.system_ref(ref.node), StopActor(ref.name), timeout=timeout)
         except Exception as exc:
             (log.debug if quiet else log.warning)("stopping %s: %r", ref, exc)
 
@@ -373,16 +374,15 @@ class Deployment:
                    refs: Mapping[str, ActorRef], states: Mapping[str, str]) -> dict[str, SwitchTable]:
         """A new version of every switch's table from explicit parts (a transaction's in-between
         tables: routes and members of the old and the new plan at once)."""
-        hw = self._need_plan().hardware
+        plan = self._need_plan()
+        hw = plan.hardware
         self._version += 1
-        gs = route_groups(SimpleNamespace(nfs=nfs), dict(assignment), dict(refs), dict(states))  # type: ignore[arg-type]
+        gs = route_groups(SimpleNamespace(nfs=nfs), dict(assignment), dict(refs), dict(states),  # type: ignore[arg-type]
+                          sharded=bool(hw.shards))
         switches = self.switches()
-        port_servers = {p.name: p.server for p in hw.ports.values()}
-        out = {}
-        for server in switches:
-            ports = tuple(PortSpec(p.name, p.kind, dict(p.params)) for p in hw.ports.values() if p.server == server)
-            out[server] = SwitchTable(self._version, server, ports, gs, routes, dict(switches), dict(port_servers))
-        return out
+        # (the same ports, credit origins, shard parameters and clock as the tables of the plan)
+        return tables_from(hw, self._version, routes, gs, switches, self.clock, fanout_group(plan.policy, hw),
+                           servers=tuple(switches))
 
     async def push_tables(self, tables: Mapping[str, SwitchTable] | None = None, *, first: Iterable[str] = (),
                           sequential: bool = False) -> None:
@@ -479,7 +479,7 @@ class Deployment:
                                if r.node != node.address))
         for srv in self._servers.values():
             if srv.switch is not None and srv.node_address != node.address:
-                await self.stop(srv.switch, quiet=True)
+                await self.stop(srv.switch, quiet=True, timeout=30)  # (a busy machine: its ports flush and close)
 
     def reap(self) -> None:
         """After the node stopped: end the worker processes (lost ones killed), remove their
@@ -492,7 +492,7 @@ class Deployment:
             if srv.proc is not None:
                 try:
                     srv.proc.stdin.close()  # type: ignore[union-attr]
-                    srv.proc.wait(5)
+                    srv.proc.wait(30)  # (a busy machine: its ports flush and close first)
                 except Exception:
                     srv.proc.kill()
         shutil.rmtree(self._tmp, ignore_errors=True)

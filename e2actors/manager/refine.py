@@ -267,7 +267,6 @@ class _Pass:
         p = st.p
         ci_cores = p.cores[i]
         gi = self.group_of[i]
-        group_of = self.group_of
         adj_i = p.adj[i]
         free_t = p.capacity[t] - st.load[t] - ci_cores
         free_a = p.capacity[a] - st.load[a] + ci_cores

@@ -31,7 +31,7 @@ from e2actors.manager.shards import shard_port_params
 from e2actors.switch.credits import DEFAULT_WINDOW, INPUT_KINDS, LIVE_WINDOW
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
 
-__all__ = ["routes", "groups", "switch_tables"]
+__all__ = ["fanout_group", "groups", "routes", "switch_tables", "tables_from"]
 
 
 def _target(e: Edge) -> str:
@@ -96,13 +96,20 @@ def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardwa
     """Each server's switch table (server -> table). ``refs`` gives instances' actors once deployed,
     ``switches`` each server's switch actor, ``states`` members' states (default ``running``)."""
     rs = routes(policy)
+    gs = groups(policy, placement, refs, states, sharded=bool(hardware.shards))
+    return tables_from(hardware, version, rs, gs, switches, clock, fanout_group(policy, hardware))
+
+
+def tables_from(hardware: Hardware, version: int, rs: tuple[Route, ...], gs: tuple[GroupSpec, ...],
+                switches: Mapping[str, ActorRef] | None, clock: str = "wall", group: int = 0,
+                servers: tuple[str, ...] | None = None) -> dict[str, SwitchTable]:
+    """Each server's table from its routes and groups (a transaction's in-between tables are made
+    here too): the servers' ports with their credit origins and shard parameters, the clock."""
     shards = hardware.shards
-    gs = groups(policy, placement, refs, states, sharded=bool(shards))
     port_servers = {p.name: p.server for p in hardware.ports.values()}
     # Every input port is a credit origin (see e2actors.switch.credits), numbered in a stable order.
     origins: dict[int, str] = {}
     per_server: dict[str, list[PortSpec]] = {}
-    group = _fanout_group(policy, hardware)
     for server in hardware.servers:
         specs = []
         for k, p in enumerate(hardware.ports.values()):
@@ -121,7 +128,7 @@ def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardwa
             specs.append(PortSpec(p.name, p.kind, params))
         per_server[server] = specs
     out = {}
-    for server in hardware.servers:
+    for server in servers if servers is not None else hardware.servers:
         ps = dict(port_servers)
         if shards and server in shards:
             ps.update({p.name: server for p in hardware.ports.values()})  # each shard has its own
@@ -130,7 +137,7 @@ def switch_tables(policy: Policy, placement: Mapping[str, str], hardware: Hardwa
     return out
 
 
-def _fanout_group(policy: Policy, hardware: Hardware) -> int:
+def fanout_group(policy: Policy, hardware: Hardware) -> int:
     """A PACKET_FANOUT group id for a sharded live interface (16 bits), stable for one deployment."""
     from zlib import crc32
 

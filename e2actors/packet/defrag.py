@@ -154,6 +154,11 @@ class Defragmenter:
         return len(self._q4) + len(self._q6)
 
     @property
+    def held_fragments(self) -> int:
+        """Fragments (packets) held in incomplete datagrams."""
+        return sum(len(d.frags) for q in (self._q4, self._q6) for d in q.values())
+
+    @property
     def last_fragments(self) -> list[Packet]:
         """The packets the last non-None result of :meth:`feed` stands for: ``[pkt]`` when it came
         back unchanged, the fragments it was reassembled from (by offset) otherwise."""

@@ -479,12 +479,16 @@ class Dataplane:
             self._park(pkt)
             pend[1].append(pkt)
             self._pending_n += 1
-            if host is UNKNOWN and len(pend[1]) < self.hold_packets and self._pending_n < self.max_domain_held:
+            # Replayed in packet time, the flow's own packets say when its hold is over: the stage's
+            # clock runs ahead of a flow whose instance is behind the others.
+            late = self.clock == "packet" and pkt.ts - pend[2] >= self.hold_seconds
+            if host is UNKNOWN and not late and len(pend[1]) < self.hold_packets \
+                    and self._pending_n < self.max_domain_held:
                 return None
             if host is UNKNOWN:
                 self.hosts.give_up(pkt, now)
                 host = None
-                self.counters["domain hold bound hit"] += 1
+                self.counters["domain hold timeouts" if late else "domain hold bound hit"] += 1
             del self._pending[key]
             self._pending_n -= len(pend[1])
             self._release_pending(source, pend[1], host)
@@ -498,7 +502,7 @@ class Dataplane:
                 # payload-less packets go the host-less way (see docs/policies.md).
                 return cls.classify(source, pkt, None)
             self._park(pkt)
-            self._pending[key] = [now, [pkt]]
+            self._pending[key] = [now, [pkt], pkt.ts]
             self._pending_n += 1
             self.counters["flows held for host"] += 1
             return None
@@ -921,8 +925,13 @@ class Dataplane:
         ``Drained`` notices for the manager; call :meth:`take` after."""
         now = self._clock(wall)
         notices: list[Send] = []
-        for key, (t0, pkts) in list(self._pending.items()):
-            if self._stage(key[0], None) - t0 >= self.hold_seconds:
+        # Holds that time out here: live, after hold_seconds; replayed, once the input ended (a
+        # flow whose host never came), or far behind the stage's time (a bound on the wait).
+        packet = self.clock == "packet"
+        for key, (t0, pkts, _ts) in list(self._pending.items()):
+            waited = self._stage(key[0], None) - t0
+            if waited >= self.hold_seconds and (not packet or self.inputs_done) or \
+                    waited >= max(10.0, 20 * self.hold_seconds):
                 del self._pending[key]
                 self._pending_n -= len(pkts)
                 self.hosts.give_up(pkts[0], now)

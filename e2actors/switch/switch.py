@@ -115,6 +115,7 @@ class Switch(Actor):
         self.dp.manager = self.manager
         self.dp.self_ref = self.ref
         self.ports: dict[str, Port] = {}
+        self._port_params: dict[str, dict] = {}  # what each port was made with
         self._paused: set[str] = set()
         self._room = asyncio.Event()
         self._room.set()
@@ -311,15 +312,23 @@ class Switch(Actor):
             return dp.version  # an old or repeated table: keep ours
         # Build everything first, then swap: nothing half-installed is ever seen by traffic.
         new_ports: dict[str, Port] = {}
+        new_params = dict(self._port_params)
         opened: list[Port] = []
         for spec in table.ports:
             old = self.ports.get(spec.name)
-            if old is not None and old.kind == spec.kind:
+            if old is not None and old.kind == spec.kind and self._port_params.get(spec.name) == spec.params:
                 new_ports[spec.name] = old
                 continue
-            p = make_port(spec.name, spec.kind, dict(spec.params))
+            params = dict(spec.params)
+            confine = getattr(self.node, "confine", None)
+            if confine is not None and spec.kind == "pcap-out" and params.get("path"):
+                # A port writes files like an NF does: inside the node's data directory (relative
+                # paths from it), so a table cannot make an agent write anywhere else.
+                params["path"] = confine.path(str(params["path"]), f"port {spec.name} path")
+            p = make_port(spec.name, spec.kind, params)
             new_ports[spec.name] = p
             opened.append(p)
+            new_params[spec.name] = dict(spec.params)
         runners: dict[str, PipeletRunner] = {}
         for gs in table.groups:
             if not gs.inline:
@@ -354,6 +363,7 @@ class Switch(Actor):
             if all(r is not n for n in runners.values()):
                 await r.stop()
         self.ports = new_ports
+        self._port_params = {n: v for n, v in new_params.items() if n in new_ports}
         for p in opened:
             await p.open(self._port_ingress, functools.partial(self._gate, p.name))
         log.debug("switch %s: table v%d installed", self.server, table.version)

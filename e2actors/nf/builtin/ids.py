@@ -72,6 +72,7 @@ from e2actors.nf.rules import (
     parse_rules,
 )
 from e2actors.packet.batch import Batch
+from e2actors.packet.defrag import Defragmenter
 from e2actors.packet.flowtable import FlowTable
 from e2actors.packet.reassembly import OVERLAP_POLICIES
 from e2actors.runtime.confine import Confinement
@@ -201,6 +202,7 @@ class IDS(Pipelet):
     cost_pps = 50_000
     flow_timeout = 120.0
     max_flows = 200_000
+    timer_interval = 1.0  # (fragments of datagrams that never complete time out)
 
     def __init__(self) -> None:
         super().__init__()
@@ -212,6 +214,9 @@ class IDS(Pipelet):
         self._calls = 0
         self.window = 32768
         self.stop_on_alert = True
+        #: Fragments of non-TCP datagrams are reassembled before the packet rules look at them
+        #: (config ``defrag: false`` turns it off: each fragment is then matched alone).
+        self.defrag: Defragmenter | None = Defragmenter()
         #: The latest alerts: ``(flow, direction, sid)``.
         self.alert_log: deque[tuple[Hashable, int, int]] = deque(maxlen=10000)
         #: Options for the reassembly that feeds :meth:`on_stream` (the runner reads them).
@@ -240,6 +245,8 @@ class IDS(Pipelet):
                                    config_number("IDS", config, "max_flows", int(self.max_flows), minimum=1))
         self.window = config_number("IDS", config, "inspect_window", self.window, minimum=1)
         self.stop_on_alert = bool(config.get("stop_on_alert", True))
+        if not config.get("defrag", True):
+            self.defrag = None
         self.reassembly = self.reassembly_options(config)
         if config.get("matcher") not in (None, *MATCHERS):
             raise ConfigError("IDS", "matcher", f"one of {', '.join(MATCHERS)}, not {config['matcher']!r}")
@@ -506,6 +513,16 @@ class IDS(Pipelet):
                     pkt.meta["verdict"] = "safe"
                     safe.append(pkt)
                 continue
+            originals = None
+            if pkt.frag and self.defrag is not None and pkt.reason is None:
+                # A fragment: the datagram is matched whole (a signature split across fragments
+                # is found), and its fragments leave together with that verdict.
+                whole = self.defrag.feed(pkt, self.now)
+                self._defrag_dropped()
+                if whole is None:
+                    continue  # held until its datagram is complete
+                originals = self.defrag.last_fragments
+                pkt = whole
             hits: list[Rule] = []
             if det is not None and pkt.reason is None and (det.packet[TO_SERVER].rules or det.packet[TO_CLIENT].rules):
                 flow = pkt.flow_key
@@ -523,11 +540,38 @@ class IDS(Pipelet):
                 self.counters["alerts"] += 1
                 for r in hits:
                     self.counters[f"alert:{r.sid}"] += 1
-                pkt.meta.update(self._meta(hits[0]))
-                unsafe.append(pkt)
+                meta, out = self._meta(hits[0]), unsafe
             else:
-                pkt.meta["verdict"] = "safe"
-                safe.append(pkt)
+                meta, out = {"verdict": "safe"}, safe
+            for p in (originals if originals is not None else (pkt,)):
+                p.meta.update(meta)
+                out.append(p)
+
+    def _defrag_dropped(self) -> None:
+        """Fragments the reassembly gave up on leave uninspected as a datagram: overlapping or
+        duplicate pieces (an evasion technique) are unsafe, the rest (timed out, over a bound)
+        pass marked ``defrag`` with the reason."""
+        d = self.defrag
+        if d is None:
+            return
+        for p, reason in d.take_dropped():
+            evasive = "overlap" in reason or "duplicate" in reason
+            p.meta.update({"verdict": "unsafe" if evasive else "safe", "defrag": reason})
+            self.counters[f"fragments: {reason}"] += 1
+            self._out["unsafe" if evasive else "safe"].append(p)
+
+    def on_timer(self) -> None:
+        if self.defrag is not None and len(self.defrag):
+            self.defrag.expire(self.now)
+            self._defrag_dropped()
+
+    def pending(self) -> int:
+        return 0 if self.defrag is None else self.defrag.held_fragments
+
+    async def flush(self) -> None:
+        if self.defrag is not None:
+            self.defrag.flush()
+            self._defrag_dropped()
 
     # --- state -----------------------------------------------------------------------------------
     def export_state(self) -> dict[str, Any]:
