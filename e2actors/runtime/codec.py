@@ -62,79 +62,83 @@ class _Entry:
         self.decode = decode if decode is not None else self._first_decode
 
     def _first_decode(self, fields: Any) -> Any:
-        self.decode = _fast_builder(self.cls, list(self.fields), field_checks(self.cls))
+        self.decode = _fast_builder(self.cls, list(self.fields), field_checks(self.cls), _hints(self.cls))
         return self.decode(fields)
 
 
-def _fast_builder(cls: type, names: list[str], checks: tuple[Check | None, ...] | None = None) -> Callable[[Any], Any]:
+def _fast_builder(cls: type, names: list[str], checks: tuple[Check | None, ...] | None = None,
+                  hints: dict[str, Any] | None = None) -> Callable[[Any], Any]:
     """Build instances from wire fields without running a frozen dataclass's __init__, which
     spends most of its time in object.__setattr__: set the slots directly. Classes with a
-    ``__post_init__`` (validation) or without slots take the normal constructor. ``checks``: per
-    field, a type check (None: anything goes)."""
+    ``__post_init__`` (validation) or without slots take the normal constructor.
+
+    ``checks``: per field, a type check (None: anything goes); ``hints``: the annotations they
+    came from. The builder is generated code (as a C decoder would be written by hand): the field
+    count, each field's type test inline where it is simple (``type(v) is int``), the slots set
+    one by one; a failed test raises a :class:`CodecError` naming the field."""
     n = len(names)
-    checks = checks if checks is not None and any(c is not None for c in checks) else None
     qual = cls.__qualname__
+    checks = checks if checks is not None and any(c is not None for c in checks) else None
+    ns: dict[str, Any] = {"_cls": cls, "_new": object.__new__, "CodecError": CodecError, "_n": n, "_qual": qual}
 
     def wrong(fields: Any) -> CodecError:
-        for name, check, value in zip(names, checks, fields):  # type: ignore[arg-type]
+        for name, check, value in zip(names, checks or (), fields):
             if check is not None and not check(value):
                 return CodecError(f"{qual}.{name}: {type(value).__name__} {value!r:.80} does not match its type")
         return CodecError(f"{qual}: a field does not match its type")  # pragma: no cover
 
-    if hasattr(cls, "__post_init__") or not all(
-            type(getattr(cls, name, None)).__name__ == "member_descriptor" for name in names):
-        if checks is None:
-            return lambda fields: cls(*fields)
+    ns["_wrong"] = wrong
+    vs = [f"v{k}" for k in range(n)]
+    lines = ["def build(f):",
+             "    if len(f) != _n:",
+             "        raise CodecError(f'{_qual} takes {_n} fields, got {len(f)}')"]
+    if n:
+        lines.append(f"    {', '.join(vs)}{',' if n == 1 else ''} = f")
+    if checks is not None:
+        tests = []
+        for k, (name, check) in enumerate(zip(names, checks)):
+            if check is None:
+                continue
+            expr = _inline_check((hints or {}).get(name), f"v{k}", ns, k)
+            if expr is None:
+                ns[f"_c{k}"] = check
+                expr = f"_c{k}(v{k})"
+            tests.append(expr)
+        lines.append(f"    if not ({' and '.join(tests)}):")
+        lines.append("        raise _wrong(f)")
+    slotted = not hasattr(cls, "__post_init__") and all(
+        type(getattr(cls, name, None)).__name__ == "member_descriptor" for name in names)
+    if slotted:
+        lines.append("    o = _new(_cls)")
+        for k, name in enumerate(names):
+            ns[f"_s{k}"] = getattr(cls, name).__set__
+            lines.append(f"    _s{k}(o, v{k})")
+        lines.append("    return o")
+    else:
+        lines.append(f"    return _cls({', '.join(vs)})")
+    exec(compile("\n".join(lines), f"<decoder of {qual}>", "exec"), ns)
+    return ns["build"]
 
-        def construct(fields: Any) -> Any:
-            if len(fields) != n:
-                raise CodecError(f"{qual} takes {n} fields, got {len(fields)}")
-            for check, value in zip(checks, fields):
-                if check is not None and not check(value):
-                    raise wrong(fields)
-            return cls(*fields)
 
-        return construct
-    new = object.__new__
-    setters = tuple(getattr(cls, name).__set__ for name in names)
-    if n == 1:
-        s0 = setters[0]
-        c0 = checks[0] if checks is not None else None
-
-        def build1(fields: Any) -> Any:
-            if len(fields) != 1:
-                raise CodecError(f"{qual} takes 1 field, got {len(fields)}")
-            v = fields[0]
-            if c0 is not None and not c0(v):
-                raise wrong(fields)
-            obj = new(cls)
-            s0(obj, v)
-            return obj
-
-        return build1
-    if checks is None:
-        def build(fields: Any) -> Any:
-            if len(fields) != n:
-                raise CodecError(f"{qual} takes {n} fields, got {len(fields)}")
-            obj = new(cls)
-            for setter, value in zip(setters, fields):
-                setter(obj, value)
-            return obj
-
-        return build
-    pairs = tuple(zip(setters, checks))
-
-    def build_checked(fields: Any) -> Any:
-        if len(fields) != n:
-            raise CodecError(f"{qual} takes {n} fields, got {len(fields)}")
-        obj = new(cls)
-        for (setter, check), value in zip(pairs, fields):
-            if check is not None and not check(value):
-                raise wrong(fields)
-            setter(obj, value)
-        return obj
-
-    return build_checked
+def _inline_check(tp: Any, var: str, ns: dict[str, Any], k: int) -> str | None:
+    """A Python expression testing ``var`` against annotation ``tp``, for the simple cases (None:
+    call the check function instead)."""
+    if tp in (int, str, bytes, bool):
+        return f"type({var}) is {tp.__name__}"
+    if tp is float:
+        return f"(type({var}) is float or type({var}) is int)"
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if len(args) == 2 and type(None) in args:
+            other = args[1] if args[0] is type(None) else args[0]
+            inner = _inline_check(other, var, ns, k)
+            return None if inner is None else f"({var} is None or {inner})"
+        return None
+    if isinstance(tp, type) and origin is None and tp not in (object,):
+        ns[f"_t{k}"] = tp
+        return f"isinstance({var}, _t{k})"
+    return None
 
 
 # --- field type checks -------------------------------------------------------------------------------
@@ -146,11 +150,15 @@ def field_checks(cls: type) -> tuple[Check | None, ...]:
     Annotations that do not resolve are not checked."""
     if not dataclasses.is_dataclass(cls):
         return ()
-    try:
-        hints = typing.get_type_hints(cls)
-    except Exception:
-        hints = {}
+    hints = _hints(cls)
     return tuple(type_check(hints[f.name]) if f.name in hints else None for f in dataclasses.fields(cls))
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation that does not resolve: that class's fields are not checked
+        return {}
 
 
 def _is(t: type) -> Check:
