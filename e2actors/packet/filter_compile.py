@@ -26,7 +26,7 @@ from typing import Optional
 from e2actors.errors import FilterError
 from e2actors.packet import filter_parser as P
 
-__all__ = ["compile_to_ir", "ir_to_python", "Compiler"]
+__all__ = ["CodeGen", "compile_to_ir", "ir_to_python", "Compiler"]
 
 M32 = 0xFFFFFFFF
 #: Operands of an ``and``/``or`` run per generated helper function (see :class:`_Gen`).
@@ -861,3 +861,7 @@ def ir_to_python(ir: tuple, helpers: Optional[list[str]] = None) -> str:
     first = _Gen()
     first.bool(ir, {})
     return _Gen(first.hits, helpers).bool(ir, {})
+
+
+#: The IR -> Python generator, for the switch's condition language and classifier, which extend it.
+CodeGen = _Gen

@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from itertools import islice
 from typing import Any, Optional
 
-from e2actors.packet.filter_compile import _Gen
+from e2actors.packet.filter_compile import CodeGen
 from e2actors.switch.condition import CODE_NAMES, Condition, compile_condition
 from e2actors.switch.table import Route
 
@@ -170,7 +170,7 @@ def _build_dispatch(conds: tuple, force: Optional[bool] = None) -> Optional[Any]
                 lines.append(f"{indent}m |= {name}.get(d[{off}:{off + size}], 0)")
             else:
                 ns[name] = table
-                code = _Gen(set()).val(v, {})
+                code = CodeGen(set()).val(v, {})
                 lines.extend([f"{indent}try:", f"{indent}    m |= {name}.get({code}, 0)",
                               f"{indent}except _ERRORS:", f"{indent}    pass"])
 

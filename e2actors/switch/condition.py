@@ -63,7 +63,7 @@ from typing import Any, Optional
 
 from e2actors.errors import FilterError
 from e2actors.packet import filter_parser as P
-from e2actors.packet.filter_compile import Compiler, _Gen
+from e2actors.packet.filter_compile import CodeGen, Compiler
 from e2actors.packet.filter_lexer import Token, lex_token
 
 __all__ = ["CODE_NAMES", "Condition", "LOAD_ERRORS", "compile_condition", "normalize_host", "parse_condition",
@@ -323,7 +323,7 @@ def _meta_eq(key: str, values: tuple) -> str:
     return parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")"
 
 
-class _CGen(_Gen):
+class _CGen(CodeGen):
     """The pcap generator plus the E2 atoms. ``bound``: generate domain atoms as the bound
     variable (see :meth:`Condition.eval3`) instead of tests of ``h``."""
 
