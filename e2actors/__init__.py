@@ -1,6 +1,7 @@
 """e2actors: the E2 design for network function virtualization, on asyncio actors.
 
-The public surface lives here; see README.md and DESIGN.md for the architecture.
+The public surface lives here; see README.md for a tour and docs/architecture.md for how it is
+built (layers, glossary, actors).
 """
 
 from __future__ import annotations

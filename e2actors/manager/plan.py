@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from e2actors.manager.hardware import Hardware
-from e2actors.manager.instances import InstanceGraph, instance_name, nf_of
+from e2actors.manager.instances import InstanceGraph, instance_name
 from e2actors.manager.placement import SOLVERS, Placement, PlacementError, place, place_incremental
 from e2actors.manager.policy import IN, OUT, Policy
 from e2actors.manager.sizing import DEFAULT_UTILIZATION, Fractions, Sizing, check_capacity, min_cores, size
@@ -274,14 +274,3 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
     else:
         placement = place(graph, hardware, solver, seed=seed, time_limit=time_limit)
     return Plan(policy, hardware, sizing, graph, placement, solvers, notes)
-
-
-def nf_servers(plan: Plan) -> dict[str, dict[str, int]]:
-    """NF -> server -> instances there."""
-    out: dict[str, dict[str, int]] = {}
-    for i, s in plan.assignment.items():
-        if i in (IN, OUT):
-            continue
-        d = out.setdefault(nf_of(i), {})
-        d[s] = d.get(s, 0) + 1
-    return out

@@ -335,13 +335,6 @@ HEADER_SIZE = 4
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 
-def split_message(msg: Any) -> tuple[int | None, Any]:
-    e = _BY_CLS.get(type(msg))
-    if e is None:
-        return None, msg
-    return e.tag, e.encode(msg)
-
-
 # One long-lived packer for frames (building a Packer per call costs more than the packing).
 # Nested values go through ``_default`` -> ``_pack`` with their own packer, so this one is
 # never re-entered.

@@ -513,31 +513,3 @@ def header_routes(packets: list[Any], n: int, source: str = "port:in") -> list[R
         i += 1
     return [Route(source, f"host {a} and tcp port {port}", f"port:out{k}", f"r{k}")
             for k, (a, port) in enumerate(pairs)]
-
-
-def benchmark_classifier(packets: list[Any], rules: Iterable[int] = (1, 100), repeat: int = 5,
-                         batch: int = 64, cache: bool = True) -> dict[str, float]:
-    """Classification rate (packets/s, best of ``repeat``) of ``classify_many`` over
-    ``packets`` in batches of ``batch``, for each number of ``header_routes``; every run starts
-    with a new Classifier (a cold cache), the runs of the sizes interleaved; CPU time. Returns
-    ``{"rules1_pps": ..., "rules100_pps": ..., "rules100_vs_1": ...}`` (the ratio when 1 and
-    100 are both measured)."""
-    import time
-
-    sizes = list(rules)
-    tables = {n: header_routes(packets, n) for n in sizes}
-    best = {n: float("inf") for n in sizes}
-    batches = [packets[i:i + batch] for i in range(0, len(packets), batch)]
-    for _ in range(repeat):
-        for n in sizes:
-            c = Classifier(tables[n], cache_size=65536 if cache else 0)
-            many = c.classify_many
-            t0 = time.process_time()  # CPU time: steadier than wall time on a busy machine
-            for b in batches:
-                many("port:in", b)
-            best[n] = min(best[n], time.process_time() - t0)
-    out = {f"rules{n}_pps": (len(packets) / best[n] if best[n] > 0 else float("inf"))
-           for n in sizes}
-    if 1 in best and 100 in best:
-        out["rules100_vs_1"] = out["rules100_pps"] / out["rules1_pps"]
-    return out
