@@ -41,6 +41,56 @@ def need_path(path: str, what: str) -> str:
     return path
 
 
+# --- waiting on conditions --------------------------------------------------------------------------
+import asyncio  # noqa: E402
+import inspect  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+
+async def eventually(condition: Callable[[], Any], timeout: float = 10.0, *, what: str = "",
+                     poll: float = 0.01, blocking: bool = False) -> Any:
+    """Wait until ``condition()`` is true and return its value; fail the test (AssertionError
+    naming ``what`` and the last value) if it is not within ``timeout`` seconds. ``condition``
+    may be a coroutine function (an ask, say); ``blocking``: it does I/O of its own (scraping an
+    agent's metrics), so it runs in a thread. Tests wait on conditions, never on the clock."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        if blocking:
+            value = await loop.run_in_executor(None, condition)
+        else:
+            value = condition()
+            if inspect.isawaitable(value):
+                value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {timeout:g}s: {what or _describe(condition)} (last: {value!r:.200})")
+        await asyncio.sleep(poll)
+
+
+def eventually_blocking(condition: Callable[[], Any], timeout: float = 10.0, *, what: str = "",
+                        poll: float = 0.05) -> Any:
+    """:func:`eventually` for a test without an event loop (a subprocess, an HTTP endpoint)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout:g}s: {what or _describe(condition)} (last: {value!r:.200})")
+        time.sleep(poll)
+
+
+def _describe(condition: Callable[[], Any]) -> str:
+    try:
+        return inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return repr(condition)
+
+
 # --- peer processes ---------------------------------------------------------------------------------
 import subprocess  # noqa: E402
 import sys  # noqa: E402

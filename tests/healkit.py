@@ -52,15 +52,6 @@ async def deploy(tmp_path: Path, policy_text: str, **kw) -> tuple[Manager, objec
     return mgr, sw.ports["in"], sw.ports["out"]
 
 
-async def wait_for(cond, timeout: float = 10.0, poll: float = 0.02) -> bool:
-    t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end:
-        if cond():
-            return True
-        await asyncio.sleep(poll)
-    return cond()
-
-
 async def feed(port, frames: list[bytes], rate: float, chunk: int = 16) -> int:
     """Inject ``frames`` at about ``rate`` packets/s; returns how many."""
     loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from conftest import eventually
 from e2actors import (
     Actor,
     ActorRef,
@@ -31,14 +32,6 @@ class Recorder(Actor):
             return list(self.seen)
         self.seen.append(msg)
         return None
-
-
-async def wait_for(pred, timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 async def test_tell_keeps_order_and_ask_replies() -> None:
@@ -121,9 +114,12 @@ async def test_timers_periodic_and_one_shot() -> None:
 
     async with Node("t") as node:
         r = node.spawn(Ticker)
-        await asyncio.sleep(0.15)
-        ticks, once = await node.ask(r, "get")
-        assert ticks >= 5 and once
+
+        async def ticked_and_once() -> bool:
+            ticks, once = await node.ask(r, "get")
+            return ticks >= 5 and once
+
+        await eventually(ticked_and_once, timeout=10)  # (how many ticks fit in a while is the machine's)
 
 
 async def test_stop_fails_queued_asks_and_counts_dead_letters() -> None:
@@ -142,7 +138,7 @@ async def test_stop_fails_queued_asks_and_counts_dead_letters() -> None:
         assert await f1 == "first"
         with pytest.raises(ActorStopped):
             await f2
-        await wait_for(lambda: not node.is_alive(r))
+        await eventually(lambda: not node.is_alive(r))
         assert node.counters["dead_letters"] == 1
 
 
@@ -177,7 +173,7 @@ async def test_supervision_restarts_child_with_fresh_state_and_keeps_mailbox() -
         node.send(child, "x")
         node.send(child, "crash")
         node.send(child, "y")  # queued behind the crash: kept across the restart
-        await wait_for(lambda: Crashy.starts == 2)
+        await eventually(lambda: Crashy.starts == 2)
         assert await node.ask(child, "get") == 1
         assert node.cell(child).restarts == 1
         assert node.is_alive(p)
@@ -204,9 +200,9 @@ async def test_supervision_escalates_after_too_many_restarts() -> None:
         child = await node.ask(p, "child")
         for _ in range(3):
             node.send(child, "crash")
-        await wait_for(lambda: not node.is_alive(p))
+        await eventually(lambda: not node.is_alive(p))
         assert not node.is_alive(child)
-        await wait_for(lambda: node.is_alive(w))
+        await eventually(lambda: node.is_alive(w))
         seen = await node.ask(w, "get")
         assert len(seen) == 1 and isinstance(seen[0], Terminated) and seen[0].ref == p
         assert seen[0].reason.startswith("failed: RuntimeError")
@@ -223,10 +219,10 @@ async def test_escalation_restarts_grandparent_chain() -> None:
     Crashy.starts = 0
     async with Node("t") as node:
         node.spawn(Mid, "mid", restart=RestartPolicy(max_restarts=5, backoff=0))
-        await wait_for(lambda: Crashy.starts == 1)
+        await eventually(lambda: Crashy.starts == 1)
         node.send(ActorRef(node.address, "leaf"), "crash")
         # The leaf may not restart: it escalates; mid restarts and builds a new leaf.
-        await wait_for(lambda: Crashy.starts == 2)
+        await eventually(lambda: Crashy.starts == 2)
         assert node.cell(ActorRef(node.address, "mid")).restarts == 1
         assert node.is_alive(ActorRef(node.address, "leaf"))
 
@@ -238,7 +234,7 @@ async def test_death_watch_local() -> None:
         node.watch(target, w)
         node.watch(ActorRef(node.address, "ghost"), w)
         await node.stop_actor(target)
-        await wait_for(lambda: len(node.cell(w).actor.seen) == 2)
+        await eventually(lambda: len(node.cell(w).actor.seen) == 2)
         seen = await node.ask(w, "get")
         assert Terminated(ActorRef(node.address, "ghost"), "not found") in seen
         assert Terminated(target, "stopped") in seen
@@ -264,13 +260,15 @@ async def test_block_mailbox_backpressure() -> None:
         r = node.spawn(Gated)
         await asyncio.sleep(0)
         node.send(r, 0)  # taken by the actor, which waits on the gate
-        await asyncio.sleep(0.01)
+        mb = node.cell(r).mailbox
+        await eventually(lambda: len(mb) == 0)
         for i in range(4):
             node.send(r, i)
         with pytest.raises(MailboxFull):
             node.send(r, "over")
         waiter = asyncio.ensure_future(node.tell(r, "waits"))
-        await asyncio.sleep(0.02)
+        for _ in range(5):  # (loop turns, not time: nothing but the gate can let it in)
+            await asyncio.sleep(0)
         assert not waiter.done()  # the sender is held back, nothing dropped
         gate.set()
         assert await waiter is True
@@ -331,9 +329,10 @@ class SlowState(Actor):
 async def test_ask_fast_path_keeps_one_message_at_a_time_and_order() -> None:
     async with Node("t") as node:
         r = node.spawn(SlowState)
-        await asyncio.sleep(0.01)  # idle: the next ask runs in this task
+        assert await node.ask(r, "get") == []  # idle: the next ask runs in this task
+        actor = node.cell(r).actor
         slow = asyncio.ensure_future(node.ask(r, "slow"))
-        await asyncio.sleep(0.01)  # the slow handler is suspended now
+        await eventually(lambda: actor.log == ["slow-start"])  # the slow handler is suspended now
         node.send(r, "t1")
         node.send(r, "t2")
         assert await slow == "slow-done"
@@ -343,33 +342,34 @@ async def test_ask_fast_path_keeps_one_message_at_a_time_and_order() -> None:
 async def test_cancelling_the_asker_does_not_cancel_the_handler() -> None:
     async with Node("t") as node:
         r = node.spawn(SlowState)
-        await asyncio.sleep(0.01)
+        assert await node.ask(r, "get") == []
+        actor = node.cell(r).actor
         slow = asyncio.ensure_future(node.ask(r, "slow"))
-        await asyncio.sleep(0.01)
+        await eventually(lambda: actor.log == ["slow-start"])
         slow.cancel()
-        await asyncio.sleep(0.08)
+        await eventually(lambda: actor.log == ["slow-start", "slow-end"])  # it ran to its end
         assert await node.ask(r, "get") == ["slow-start", "slow-end"]
 
 
 async def test_suspended_ask_that_raises_fails_the_asker_and_restarts_the_actor() -> None:
     async with Node("t") as node:
         r = node.spawn(SlowState, restart=RestartPolicy(backoff=0))
-        await asyncio.sleep(0.01)
         node.send(r, "before")
-        await asyncio.sleep(0.01)
+        assert await node.ask(r, "get") == ["before"]
         with pytest.raises(RuntimeError, match="late crash"):
             await node.ask(r, "slow-crash")
-        await wait_for(lambda: node.cell(r).restarts == 1)
+        await eventually(lambda: node.cell(r).restarts == 1)
         assert await node.ask(r, "get") == []  # fresh state after the restart
 
 
 async def test_ask_timeout_while_handler_suspended() -> None:
     async with Node("t") as node:
         r = node.spawn(SlowState)
-        await asyncio.sleep(0.01)
+        assert await node.ask(r, "get") == []
         with pytest.raises(AskTimeout):
             await node.ask(r, "slow", timeout=0.01)
-        await asyncio.sleep(0.08)
+        actor = node.cell(r).actor
+        await eventually(lambda: actor.log == ["slow-start", "slow-end"])  # the handler carried on
         assert await node.ask(r, "get") == ["slow-start", "slow-end"]
 
 
@@ -389,10 +389,13 @@ async def test_handler_that_tells_itself_during_an_ask() -> None:
 
     async with Node("t") as node:
         r = node.spawn(SelfTeller)
-        await asyncio.sleep(0.01)
+        assert await node.ask(r, "get") == []
         assert await node.ask(r, "go") == "went"
-        await asyncio.sleep(0.01)
-        assert await node.ask(r, "get") == ["note"]
+
+        async def noted() -> bool:
+            return await node.ask(r, "get") == ["note"]
+
+        await eventually(noted)
 
 
 async def test_urgent_messages_skip_the_backlog() -> None:
@@ -415,10 +418,11 @@ async def test_urgent_messages_skip_the_backlog() -> None:
         for i in range(5):
             node.send(r, i)
         ask = asyncio.ensure_future(node.ask(r, ("control",)))
-        await asyncio.sleep(0.01)
+        mb = node.cell(r).mailbox
+        # 0 is in hand, the urgent ask went to the front of 1..4
+        await eventually(lambda: len(mb) == 5 and not isinstance(next(iter(mb)), int))
         gate.set()
         assert await ask == ("control",)
-        await asyncio.sleep(0.01)
         assert node.cell(r).actor.order[:2] == [0, ("control",)]  # right after the message in hand
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit import Agent, make_certs, metric, run_cli, start_agent
-from conftest import SECRET, need_root, need_tool
+from conftest import SECRET, eventually_blocking, need_root, need_tool
 from e2actors.errors import E2Error
 from e2actors.manager.manager import check_agent
 from e2actors.packet import build
@@ -111,9 +111,9 @@ def test_manager_checks_agents_cores_and_refuses_a_wrong_secret(tmp_path: Path, 
                  "--traffic", str(SEED / "traffic.pcap"), "--load", "1000", "--json"], tmp_path)
     assert r.returncode == 2
     assert "refused us: authentication failed" in r.stderr, r.stderr
-    time.sleep(0.7)  # the metrics snapshot refreshes every 0.5 s
-    text = a1.metrics()
-    assert metric(text, "e2_node_events_total", event="auth_failures") >= 1, text
+    # (the agent's metrics snapshot refreshes twice a second)
+    eventually_blocking(lambda: metric(a1.metrics(), "e2_node_events_total", event="auth_failures") >= 1,
+                        what="the agent to count the failed authentication")
     assert "handshake" in a1.log_text() or "auth" in a1.log_text().lower()
     # Without --secret-file a hardware file with addresses is refused up front.
     r = run_cli(["run", str(SEED / "policy.yaml"), "--hardware", str(hw), "--traffic", str(SEED / "traffic.pcap")],
@@ -142,8 +142,8 @@ def test_agent_refuses_a_pipelet_outside_its_allow_list(tmp_path: Path, agents) 
                  "--traffic", str(SEED / "traffic.pcap"), "--json"], tmp_path)
     assert r.returncode == 2
     assert "refused to load scaling_nfs:Burner" in r.stderr and "allow-list" in r.stderr, r.stderr
-    time.sleep(0.7)
-    assert metric(a1.metrics(), "e2_node_events_total", event="spawn_refused") >= 1
+    eventually_blocking(lambda: metric(a1.metrics(), "e2_node_events_total", event="spawn_refused") >= 1,
+                        what="the agent to count the refused spawn")
     assert "scaling_nfs:Burner" in a1.log_text()
     # The same agent, allowed that module, runs it.
     a2 = agents("s2", extra=["--allow", "scaling_nfs"])

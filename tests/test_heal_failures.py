@@ -9,7 +9,8 @@ import signal
 import time
 from pathlib import Path
 
-from healkit import account, deploy, feed, out_frame, pkts, wait_for
+from conftest import eventually
+from healkit import account, deploy, feed, out_frame, pkts
 
 from e2actors.packet.build import ether, ipv4, udp
 
@@ -29,15 +30,36 @@ def boom() -> bytes:
     return ether(ipv4("10.9.9.9", "203.0.113.9", 17, udp("10.9.9.9", "203.0.113.9", 999, 53, payload=b"boom")))
 
 
+async def nf_errors(mgr) -> int:
+    """Packets the switches counted as lost in crashed batches of the crash NF."""
+    st = await mgr.stats()
+    return sum(s["drops"].get("nf error in crash", 0) for s in st["switches"].values() if "drops" in s)
+
+
+async def crash(mgr, inp, times: int) -> None:
+    """One crashing batch at a time, each counted before the next goes (a crash, a restart)."""
+    for k in range(times):
+        inp.inject(pkts([boom()]))
+
+        async def counted(k: int = k) -> bool:
+            return await nf_errors(mgr) >= k + 1
+
+        await eventually(counted)
+
+
 async def test_crash_once_is_restarted_and_its_batch_counted(tmp_path: Path) -> None:
     mgr, inp, out = await deploy(tmp_path, CRASH % (1, 1), allow=("heal_nfs",))
     try:
         inp.inject(pkts([out_frame(k) for k in range(100)]))
-        assert await wait_for(lambda: len(out.received) >= 100)
+        await eventually(lambda: len(out.received) >= 100)
         inp.inject(pkts([out_frame(k) for k in range(5)] + [boom()]))  # one batch of 6: lost
-        await asyncio.sleep(0.2)
+
+        async def lost() -> bool:
+            return await nf_errors(mgr) == 6
+
+        await eventually(lost)
         inp.inject(pkts([out_frame(k) for k in range(100)]))
-        assert await wait_for(lambda: len(out.received) >= 200)
+        await eventually(lambda: len(out.received) >= 200)
         await mgr.wait_done(timeout=10)
         s = mgr.summary(await mgr.stats())
     finally:
@@ -54,10 +76,8 @@ async def test_crash_once_is_restarted_and_its_batch_counted(tmp_path: Path) -> 
 async def test_crashing_for_good_is_taken_out_of_the_path(tmp_path: Path) -> None:
     mgr, inp, out = await deploy(tmp_path, CRASH % (1, 1), allow=("heal_nfs",))
     try:
-        for _ in range(4):  # the restart policy allows 3 restarts in 10 s: the 4th crash stops it
-            inp.inject(pkts([boom()]))
-            await asyncio.sleep(0.15)
-        assert await wait_for(lambda: any(e.kind == "failed" for e in mgr.events), timeout=5)
+        await crash(mgr, inp, 4)  # the restart policy allows 3 restarts in 10 s: the 4th crash stops it
+        await eventually(lambda: any(e.kind == "failed" for e in mgr.events), timeout=5)
         assert mgr.states["crash#1"] == "failed"
         inp.inject(pkts([out_frame(k) for k in range(50)]))  # the run goes on; crash's packets are dropped
         await mgr.wait_done(timeout=10)
@@ -75,13 +95,11 @@ async def test_crashing_for_good_is_taken_out_of_the_path(tmp_path: Path) -> Non
 async def test_crashing_instance_leaves_its_group_to_the_others(tmp_path: Path) -> None:
     mgr, inp, out = await deploy(tmp_path, CRASH % (2, 2), allow=("heal_nfs",))
     try:
-        for _ in range(4):
-            inp.inject(pkts([boom()]))
-            await asyncio.sleep(0.15)
-        assert await wait_for(lambda: any(e.kind == "failed" for e in mgr.events), timeout=5)
+        await crash(mgr, inp, 4)
+        await eventually(lambda: any(e.kind == "failed" for e in mgr.events), timeout=5)
         assert len(mgr.plan_.instances_of("crash")) == 1
         inp.inject(pkts([out_frame(k) for k in range(200)]))
-        assert await wait_for(lambda: len(out.received) >= 200)
+        await eventually(lambda: len(out.received) >= 200)
         await mgr.wait_done(timeout=10)
         s = mgr.summary(await mgr.stats())
     finally:
@@ -121,7 +139,7 @@ async def test_sigkilled_worker_is_replaced(tmp_path: Path) -> None:
 
         out.send = send
         task = asyncio.get_running_loop().create_task(feed(inp, frames, 1000))
-        await asyncio.sleep(1.0)
+        await eventually(lambda: len(arrivals) >= 500)  # traffic flows through the victim
         t_kill = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         await task

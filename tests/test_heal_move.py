@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from healkit import EXT, SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
+from conftest import eventually
+from healkit import EXT, SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame
 
 from e2actors.manager.rebalance import pick_rebalance
 from nfkit import chain_policy
@@ -20,7 +21,7 @@ async def test_move_nat_keeps_mappings_and_loses_nothing(tmp_path: Path) -> None
         dst = "w2" if src == "w1" else "w1"
         n = 300
         inp.inject(pkts([out_frame(k) for k in range(n)]))
-        assert await wait_for(lambda: len(out.received) >= n)
+        await eventually(lambda: len(out.received) >= n)
         # the NAT's mappings: external port -> internal (address, port)
         ext = {p.sport: (f"10.0.{k // 250}.{k % 250 + 1}", 1024 + k) for k, p in enumerate(out.received[:n])}
         assert len(ext) == n and all(p.src_str == EXT for p in out.received[:n])
@@ -28,7 +29,7 @@ async def test_move_nat_keeps_mappings_and_loses_nothing(tmp_path: Path) -> None
         # traffic keeps flowing through the move: more of the same connections, and replies
         flowing = [out_frame(k % n, 1 + k // n) for k in range(1500)]
         task = asyncio.get_running_loop().create_task(feed(inp, flowing, 1500))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(out.received) >= n + 200)  # the move happens under traffic
         pause = await mgr.move("nat#1", dst)
         await task
         await mgr.wait_done(timeout=10)  # everything sent so far is out
@@ -36,7 +37,7 @@ async def test_move_nat_keeps_mappings_and_loses_nothing(tmp_path: Path) -> None
         # replies to every external port reach their internal host: the mappings moved
         before = len(out.received)
         inp.inject(pkts([reply_frame(port) for port in internal]))
-        assert await wait_for(lambda: len(out.received) >= before + n)
+        await eventually(lambda: len(out.received) >= before + n)
         await mgr.wait_done(timeout=10)
         s = mgr.summary(await mgr.stats())
     finally:

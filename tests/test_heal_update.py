@@ -6,7 +6,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from healkit import SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame, wait_for
+from conftest import eventually
+from healkit import SERVER, account, deploy, feed, nat_policy, out_frame, pkts, reply_frame
 
 from e2actors.errors import ChangeFailed
 from e2actors.manager.policy import Policy
@@ -34,14 +35,15 @@ async def test_update_while_traffic_flows_loses_nothing(tmp_path: Path) -> None:
     try:
         flowing = [out_frame(k % 200, k // 200) for k in range(3000)]
         task = asyncio.get_running_loop().create_task(feed(inp, flowing, 2000))
-        await asyncio.sleep(0.4)
+        await eventually(lambda: len(out.received) >= 400)  # the update happens under traffic
         d = await mgr.update(Policy.from_yaml(V2, str(tmp_path / "v2.yaml")))
         print(d.text())
         assert d.applied and d.nfs_added == ["tag"] and not d.nfs_removed
         assert d.edges_added == ["in -> tag", "tag -> nat"] and d.edges_removed == ["in -> nat"]
         assert list(d.instances_added) == ["tag#1"]
         assert "+ nf tag" in d.text() and "- edge in -> nat" in d.text()
-        await asyncio.sleep(0.4)
+        seen = len(out.received)
+        await eventually(lambda: len(out.received) >= seen + 400)  # traffic through the new NF
         d2 = await mgr.update(Policy.from_yaml(V1, str(tmp_path / "v1.yaml")))  # and back: tag removed
         print(d2.text())
         assert d2.nfs_removed == ["tag"] and d2.instances_removed == ["tag#1"]
@@ -69,7 +71,7 @@ async def test_failed_update_rolls_back(tmp_path: Path) -> None:
         assert mgr.plan_.policy.name == "v1" and mgr.version == v0 and set(mgr.instances) == {"nat#1"}
         assert any(e.kind == "update-failed" for e in mgr.events)
         inp.inject(pkts([out_frame(k) for k in range(50)]))
-        assert await wait_for(lambda: len(out.received) >= 50)
+        await eventually(lambda: len(out.received) >= 50)
         await mgr.wait_done(timeout=10)
         s = mgr.summary(await mgr.stats())
     finally:
@@ -83,18 +85,18 @@ async def test_upgrade_nat_keeps_its_mappings(tmp_path: Path) -> None:
     try:
         n = 200
         inp.inject(pkts([out_frame(k) for k in range(n)]))
-        assert await wait_for(lambda: len(out.received) >= n)
+        await eventually(lambda: len(out.received) >= n)
         ports = [p.sport for p in out.received[:n]]
         flowing = [out_frame(k % n, 1 + k // n) for k in range(1500)]
         task = asyncio.get_running_loop().create_task(feed(inp, flowing, 1500))
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(out.received) >= n + 200)  # the upgrade happens under traffic
         d = await mgr.upgrade("nat", "heal_nfs:NAT2")
         await task
         await mgr.wait_done(timeout=10)  # everything sent so far is out
         assert d.nfs_changed == {"nat": ["class"]} and list(d.instances_replaced) == ["nat#1"]
         before = len(out.received)
         inp.inject(pkts([reply_frame(p) for p in ports]))
-        assert await wait_for(lambda: len(out.received) >= before + n)
+        await eventually(lambda: len(out.received) >= before + n)
         await mgr.wait_done(timeout=10)
         s = mgr.summary(await mgr.stats())
         assert mgr.plan_.policy.nfs["nat"].cls == "heal_nfs:NAT2"
@@ -140,7 +142,7 @@ async def test_apply_against_a_running_manager(tmp_path: Path) -> None:
         assert rc == 0 and "applied: tables v" in o, (o, e)
         assert mgr.plan_.policy.name == "v2" and "tag#1" in mgr.instances
         inp.inject(pkts([out_frame(k) for k in range(20)]))
-        assert await wait_for(lambda: len(out.received) >= 20)
+        await eventually(lambda: len(out.received) >= 20)
         assert all(p.meta.get("tag") == "v2" for p in out.received)
         # a wrong secret is refused
         (tmp_path / "bad").write_bytes(b"x" * 40)

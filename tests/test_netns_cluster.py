@@ -48,7 +48,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit import Agent, env_with_tests, start_agent
-from conftest import SECRET, TESTS, need_root, need_tool
+from conftest import SECRET, TESTS, eventually_blocking, need_root, need_tool
 from netns import Lab, sh, wait_port
 
 pytestmark = pytest.mark.netns
@@ -186,7 +186,8 @@ ports:
         assert time.monotonic() < deadline, "the manager did not deploy in 20 s"
         time.sleep(0.2)
     t_deployed = time.monotonic()
-    time.sleep(0.6)  # one metrics refresh, so every instance shows
+    eventually_blocking(lambda: sum(instances_on(a) for a in c.agents.values()) > 0,
+                        what="the instances in the agents' metrics")
     print(f"\ndeployed in {t_deployed - t_start:.1f}s; instances per agent: "
           + ", ".join(f"{n}: {instances_on(a)}" for n, a in c.agents.items()))
 
@@ -207,10 +208,12 @@ ports:
 
     # 3. The IDS signature split across two TCP segments: flagged unsafe, logged to the pcap.
     c.curl(f"http://{WEB_IP2}:8081/id", None, 3)  # the flow is cut once unsafe: curl's result does not matter
-    time.sleep(1.5)  # the logger flushes its files once a second
-    # (during the run, a logger group's pcap is in part files, one per instance: PATH.part-INSTANCE-PID)
-    pcaps = sorted(p for p in tmp.glob("data-s*/unsafe.pcap*") if p.name == "unsafe.pcap" or ".part-" in p.name)
-    assert pcaps, list(tmp.rglob("*.pcap*"))
+    # (the logger flushes its files once a second; during the run, a logger group's pcap is in part
+    # files, one per instance: PATH.part-INSTANCE-PID)
+    pcaps = eventually_blocking(
+        lambda: sorted(p for p in tmp.glob("data-s*/unsafe.pcap*")
+                       if (p.name == "unsafe.pcap" or ".part-" in p.name) and p.stat().st_size > 24),
+        what="the logger's pcap with the flagged flow")
     logged = pcaps[0]
     td = subprocess.run(["tcpdump", "-r", str(logged), "-n", "-A"], capture_output=True, text=True, timeout=20)
     assert td.returncode == 0, td.stderr

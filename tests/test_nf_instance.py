@@ -82,7 +82,7 @@ async def test_mailbox_full_drops_batches_and_counts() -> None:
 
     async with Node("t") as node:
         inst = node.spawn(NFInstance, "slow#0", pipelet=Slow, mailbox_size=4)
-        await asyncio.sleep(0.01)
+        await node.ask(inst, GetStats())  # (its setup ran: it takes batches now)
         sent = [node.send(inst, NFBatch(Batch([udp_pkt(C, S, 1, 2)]), i)) for i in range(10)]
         assert sent.count(False) >= 5
         assert node.cell(inst).mailbox.stats().dropped == sent.count(False)

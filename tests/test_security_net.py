@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from clusterkit import Agent, env_with_tests, make_certs, metric, start_agent
-from conftest import SECRET, need_tool
+from conftest import SECRET, eventually, need_tool
 from e2actors import Actor, ActorRef, AuthError, GetNodeInfo, Node, Spawn, TLSConfig, TransportError
 from e2actors.runtime.codec import encode_frame
 from e2actors.runtime.transport import ASK
@@ -44,16 +44,6 @@ def spawn_frame(name: str, marker: Path) -> bytes:
     """An ASK to ``$system``: spawn a Legacy NF running ``touch MARKER`` (a file appears if it runs)."""
     return encode_frame(ASK, "$system", 7, Spawn("e2actors.nf.instance:NFInstance", name, {
         "pipelet": "e2actors.nf.builtin.legacy:Legacy", "config": {"cmd": ["touch", str(marker)]}, "nf": name}))
-
-
-async def wait_until(pred, timeout: float = 15.0, what: str = "condition") -> None:
-    """Poll ``pred`` (sync, run in a thread) until true."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await loop.run_in_executor(None, pred):
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def events(agent: Agent, event: str) -> float:
@@ -142,7 +132,7 @@ async def test_man_in_the_middle_cannot_inject_replay_reorder_or_modify(tmp_path
         loop = asyncio.get_running_loop()
         peer = await loop.run_in_executor(None, RawPeer, agent.address, SECRET)
         peer.send(spawn_frame("control", control))
-        await wait_until(control.exists, what="the control Spawn to run its program")
+        await eventually(control.exists, timeout=15, blocking=True, what="the control Spawn to run its program")
         peer.close()
 
         marker = tmp_path / "attack-ran"
@@ -168,8 +158,8 @@ async def test_man_in_the_middle_cannot_inject_replay_reorder_or_modify(tmp_path
                     mgr.send(ActorRef(agent.address, "nobody"), "first")
                     await asyncio.sleep(0.05)
                     mgr.send(ActorRef(agent.address, "nobody"), "second")
-                await wait_until(lambda: events(agent, "frame_auth_failures") > before,
-                                 what=f"the agent to refuse the {mode}d stream")
+                await eventually(lambda: events(agent, "frame_auth_failures") > before,
+                                 timeout=15, blocking=True, what=f"the agent to refuse the {mode}d stream")
             relay_proc = procs[-1]
             relay_proc.stdin.close()  # type: ignore[union-attr]
             relay_proc.wait(5)
@@ -213,7 +203,7 @@ async def test_tls_deadline_runs_from_accept(tmp_path: Path, agents) -> None:
     held = await loop.run_in_executor(None, silent_then_closed)
     print(f"\na TCP connection that never sends a ClientHello was closed after {held:.2f}s (timeout 1s)")
     assert held < 10
-    await wait_until(lambda: events(agent, "handshake_timeouts") >= 1, what="the timeout to be counted")
+    await eventually(lambda: events(agent, "handshake_timeouts") >= 1, timeout=15, blocking=True, what="the timeout to be counted")
 
     def not_tls() -> None:
         s = tcp_connect(agent.address)
@@ -227,7 +217,7 @@ async def test_tls_deadline_runs_from_accept(tmp_path: Path, agents) -> None:
         s.close()
 
     await loop.run_in_executor(None, not_tls)
-    await wait_until(lambda: events(agent, "tls_failures") >= 1, what="the failed TLS handshake to be counted")
+    await eventually(lambda: events(agent, "tls_failures") >= 1, timeout=15, blocking=True, what="the failed TLS handshake to be counted")
     # A real TLS peer still gets in.
     async with Node("tls-client", secret=SECRET, tls=TLSConfig(cert, key, ca)) as node:
         info = await node.ask(ActorRef(agent.address, "$system"), GetNodeInfo())
@@ -248,7 +238,7 @@ async def test_the_handshake_is_bound_to_the_tls_channel(tmp_path: Path, agents,
         assert node.counters["auth_failures"] >= 1
         # Directly, the same node gets in.
         await node.connect(agent.address)
-    await wait_until(lambda: events(agent, "auth_failures") >= 1, what="the agent to count the bound-channel failure")
+    await eventually(lambda: events(agent, "auth_failures") >= 1, timeout=15, blocking=True, what="the agent to count the bound-channel failure")
 
 
 async def test_connection_flood_is_capped_and_a_legitimate_peer_keeps_its_latency(agents, procs) -> None:
@@ -257,7 +247,7 @@ async def test_connection_flood_is_capped_and_a_legitimate_peer_keeps_its_latenc
     async with Node("legit", secret=SECRET) as legit:
         await legit.connect(agent.address)
         pinger = Pinger(legit, agent.address)
-        await wait_until(lambda: len(pinger.rtts) >= 5, what="a few asks before the flood")
+        await eventually(lambda: len(pinger.rtts) >= 5, timeout=15, blocking=True, what="a few asks before the flood")
         quiet = list(pinger.rtts)
         flood = subprocess.Popen([sys.executable, str(TESTS / "flood.py"), host, port, "500"],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -266,7 +256,7 @@ async def test_connection_flood_is_capped_and_a_legitimate_peer_keeps_its_latenc
         line = await loop.run_in_executor(None, flood.stdout.readline)  # type: ignore[union-attr]
         n_before = len(pinger.rtts)
         # Hold the flood until the admitted connections reach their deadline and are closed.
-        await wait_until(lambda: events(agent, "handshake_timeouts") >= 25, what="the silent connections' deadline")
+        await eventually(lambda: events(agent, "handshake_timeouts") >= 25, timeout=15, blocking=True, what="the silent connections' deadline")
         during = pinger.rtts[n_before:]
         flood.stdin.close()  # type: ignore[union-attr]
         closed = await loop.run_in_executor(None, flood.stdout.readline)  # type: ignore[union-attr]
@@ -314,8 +304,8 @@ async def test_metrics_slow_loris_gets_no_threads_and_is_closed(agents, procs) -
     body = await loop.run_in_executor(None, lambda: urllib.request.urlopen(url, timeout=5).read().decode())
     assert "e2_node_actors" in body
     # The slow clients are closed at the deadline and counted.
-    await wait_until(lambda: metric(agent.metrics(), "e2_metrics_http_total", event="idle_closed") >= 200,
-                     what="the idle metrics clients to be closed")
+    await eventually(lambda: metric(agent.metrics(), "e2_metrics_http_total", event="idle_closed") >= 200,
+                     timeout=15, blocking=True, what="the idle metrics clients to be closed")
     flood.stdin.close()  # type: ignore[union-attr]
     closed = await loop.run_in_executor(None, flood.stdout.readline)  # type: ignore[union-attr]
     flood.wait(10)
@@ -378,7 +368,7 @@ async def test_repeated_failures_are_all_counted_but_logged_at_a_bounded_rate(ag
         return refused
 
     assert await loop.run_in_executor(None, wrong_secret_handshakes, 300) == 300
-    await wait_until(lambda: events(agent, "auth_failures") >= 300, what="every failure to be counted")
+    await eventually(lambda: events(agent, "auth_failures") >= 300, timeout=15, blocking=True, what="every failure to be counted")
     lines = [ln for ln in agent.log_text().splitlines() if "auth_failures" in ln]
     print(f"\n300 failed handshakes: counted {events(agent, 'auth_failures'):.0f}, {len(lines)} log lines, "
           f"{sum(len(ln) for ln in lines)} bytes of log")

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from clusterkit import Agent, metric, start_agent
-from conftest import SECRET
+from conftest import SECRET, eventually_blocking
 from e2actors import ActorRef, E2Error, GetNodeInfo, Node, NodeInfo, Spawn
 from e2actors.manager.control import ControlActor, GetStatus
 from e2actors.runtime import service
@@ -52,13 +51,15 @@ def mistyped_messages() -> list[Any]:
 
 
 def wait_metric(agent: Agent, name: str, want: float, timeout: float = 15.0, **labels: str) -> float:
-    """Poll the agent's metrics (refreshed every 0.5 s) until ``name`` reaches ``want``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = metric(agent.metrics(), name, **labels)
-        if got >= want or time.monotonic() > deadline:
-            return got
-        time.sleep(0.1)
+    """The agent's metric ``name`` once it reaches ``want`` (its metrics refresh twice a second)."""
+    got: list[float] = []
+
+    def reached() -> bool:
+        got.append(metric(agent.metrics(), name, **labels))
+        return got[-1] >= want
+
+    eventually_blocking(reached, timeout, what=f"{name} {labels} to reach {want}")
+    return got[-1]
 
 
 async def test_agent_system_actor_survives_hundreds_of_bad_messages(agent: Agent) -> None:

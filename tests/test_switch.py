@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SECRET
+from conftest import SECRET, eventually
 from e2actors import Node
 from e2actors.nf.instance import NFInstance
 from e2actors.nf.pipelet import Pipelet
@@ -153,7 +153,7 @@ async def test_domain_hold_bound_decides_without_a_host() -> None:
         sw = await start(node, table, hold_seconds=0.1)
         syn_only = connection(cport=42000)[:1]
         port(node, sw, "in").inject(syn_only)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: len(port(node, sw, "out").received) == 1)  # once the hold bound passed
         st = await settle(node, sw)
         assert len(port(node, sw, "out").received) == 1
         assert st["counters"]["domain hold timeouts"] == 1
@@ -174,10 +174,7 @@ async def test_two_switches_carry_traffic_and_metadata_between_servers() -> None
         await nb.ask(swb, SetTable(SwitchTable(1, "b", **common)))
         pkts = [p for p in generate(20, seed=3) if p.reason is None]
         port(na, swa, "in").inject(pkts)
-        for _ in range(300):
-            await asyncio.sleep(0.01)
-            if len(port(na, swa, "out").received) == len(pkts):
-                break
+        await eventually(lambda: len(port(na, swa, "out").received) == len(pkts))
         out = port(na, swa, "out").received
         assert sorted(p.data for p in out) == sorted(p.data for p in pkts)
         assert all(p.meta["seen_by"] == ["tag#0"] for p in out)  # metadata crossed servers twice

@@ -6,7 +6,6 @@ the Switch actor with real NF instance actors."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections import defaultdict
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import SECRET
+from conftest import SECRET, eventually
 from e2actors import Node
 from e2actors.nf.instance import NFInstance
 from e2actors.nf.messages import GetStats, StreamVerdicts, StreamWork
@@ -352,7 +351,12 @@ async def test_a_failed_instance_loses_only_what_it_had_and_the_switch_goes_idle
         pkts = conversation(44000, b"a request that nobody will judge", b"", seg=8)
         node.cell(ref).actor.on_message = _hang  # type: ignore[method-assign]  # it takes work, never answers
         node.cell(sw).actor.ports["in"].inject(pkts)
-        await asyncio.sleep(0.2)
+
+        async def awaiting() -> bool:  # the instance took work it will never answer
+            st = await node.ask(sw, GetSwitchStats())
+            return st["groups"]["snoop"]["stream"]["awaiting_works"] > 0
+
+        await eventually(awaiting)
         st = await node.ask(sw, GetSwitchStats())
         assert not st["idle"]  # the data waits for a verdict the instance never gives
         await node.ask(sw, SetTable(table(2, (Member("snoop#0", "s1", ref, state="failed"),))))
@@ -376,9 +380,12 @@ async def test_stream_work_crosses_nodes_to_an_instance_that_moved_away() -> Non
         lost = pkts[4]  # never arrives: the bytes after it wait for the gap timeout
         sent = pkts[:4] + pkts[5:9]
         na.cell(sw).actor.ports["in"].inject(sent)
-        await asyncio.sleep(0.2)
-        st = await na.ask(sw, GetSwitchStats())
-        assert st["groups"]["snoop"]["stream"]["held"] == 3  # the data segments after the hole
+
+        async def held() -> bool:
+            st = await na.ask(sw, GetSwitchStats())
+            return st["groups"]["snoop"]["stream"]["held"] == 3  # the data segments after the hole
+
+        await eventually(held)
         remote = nb.spawn(NFInstance, "snoop#0~2", pipelet=Snoop, nf="snoop", instance="snoop#0",
                           output=ActorRef(nb.address, "switch-s2"))
         moved = table(2, (Member("snoop#0", "s2", remote),))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+from conftest import eventually
 from e2actors import Node
 from e2actors.nf.instance import NFInstance
 from e2actors.nf.messages import ExportState
@@ -21,20 +22,29 @@ async def test_no_stream_work_reaches_a_moving_instance_after_its_state_was_expo
         sw, old, _ = await one_instance(node)
         pkts = conversation(46000, b"GET /x HTTP/1.1\r\nX: EVIL\r\n", b"", seg=6)
         node.cell(sw).actor.ports["in"].inject(pkts[:4] + pkts[5:9])  # pkts[4] lost: a hole
-        await asyncio.sleep(0.2)
-        st = await node.ask(sw, GetSwitchStats())
-        assert st["groups"]["snoop"]["stream"]["held"] == 3
+        await eventually(lambda: held(node, sw, 3))
         # prepare phase of a move: the member turns moving, its state is exported
         await node.ask(sw, SetTable(table(2, (Member("snoop#0", "s1", old, state="moving"),))))
         await node.ask(old, ExportState())
         told = len(node.cell(old).actor.runner.pipelet.chunks)
-        await asyncio.sleep(1.5)  # the gap times out in the switch
+        await eventually(lambda: gaps(node, sw) >= 1, timeout=10)  # the gap timed out in the switch
+        await node.ask(sw, GetSwitchStats())  # (a turn of the switch after it)
         after = len(node.cell(old).actor.runner.pipelet.chunks)
         assert after == told, f"old actor was told {after - told} chunk(s) after its state was exported"
 
 
 async def _hang(msg):
     return None
+
+
+def held(node, sw, n: int) -> bool:
+    """The switch holds ``n`` packets of the flow (the data segments after its hole)."""
+    return node.cell(sw).actor.groups["snoop"].stream.stats()["held"] == n
+
+
+def gaps(node, sw) -> int:
+    """Gaps the switch's reassembly has given up waiting on."""
+    return node.cell(sw).actor.groups["snoop"].stream.driver.reassembler.stats["gaps"]
 
 
 async def test_a_move_completes_and_the_switch_goes_idle() -> None:
@@ -45,11 +55,11 @@ async def test_a_move_completes_and_the_switch_goes_idle() -> None:
         pkts = conversation(46001, b"GET /x HTTP/1.1\r\nX: EVIL\r\n", b"", seg=6)
         sent = pkts[:4] + pkts[5:9]
         node.cell(sw).actor.ports["in"].inject(sent)  # pkts[4] lost: a hole
-        await asyncio.sleep(0.2)
+        await eventually(lambda: held(node, sw, 3))
         await node.ask(sw, SetTable(table(2, (Member("snoop#0", "s1", old, state="moving"),))))
         await node.ask(old, ExportState())
         node.cell(old).actor.on_message = _hang  # the work after the export is still queued ...
-        await asyncio.sleep(1.5)  # ... when the gap times out and the chunk goes to the old actor
+        await eventually(lambda: gaps(node, sw) >= 1, timeout=10)  # ... when the gap times out
         await node.ask(sw, SetTable(table(3, (Member("snoop#0", "s1", new),))))
         await node.stop_actor(old)
         await settle(node, sw, timeout=5)
@@ -76,7 +86,7 @@ async def test_an_old_server_does_not_end_a_flow_that_lives_on_at_the_moved_inst
         pkts = conversation(46002, b"0123456789" * 20, b"", seg=10)
         data = pkts[3:23]
         node.cell(sw1).actor.ports["in"].inject(pkts[:4])
-        await asyncio.sleep(0.2)
+        await eventually(lambda: node.cell(sw1).actor.groups["snoop"].stream.driver.tracks(pkts[0].flow_key))
         for sw, server in ((sw1, "s1"), (sw2, "s2")):
             await node.ask(sw, SetTable(t(2, server, Member("snoop#0", "s2", new))))
         flow = pkts[0].flow_key
@@ -98,8 +108,11 @@ async def test_work_a_replaced_actor_never_answered_is_given_up_and_counted() ->
         node.cell(old).actor.on_message = _hang  # takes the work, never answers
         pkts = conversation(46003, b"GET /never/answered HTTP/1.1\r\n", b"", seg=8)
         node.cell(sw).actor.ports["in"].inject(pkts)
-        await asyncio.sleep(0.2)
-        assert (await node.ask(sw, GetSwitchStats()))["inflight"] >= 1
+
+        async def taken() -> bool:
+            return (await node.ask(sw, GetSwitchStats()))["inflight"] >= 1
+
+        await eventually(taken)
         await node.ask(sw, SetTable(table(2, (Member("snoop#0", "s1", old, state="moving"),))))
         await node.ask(sw, SetTable(table(3, (Member("snoop#0", "s1", new),))))
         await node.stop_actor(old)
