@@ -24,12 +24,11 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import need_root, need_tool
+from conftest import eventually, need_root, need_tool
 from e2actors import Manager, Policy, Traffic
 from e2actors.nf.builtin.firewall import Firewall
 from e2actors.nf.runner import PipeletRunner
@@ -349,14 +348,6 @@ def tcpdump_bridge(tmp_path: Path) -> dict:
                   ready=[{"log": "listening on"}, {"probe": True}], data_dir=str(tmp_path / "vport"))
 
 
-async def _until(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not await cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_scale_out_keeps_every_flow_on_one_instance(tmp_path: Path) -> None:
     need_tool("tcpdump")
     tr = spread_trace()
@@ -369,7 +360,7 @@ async def test_scale_out_keeps_every_flow_on_one_instance(tmp_path: Path) -> Non
 
         async def started() -> bool:
             return (await mgr.stats())["instances"]["br#1"]["packets_in"] > 100
-        await _until(started, 20, "traffic through br#1")
+        await eventually(started, 20, what="traffic through br#1", poll=0.05)
         await mgr.scale("br", 2)  # a new namespace, a new bridge and tcpdump; new flows go there too
         assert len(e2v_namespaces()) == 2
         assert await mgr.wait_done(timeout=60)
@@ -397,7 +388,7 @@ async def test_killed_program_restarts_in_a_new_namespace(tmp_path: Path) -> Non
 
         async def started() -> bool:
             return (await mgr.stats())["instances"]["br#1"]["packets_in"] > 100
-        await _until(started, 20, "traffic through br#1")
+        await eventually(started, 20, what="traffic through br#1", poll=0.05)
         (old,) = e2v_namespaces()
         rc, pids = await _run("ip", "netns", "pids", old)
         assert rc == 0 and pids.split()
@@ -407,7 +398,7 @@ async def test_killed_program_restarts_in_a_new_namespace(tmp_path: Path) -> Non
         async def replaced() -> bool:
             now = e2v_namespaces()
             return old not in now and len(now) == 1
-        await _until(replaced, 30, "a new namespace instead of the old one")
+        await eventually(replaced, 30, what="a new namespace instead of the old one", poll=0.05)
         assert await mgr.wait_done(timeout=60)
         st = await mgr.stats()
         s = mgr.summary(st)
@@ -438,7 +429,7 @@ async def test_live_update_replaces_the_program_and_loses_nothing(tmp_path: Path
 
         async def started() -> bool:
             return (await mgr.stats())["instances"]["br#1"]["packets_in"] > 100
-        await _until(started, 20, "traffic through br#1")
+        await eventually(started, 20, what="traffic through br#1", poll=0.05)
         (old,) = e2v_namespaces()
         diff = await mgr.update(Policy.from_yaml(policy_yaml("br", bridge(mtu=8000), edges)))
         assert diff.applied
