@@ -321,10 +321,10 @@ async def test_node_caps_and_write_bound_in_process() -> None:
         srv.spawn(_Big, "big")
         loop = asyncio.get_running_loop()
         socks = [await loop.run_in_executor(None, tcp_connect, srv.address) for _ in range(5)]
-        await _until(lambda: srv.counters["connections_refused"] >= 2)
+        await eventually(lambda: srv.counters["connections_refused"] >= 2)
         for s in socks:
             s.close()
-        await _until(lambda: srv._inbound_total == 0)
+        await eventually(lambda: srv._inbound_total == 0)
         # Asks whose replies pile up unread: the link is dropped once over the bound (here the
         # floor: two of the largest frames plus a flush), counted.
         peer = await loop.run_in_executor(None, RawPeer, srv.address, SECRET)
@@ -336,21 +336,13 @@ async def test_node_caps_and_write_bound_in_process() -> None:
             except OSError:
                 break
             await asyncio.sleep(0.05)
-        await _until(lambda: srv.counters["slow_peers"] >= 1, timeout=20)
+        await eventually(lambda: srv.counters["slow_peers"] >= 1, timeout=20)
         peer.close()
 
 
 class _Big(Actor):
     async def on_message(self, msg):
         return b"y" * (1 << 20)
-
-
-async def _until(pred, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not pred():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
 
 
 
