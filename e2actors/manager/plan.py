@@ -21,6 +21,8 @@ from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import InstanceGraph, instance_name
 from e2actors.manager.placement import SOLVERS, Placement, PlacementError, place, place_incremental
 from e2actors.manager.policy import IN, OUT, Policy
+from e2actors.manager.routing import switch_tables
+from e2actors.manager.shards import place_shards, shard_targets
 from e2actors.manager.sizing import DEFAULT_UTILIZATION, Fractions, Sizing, check_capacity, min_cores, size
 from e2actors.runtime.ref import ActorRef
 from e2actors.switch.table import SwitchTable
@@ -77,8 +79,6 @@ class Plan:
                switches: Mapping[str, ActorRef] | None = None,
                states: Mapping[str, str] | None = None, clock: str = "wall") -> dict[str, SwitchTable]:
         """Each server's :class:`SwitchTable` (see :mod:`e2actors.manager.routing`)."""
-        from e2actors.manager.routing import switch_tables
-
         return switch_tables(self.policy, self.assignment, self.hardware, version, refs, switches, states, clock)
 
     # --- scaling ---------------------------------------------------------------------------------
@@ -102,8 +102,6 @@ class Plan:
         new = [instance_name(nf, k) for k in counts[nf] if k not in have]
         kept = {i: s for i, s in self.assignment.items() if i in set(graph.instances)}
         if self.hardware.shards:
-            from e2actors.manager.shards import place_shards
-
             placement = place_shards(graph, self.hardware, kept)
         else:
             placement = place_incremental(graph, self.hardware, kept, new)
@@ -240,8 +238,6 @@ def make_plan(policy: Policy, hardware: Hardware | None = None, load: float | No
         notes.append(f"{n} would need {k} instances; capped at its max {sizing.instances[n]}")
     pinned = {p: hardware.ports[p].server for p in (IN, OUT)}
     if hardware.shards:
-        from e2actors.manager.shards import place_shards, shard_targets
-
         sizing = sizing.resized(shard_targets(policy, sizing.instances, hardware.shards))
         graph = InstanceGraph.build(policy, sizing, pinned=pinned)
         return Plan(policy, hardware, sizing, graph, place_shards(graph, hardware), {}, notes)
