@@ -119,6 +119,7 @@ def test_frames_decode_to_named_fields_and_keep_their_bytes() -> None:
         frame = codec.encode_frame(kind, target, arg, msg)
         f = codec.decode_frame_body(frame[4:])
         assert isinstance(f, codec.Frame) and f == (kind, target, arg, msg)
+        assert type(codec.decode_frame(frame[4:])) is tuple and codec.decode_frame(frame[4:]) == f  # hot path
         assert (f.kind, f.target, f.arg) == (kind, target, arg) and _same(f.message, msg)
         # The wire is the plain array it always was: [kind, target, arg, tag, payload].
         tag = 1003 if isinstance(msg, Pong) else None

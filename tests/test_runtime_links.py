@@ -46,7 +46,8 @@ class Owner:
     def on_ready(self, conn: Connection) -> None:
         self.ready.append(conn)
 
-    def on_frame(self, conn: Connection, frame: Frame) -> Awaitable[Any] | None:
+    def on_frame(self, conn: Connection, kind: int, target: Any, arg: Any, message: Any) -> Awaitable[Any] | None:
+        frame = Frame(kind, target, arg, message)
         if frame.message == "hold" and self.hold is not None:
             hold, self.hold = self.hold, None
 

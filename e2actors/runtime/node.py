@@ -39,7 +39,7 @@ from e2actors.errors import (
 )
 import e2actors.runtime.transport as transport
 from e2actors.runtime.actor import Actor, ActorCell, Ask
-from e2actors.runtime.codec import DEFAULT_MAX_FRAME, Frame, encode_frame
+from e2actors.runtime.codec import DEFAULT_MAX_FRAME, encode_frame
 from e2actors.runtime.mailbox import Mailbox, Overflow
 from e2actors.runtime.messages import GetNodeInfo, NodeInfo, NodeLost, NodeUp, Spawn, StopActor, Terminated
 from e2actors.runtime.ratelog import RateLimitedLog
@@ -644,39 +644,35 @@ class Node:
                     self._ensure_connecting(peer)
 
     # --- inbound frames -------------------------------------------------------------------------
-    def on_frame(self, conn: Connection, frame: Frame) -> Awaitable[Any] | None:
-        """LinkOwner: deliver one frame from ``conn``'s peer. An awaitable back: the target's
-        ``block`` mailbox is full and the frame goes in once it is done (``conn`` stops reading)."""
-        kind = frame.kind
+    def on_frame(self, conn: Connection, kind: int, target: Any, arg: Any, message: Any) -> Awaitable[Any] | None:
+        """LinkOwner: deliver one frame from ``conn``'s peer (its fields: :class:`~e2actors.runtime.codec.Frame`).
+        An awaitable back: the target's ``block`` mailbox is full and the frame goes in once it is
+        done (``conn`` stops reading)."""
         if kind == TELL:
-            target = frame.target
             cell = self._actors.get(target) if type(target) is str else None
             if cell is None:
                 self.counters["dead_letters"] += 1
                 return None
-            msg = frame.message
-            if cell.urgent and type(msg) in cell.urgent:
-                cell.mailbox.put_front(msg)
+            if cell.urgent and type(message) in cell.urgent:
+                cell.mailbox.put_front(message)
                 return None
-            if cell.lossless and type(msg) in cell.lossless:
-                cell.mailbox.put_always(msg)
+            if cell.lossless and type(message) in cell.lossless:
+                cell.mailbox.put_always(message)
                 return None
             try:
-                cell.mailbox.put_nowait(msg)
+                cell.mailbox.put_nowait(message)
             except MailboxFull:
-                return cell.mailbox.put(msg)
+                return cell.mailbox.put(message)
             return None
         if kind == ASK:
-            _, target, request, msg = frame
-            return self._ask_in(conn.peer_address or "", target, request, msg)
+            return self._ask_in(conn.peer_address or "", target, request=arg, msg=message)
         if kind == REPLY:
-            _, request, ok, value = frame
-            self._reply_in(request, ok, value)
+            self._reply_in(request=target, ok=arg, value=message)
             return None
         if kind == HEARTBEAT:
             return None
         if kind == WATCH:
-            _, target, _, watcher = frame
+            watcher = message
             if not isinstance(watcher, ActorRef) or type(target) is not str:
                 raise CodecError("malformed WATCH frame")
             cell = self._actors.get(target)
@@ -686,10 +682,9 @@ class Node:
                 cell.watchers.add(watcher)
             return None
         if kind == UNWATCH:
-            _, target, _, watcher = frame
             cell = self._actors.get(target) if type(target) is str else None
             if cell is not None:
-                cell.watchers.discard(watcher)
+                cell.watchers.discard(message)
             return None
         raise CodecError(f"unknown frame kind {kind!r}")
 

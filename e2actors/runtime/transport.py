@@ -11,10 +11,10 @@ One :class:`Connection` (an asyncio Protocol) per TCP, Unix or in-memory link. I
    (:mod:`e2actors.runtime.codec`), the first frame being HELLO.
 
 A connection and the node that owns it talk through a small interface: the owner implements
-:class:`LinkOwner` (``on_ready``, ``on_frame`` with a decoded :class:`~e2actors.runtime.codec.Frame`,
-``on_lost``; a listener's owner also :class:`ListenerOwner`), and uses the connection's public
-``send_frame``, ``flush``, ``write_paused``, ``buffered``, ``drain`` and ``close``. This module
-does not import the node.
+:class:`LinkOwner` (``on_ready``, ``on_frame`` with a frame's fields by name, ``on_lost``; a
+listener's owner also :class:`ListenerOwner`), and uses the connection's public ``send_frame``,
+``flush``, ``write_paused``, ``buffered``, ``drain`` and ``close``. This module does not import
+the node.
 
 Writes made during one event-loop turn go out in one sealed record and one ``write``. Whatever a
 peer does wrong closes that one connection, is counted in the owner's ``counters`` and logged
@@ -41,13 +41,13 @@ from urllib.parse import urlsplit
 
 from e2actors.errors import AuthError, CodecError, TransportError
 from e2actors.runtime.auth import Handshake, tls_binding, wire_name
-from e2actors.runtime.codec import DEFAULT_MAX_FRAME, Frame, FrameDecoder, decode_frame_body, encode_frame
+from e2actors.runtime.codec import DEFAULT_MAX_FRAME, FrameDecoder, decode_frame, encode_frame
 from e2actors.runtime.ratelog import RateLimitedLog
 from e2actors.runtime.records import TAG_SIZE, Opener, RecordError, Sealer
 
 log = logging.getLogger("e2actors.transport")
 
-# Frame kinds ([kind, target, arg, tag, payload]; what target and arg hold: codec.Frame).
+# Frame kinds ([kind, target, arg, tag, payload]; what target and arg hold: codec.Frame's table).
 TELL = 0       # target: actor name
 ASK = 1        # target: actor name, arg: request id
 REPLY = 2      # target: request id, arg: ok
@@ -102,10 +102,11 @@ class LinkOwner(Protocol):
     def on_ready(self, conn: Connection) -> None:
         """``conn`` completed its handshake: ``conn.peer_address`` is set; frames may be sent."""
 
-    def on_frame(self, conn: Connection, frame: Frame) -> Awaitable[Any] | None:
-        """Handle one frame (not HELLO) from ``conn``'s peer. An awaitable back: the frame is not
-        taken yet (a full mailbox); ``conn`` reads nothing more from its peer until it is done.
-        Raise :class:`CodecError` for a frame that makes no sense: ``conn`` is closed."""
+    def on_frame(self, conn: Connection, kind: int, target: Any, arg: Any, message: Any) -> Awaitable[Any] | None:
+        """Handle one frame (not HELLO) from ``conn``'s peer, its fields as in
+        :class:`~e2actors.runtime.codec.Frame`. An awaitable back: the frame is not taken yet (a
+        full mailbox); ``conn`` hands over nothing more until it is done. Raise
+        :class:`CodecError` for a frame that makes no sense: ``conn`` is closed."""
 
     def on_lost(self, conn: Connection) -> None:
         """``conn`` is closed, however it ended (called once, also for a failed handshake)."""
@@ -306,10 +307,9 @@ class Connection(asyncio.Protocol):
         owner = self.owner
         self.send_frame(encode_frame(HELLO, owner.address, owner.version, owner.name))
 
-    def _hello(self, frame: Frame) -> bool:
-        """The peer's first frame: HELLO with its address and node name. False: closed."""
-        address, name = frame.target, frame.message
-        if frame.kind != HELLO or not isinstance(address, str) or not isinstance(name, str):
+    def _hello(self, kind: int, address: Any, version: Any, name: Any) -> bool:
+        """The peer's first frame: HELLO with its address, version and node name. False: closed."""
+        if kind != HELLO or not isinstance(address, str) or not isinstance(name, str):
             self.fail("first frame was not HELLO", "codec_errors")
             return False
         if wire_name(name) != self.peer_name:
@@ -335,27 +335,27 @@ class Connection(asyncio.Protocol):
             if not bodies:
                 return
             try:
-                frame = decode_frame_body(bodies[0])
+                kind, target, arg, message = decode_frame(bodies[0])
             except CodecError as exc:
                 self.fail(str(exc), "codec_errors")
                 return
             self.frames_in += 1
-            if not self._hello(frame):
+            if not self._hello(kind, target, arg, message):
                 return
             start = 1
         # The hot loop of every message that arrives: nothing in it but decode and hand over
         # (frames_in is added up once, on the way out).
         on_frame = self.owner.on_frame
-        decode = decode_frame_body
+        decode = decode_frame
         for i in range(start, len(bodies)):
             try:
-                frame = decode(bodies[i])
+                kind, target, arg, message = decode(bodies[i])
             except CodecError as exc:
                 self.frames_in += i - start
                 self.fail(str(exc), "codec_errors")
                 return
             try:
-                wait = on_frame(self, frame)
+                wait = on_frame(self, kind, target, arg, message)
             except CodecError as exc:
                 self.frames_in += i + 1 - start
                 self.fail(str(exc), "codec_errors")
