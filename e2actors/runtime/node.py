@@ -148,8 +148,6 @@ class Node:
         self.cores = cores if cores is not None else (os.cpu_count() or 1)
         self.max_pending_bytes = max_pending_bytes
         self.handshake_timeout = handshake_timeout
-        self.max_connections = max_connections
-        self.max_connections_per_host = max_connections_per_host
         # Room for at least two of the largest frames (a big reply must not look like a stalled peer).
         self.max_write_buffer = max(max_write_buffer, 2 * max_frame + transport.FLUSH_BYTES)
         self.confine = confine
@@ -224,6 +222,16 @@ class Node:
         await asyncio.gather(*tasks, *(s.wait_closed() for s in self._servers), return_exceptions=True)
         self._servers.clear()
         await asyncio.sleep(0)
+
+    @property
+    def max_connections(self) -> int:
+        """The cap on connections accepted at once (``admission`` counts them)."""
+        return self.admission.max_total
+
+    @property
+    def max_connections_per_host(self) -> int:
+        """The cap on connections accepted at once from one peer address."""
+        return self.admission.max_per_host
 
     async def __aenter__(self) -> Node:
         return await self.start()
