@@ -50,6 +50,12 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._q)
 
+    @property
+    def items(self) -> deque[Any]:
+        """The queued items, oldest first: a live view for the consumer to test and peek at (add
+        and take only through the methods, which keep the waiters and counters right)."""
+        return self._q
+
     def stats(self) -> MailboxStats:
         return MailboxStats(len(self._q), self.capacity, self.dropped, self.processed, self.overflow)
 

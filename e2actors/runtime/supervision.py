@@ -49,7 +49,3 @@ class RestartTracker:
         delay = min(p.backoff * (2 ** len(times)), p.backoff_max) if p.backoff > 0 else 0.0
         times.append(now)
         return "restart", delay
-
-    @property
-    def recent_restarts(self) -> int:
-        return len(self._times)
