@@ -193,7 +193,7 @@ class NFInstance(Actor):
         so the mailbox bound holds without dropping it)."""
         if not self._woken:
             self._woken = True
-            self._cell.mailbox.put_always(_TIMER)
+            self.remind(_TIMER)
 
     def _error(self, exc: BaseException, during: str) -> None:
         """Keep what went wrong (across restarts): the exception, and where in the pipelet's own

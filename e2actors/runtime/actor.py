@@ -186,6 +186,11 @@ class Actor:
             return cell.mailbox.get_nowait()
         return None
 
+    def remind(self, msg: Any) -> None:
+        """Put ``msg`` in this actor's own mailbox now, past its bound (for a message the actor
+        keeps at most one of pending, e.g. a tick its own I/O asks for: never dropped)."""
+        self._cell.mailbox.put_always(msg)
+
     def count_queued(self, types: frozenset[type] | tuple[type, ...]) -> int:
         """How many messages whose type is one of ``types`` wait in this actor's mailbox."""
         return sum(1 for m in self._cell.queue if type(m) in types)
