@@ -420,7 +420,7 @@ async def test_urgent_messages_skip_the_backlog() -> None:
         ask = asyncio.ensure_future(node.ask(r, ("control",)))
         mb = node.cell(r).mailbox
         # 0 is in hand, the urgent ask went to the front of 1..4
-        await eventually(lambda: len(mb) == 5 and not isinstance(next(iter(mb)), int))
+        await eventually(lambda: len(mb) == 5 and not isinstance(mb.items[0], int))
         gate.set()
         assert await ask == ("control",)
         assert node.cell(r).actor.order[:2] == [0, ("control",)]  # right after the message in hand

@@ -109,6 +109,24 @@ def test_every_registered_type_has_a_sample_and_round_trips() -> None:
         assert (kind, a, b) == (0, "target", None) and _same(back, s)
 
 
+def test_frames_decode_to_named_fields_and_keep_their_bytes() -> None:
+    import msgpack
+
+    from e2actors.runtime.transport import ASK, HELLO, REPLY, TELL
+
+    for kind, target, arg, msg in [(TELL, "sink", None, Pong(1, "x")), (ASK, "echo", 42, ("a", 1)),
+                                   (REPLY, 42, False, ("ActorStopped", "gone")), (HELLO, "tcp://198.18.0.1:1", "0.1.0", "n")]:
+        frame = codec.encode_frame(kind, target, arg, msg)
+        f = codec.decode_frame_body(frame[4:])
+        assert isinstance(f, codec.Frame) and f == (kind, target, arg, msg)
+        assert type(codec.decode_frame(frame[4:])) is tuple and codec.decode_frame(frame[4:]) == f  # hot path
+        assert (f.kind, f.target, f.arg) == (kind, target, arg) and _same(f.message, msg)
+        # The wire is the plain array it always was: [kind, target, arg, tag, payload].
+        tag = 1003 if isinstance(msg, Pong) else None
+        payload = [msg.n, msg.by] if isinstance(msg, Pong) else (list(msg) if isinstance(msg, tuple) else msg)
+        assert msgpack.unpackb(frame[4:]) == [kind, target, arg, tag, payload]
+
+
 def test_messages_encode_as_arrays_not_maps() -> None:
     import msgpack
 

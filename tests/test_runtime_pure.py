@@ -1,5 +1,5 @@
-"""The runtime's pure parts, tested without an event loop: mailbox, supervision policy (the
-handshake and records: tests/test_auth_records.py)."""
+"""The runtime's pure parts, tested without an event loop: mailbox, supervision policy, the
+connection caps (the handshake and records: tests/test_auth_records.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from e2actors import MailboxFull
 from e2actors.runtime.mailbox import Mailbox
 from e2actors.runtime.supervision import RestartPolicy, RestartTracker
+from e2actors.runtime.transport import Admission
 
 
 def test_mailbox_drop_policy_counts_and_never_grows() -> None:
@@ -28,6 +29,18 @@ def test_mailbox_block_policy_refuses_nowait_when_full() -> None:
     with pytest.raises(MailboxFull):
         mb.put_nowait("c")
     assert mb.stats().dropped == 0 and len(mb) == 2
+
+
+def test_mailbox_items_is_a_live_view_of_the_queue() -> None:
+    mb = Mailbox(4)
+    items = mb.items
+    mb.put_nowait("a")
+    mb.put_front("sig")
+    assert list(items) == ["sig", "a"] and items is mb.items
+    mb.get_nowait()
+    assert list(items) == ["a"]
+    mb.drain()
+    assert not items
 
 
 def test_mailbox_rejects_bad_config() -> None:
@@ -51,3 +64,17 @@ def test_restart_tracker_strategies() -> None:
     assert RestartTracker(RestartPolicy(strategy="stop")).on_crash(0)[0] == "stop"
     t = RestartTracker(RestartPolicy(max_restarts=0, on_exhausted="stop"))
     assert t.on_crash(0)[0] == "stop"
+
+
+def test_admission_caps_in_total_and_per_host() -> None:
+    a = Admission(max_total=3, max_per_host=2)
+    assert a.admit("198.18.0.1") is None and a.admit("198.18.0.1") is None
+    assert "2 connections from 198.18.0.1" in (a.admit("198.18.0.1") or "")
+    assert a.admit("198.18.0.2") is None
+    assert "cap of 3 connections" in (a.admit("198.18.0.3") or "")
+    assert (a.total, a.from_host("198.18.0.1"), a.from_host("198.18.0.3")) == (3, 2, 0)
+    a.release("198.18.0.1")
+    assert a.admit("198.18.0.3") is None  # room again, for any host
+    for host in ("198.18.0.1", "198.18.0.2", "198.18.0.3"):
+        a.release(host)
+    assert a.total == 0 and all(a.from_host(h) == 0 for h in ("198.18.0.1", "198.18.0.2", "198.18.0.3"))

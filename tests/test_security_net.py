@@ -324,7 +324,7 @@ async def test_node_caps_and_write_bound_in_process() -> None:
         await eventually(lambda: srv.counters["connections_refused"] >= 2)
         for s in socks:
             s.close()
-        await eventually(lambda: srv._inbound_total == 0)
+        await eventually(lambda: srv.admission.total == 0)
         # Asks whose replies pile up unread: the link is dropped once over the bound (here the
         # floor: two of the largest frames plus a flush), counted.
         peer = await loop.run_in_executor(None, RawPeer, srv.address, SECRET)

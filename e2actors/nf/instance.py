@@ -193,7 +193,7 @@ class NFInstance(Actor):
         so the mailbox bound holds without dropping it)."""
         if not self._woken:
             self._woken = True
-            self._cell.mailbox.put_always(_TIMER)
+            self.remind(_TIMER)
 
     def _error(self, exc: BaseException, during: str) -> None:
         """Keep what went wrong (across restarts): the exception, and where in the pipelet's own
@@ -224,10 +224,10 @@ class NFInstance(Actor):
         now = time.monotonic()
         t0, pk0, by0, busy0 = self._last
         dt = max(now - t0, 1e-9)
-        mb = self._cell.mailbox
+        mb = self.mailbox
         rep = LoadReport(
             instance=self.instance, nf=self.nf, pps=(st.packets_in - pk0) / dt, bps=(st.bytes_in - by0) * 8 / dt,
-            queue=len(mb), drops=mb.dropped, busy=min(1.0, (st.busy_seconds - busy0) / dt),
+            queue=mb.depth, drops=mb.dropped, busy=min(1.0, (st.busy_seconds - busy0) / dt),
             flows=len(self.runner.pipelet.flows), held=self.runner.held, packets=st.packets_in, ts=time.time())
         self._last = (now, st.packets_in, st.bytes_in, st.busy_seconds)
         self.send(self.monitor, rep)  # type: ignore[arg-type]
@@ -236,7 +236,7 @@ class NFInstance(Actor):
         p = self.runner.pipelet
         return {"instance": self.instance, "actor": self.name, "nf": self.nf, **self.runner.stats.as_dict(),
                 "drops": dict(p.drops), "counters": dict(p.counters), "flows": len(p.flows),
-                "mailbox_dropped": self._cell.mailbox.dropped, "held": self.runner.held,
+                "mailbox_dropped": self.mailbox.dropped, "held": self.runner.held,
                 # batches waiting (timer ticks and control messages are not traffic)
-                "queue": sum(1 for m in self._cell.mailbox if type(m) is NFBatch or type(m) is StreamWork),
+                "queue": self.count_queued((NFBatch, StreamWork)),
                 "restarts": self.restarts, "error_list": list(self.carry.get("errors", {}).values())}

@@ -180,11 +180,25 @@ class Actor:
         """Take the next message from this actor's mailbox now if its type is one of ``types``
         (else None): an actor that batches its input (a switch coalescing what several messages
         bring) handles a run of them in one turn. Never an ask or a system signal."""
-        mb = self._cell.mailbox
-        q = mb._q
+        cell = self._cell
+        q = cell.queue
         if q and type(q[0]) in types:
-            return mb.get_nowait()
+            return cell.mailbox.get_nowait()
         return None
+
+    def remind(self, msg: Any) -> None:
+        """Put ``msg`` in this actor's own mailbox now, past its bound (for a message the actor
+        keeps at most one of pending, e.g. a tick its own I/O asks for: never dropped)."""
+        self._cell.mailbox.put_always(msg)
+
+    def count_queued(self, types: frozenset[type] | tuple[type, ...]) -> int:
+        """How many messages whose type is one of ``types`` wait in this actor's mailbox."""
+        return sum(1 for m in self._cell.queue if type(m) in types)
+
+    @property
+    def current_ask(self) -> Ask | None:
+        """The ask being handled now (None while handling a tell): its ``send``/``fail`` reply."""
+        return self._cell.current_ask
 
     def reply(self, value: Any = None) -> None:
         """Reply to the ask being handled now (instead of returning the value)."""
@@ -217,7 +231,7 @@ class Actor:
     def spawn(self, cls: type[Actor], name: str | None = None, *, restart: RestartPolicy | None = None,
               mailbox_size: int | None = None, overflow: Overflow | None = None, **kwargs: Any) -> ActorRef:
         """Start a child actor supervised by this one; returns its ref."""
-        return self.node._spawn(cls, name, self._cell, restart, mailbox_size, overflow, kwargs)
+        return self.node.spawn_child(self._cell, cls, name, restart, mailbox_size, overflow, kwargs)
 
     def watch(self, ref: ActorRef) -> None:
         """Get a :class:`Terminated` message when ``ref`` stops or its node is lost."""
@@ -258,7 +272,7 @@ async def _maybe_await(x: Any) -> None:
 class ActorCell:
     """The runtime side of one actor: mailbox, task, supervision, watchers. Not public."""
 
-    __slots__ = ("node", "ref", "cls", "kwargs", "actor", "mailbox", "parent", "children", "watchers",
+    __slots__ = ("node", "ref", "cls", "kwargs", "actor", "mailbox", "queue", "parent", "children", "watchers",
                  "timers", "tracker", "task", "alive", "stopping", "current_ask", "stop_reason", "restarts",
                  "crashes", "parked", "busy", "_busy_waiter", "urgent", "lossless", "carry", "__weakref__")
 
@@ -270,6 +284,8 @@ class ActorCell:
         self.kwargs = kwargs
         self.actor: Actor | None = None
         self.mailbox = mailbox
+        #: The mailbox's queued items (``Mailbox.items``), read on the hot paths without a call.
+        self.queue = mailbox.items
         self.parent = parent
         self.children: dict[str, ActorCell] = {}
         self.watchers: set[ActorRef] = set()
@@ -311,7 +327,7 @@ class ActorCell:
 
     async def _run(self) -> None:
         mb = self.mailbox
-        q = mb._q
+        q = self.queue
         try:
             actor = self._new_actor()
             await _maybe_await(actor.on_start())
@@ -392,7 +408,8 @@ class ActorCell:
         else:
             self.current_ask = None
             fut = item.fut = loop.create_future()
-            loop.create_task(self._drive(coro, yielded, item), name=f"ask:{self.ref.name}")
+            # The node keeps the task (and cancels it if it stops first); the actor waits for it.
+            self.node.create_task(self._drive(coro, yielded, item), name=f"ask:{self.ref.name}")
             return False, fut
         self.current_ask = None
         self.busy = False
@@ -502,7 +519,7 @@ class ActorCell:
                 item.fail(ActorStopped(f"{self.ref} stopped before replying"))
             elif type(item) is not _Signal:
                 self.node.counters["dead_letters"] += 1
-        self.node._unregister(self)
+        self.node.unregister(self)
         if self.parent is not None:
             self.parent.children.pop(self.ref.name, None)
         term = Terminated(self.ref, self.stop_reason)

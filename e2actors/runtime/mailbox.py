@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,9 +50,11 @@ class Mailbox:
     def __len__(self) -> int:
         return len(self._q)
 
-    def __iter__(self) -> Iterator[Any]:
-        """The waiting messages, oldest first (a look: nothing is taken)."""
-        return iter(self._q)
+    @property
+    def items(self) -> deque[Any]:
+        """The queued items, oldest first: a live view for the consumer to test and peek at (add
+        and take only through the methods, which keep the waiters and counters right)."""
+        return self._q
 
     def stats(self) -> MailboxStats:
         return MailboxStats(len(self._q), self.capacity, self.dropped, self.processed, self.overflow)

@@ -79,7 +79,7 @@ class _Collector(Collector):
         self.metrics = metrics
 
     def collect(self) -> Iterable[Any]:
-        samples, hists = self.metrics._snapshot
+        samples, hists = self.metrics.latest()
         fams: dict[str, Any] = {}
         for name, kind, help_, labels, value in samples:
             fam = fams.get(name)
@@ -159,6 +159,10 @@ class Metrics:
             b, s = h.snapshot()
             hists.append((h.name, h.help, h.labels, b, s))
         self._snapshot = (samples, hists)
+
+    def latest(self) -> tuple[list[Sample], list[tuple]]:
+        """The latest snapshot: its samples and histograms (what a scrape serves; do not modify)."""
+        return self._snapshot
 
     def samples(self) -> list[Sample]:
         """The latest snapshot's samples (for summaries and tests)."""
@@ -248,12 +252,14 @@ class Metrics:
             self.snapshot()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """Stop serving: the refresh task and the clients being answered are cancelled and awaited."""
+        tasks = [self._task] if self._task is not None else []
+        self._task = None
         if self._server is not None:
             self._server.close()
-            for t in list(self._handlers):
-                t.cancel()
+            tasks.extend(self._handlers)
             self._server = None
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.remove_source(self.http_samples)

@@ -5,6 +5,10 @@ path). Remote delivery encodes a frame and queues it on the peer's connection, c
 and reconnecting with backoff; frames to one peer keep their order. Peers exchange heartbeats; a
 peer silent for ``heartbeat_timeout`` seconds is lost: its watched actors deliver ``Terminated``,
 asks to it fail and node-event subscribers get ``NodeLost``.
+
+A node owns its connections through :class:`~e2actors.runtime.transport.LinkOwner` (and
+``ListenerOwner``): :meth:`Node.on_ready`, :meth:`Node.on_frame` and :meth:`Node.on_lost` are
+what the transport calls; the node uses only a connection's public methods.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from e2actors.errors import (
     TransportError,
     remote_error,
 )
-from e2actors.runtime import transport
+import e2actors.runtime.transport as transport
 from e2actors.runtime.actor import Actor, ActorCell, Ask
 from e2actors.runtime.codec import DEFAULT_MAX_FRAME, encode_frame
 from e2actors.runtime.mailbox import Mailbox, Overflow
@@ -42,7 +46,7 @@ from e2actors.runtime.ratelog import RateLimitedLog
 from e2actors.runtime.ref import ActorRef
 from e2actors.runtime.service import ServiceActor
 from e2actors.runtime.supervision import RestartPolicy
-from e2actors.runtime.transport import ASK, HEARTBEAT, REPLY, TELL, UNWATCH, WATCH, Connection
+from e2actors.runtime.transport import ASK, HEARTBEAT, REPLY, TELL, UNWATCH, WATCH, Admission, Connection
 
 log = logging.getLogger("e2actors.node")
 T = TypeVar("T")
@@ -144,16 +148,14 @@ class Node:
         self.cores = cores if cores is not None else (os.cpu_count() or 1)
         self.max_pending_bytes = max_pending_bytes
         self.handshake_timeout = handshake_timeout
-        self.max_connections = max_connections
-        self.max_connections_per_host = max_connections_per_host
         # Room for at least two of the largest frames (a big reply must not look like a stalled peer).
         self.max_write_buffer = max(max_write_buffer, 2 * max_frame + transport.FLUSH_BYTES)
         self.confine = confine
         #: Warnings about hostile or broken peers, at a bounded rate (counters count every event).
         self.ratelog = RateLimitedLog(log)
         self._nonces: set[bytes] = set()   # our handshakes in progress (a hello sent back is refused)
-        self._inbound: collections.Counter[str] = collections.Counter()
-        self._inbound_total = 0
+        #: Accepted connections, counted against ``max_connections`` and ``max_connections_per_host``.
+        self.admission = Admission(max_connections, max_connections_per_host)
         self.version = __version__
         self.address = f"anon://{self.name}-{uuid.uuid4().hex[:12]}"
         self.counters: collections.Counter[str] = collections.Counter()
@@ -167,6 +169,8 @@ class Node:
         self._subscribers: set[ActorRef] = set()
         self._servers: list[Any] = []
         self._hb_task: asyncio.Task | None = None
+        # Tasks the node started (reconnects, asks handled inline that suspended): kept until
+        # done, cancelled and awaited by stop().
         self._tasks: set[asyncio.Task] = set()
         self._server_ssl = tls.server_context() if tls else None
         self._client_ssl = tls.client_context() if tls else None
@@ -182,9 +186,9 @@ class Node:
         self.running = True
         if self._listen is not None:
             self._need_secret()
-            server, self.address = await transport.listen(self._listen, self)
+            server, self.address = await transport.listen(self._listen, self, self._server_ssl)
             self._servers.append(server)
-        self._spawn(SystemActor, SYSTEM, None, None, None, None, {})
+        self.spawn_child(None, SystemActor, SYSTEM)
         self._hb_task = self.loop.create_task(self._heartbeats(), name=f"heartbeats:{self.name}")
         return self
 
@@ -202,20 +206,32 @@ class Node:
                     await c.task
                 except Exception:  # the actor's own crash handling already logged it
                     pass
-        if self._hb_task is not None:
-            self._hb_task.cancel()
-        for t in list(self._tasks):
+        me = asyncio.current_task()
+        tasks = [t for t in (self._hb_task, *self._tasks) if t is not None and t is not me]
+        for t in tasks:
             t.cancel()
         for s in self._servers:
             s.close()
         for conn in list(self._conns):
-            conn._flush()
+            conn.flush()
             conn.close()
         for fut, _addr in self._asks.values():
             if not fut.done():
                 fut.set_exception(ActorStopped("node stopped"))
         self._asks.clear()
+        await asyncio.gather(*tasks, *(s.wait_closed() for s in self._servers), return_exceptions=True)
+        self._servers.clear()
         await asyncio.sleep(0)
+
+    @property
+    def max_connections(self) -> int:
+        """The cap on connections accepted at once (``admission`` counts them)."""
+        return self.admission.max_total
+
+    @property
+    def max_connections_per_host(self) -> int:
+        """The cap on connections accepted at once from one peer address."""
+        return self.admission.max_per_host
 
     async def __aenter__(self) -> Node:
         return await self.start()
@@ -227,14 +243,27 @@ class Node:
         if not self.secret:
             raise AuthError("a shared secret is required to link nodes (secret=...)")
 
+    def create_task(self, coro: Coroutine[Any, Any, T], name: str | None = None) -> asyncio.Task[T]:
+        """Run ``coro`` in a task the node keeps until it is done; :meth:`stop` cancels and awaits
+        those still running."""
+        task = (self.loop or asyncio.get_running_loop()).create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     # --- actors ---------------------------------------------------------------------------------
     def spawn(self, cls: type[Actor], name: str | None = None, *, restart: RestartPolicy | None = None,
               mailbox_size: int | None = None, overflow: Overflow | None = None, **kwargs: Any) -> ActorRef:
         """Start a top-level actor on this node; returns its ref."""
-        return self._spawn(cls, name, None, restart, mailbox_size, overflow, kwargs)
+        return self.spawn_child(None, cls, name, restart, mailbox_size, overflow, kwargs)
 
-    def _spawn(self, cls: type[Actor], name: str | None, parent: ActorCell | None, restart: RestartPolicy | None,
-               mailbox_size: int | None, overflow: Overflow | None, kwargs: dict[str, Any]) -> ActorRef:
+    def spawn_child(self, parent: ActorCell | None, cls: type[Actor], name: str | None = None,
+                    restart: RestartPolicy | None = None, mailbox_size: int | None = None,
+                    overflow: Overflow | None = None, kwargs: dict[str, Any] | None = None) -> ActorRef:
+        """Start an actor supervised by ``parent`` (None: a top-level actor), built with ``kwargs``;
+        what :meth:`spawn` and :meth:`Actor.spawn <e2actors.runtime.actor.Actor.spawn>` call."""
+        if kwargs is None:
+            kwargs = {}
         if not self.running:
             raise ActorStopped(f"node {self.name} is not running")
         if not (isinstance(cls, type) and issubclass(cls, Actor)):
@@ -253,26 +282,27 @@ class Node:
         ref = ActorRef(self.address, name)
         mb = Mailbox(mailbox_size or cls.mailbox_size, overflow or cls.overflow)
         cell = ActorCell(self, ref, cls, kwargs, parent, restart or cls.restart_policy, mb)
-        ref._cell = cell
+        ref.cached_cell = cell
         self._actors[name] = cell
         if parent is not None:
             parent.children[name] = cell
         cell.start()
         return ref
 
-    def _unregister(self, cell: ActorCell) -> None:
+    def unregister(self, cell: ActorCell) -> None:
+        """Forget a stopped actor's cell (the cell calls this when it finishes)."""
         if self._actors.get(cell.ref.name) is cell:
             del self._actors[cell.ref.name]
 
     def _local(self, ref: ActorRef) -> ActorCell | None:
-        cell = ref._cell
+        cell = ref.cached_cell
         if cell is not None and cell.alive:
             return cell
         if ref.node != self.address:
             return None
         cell = self._actors.get(ref.name)
         if cell is not None:
-            ref._cell = cell
+            ref.cached_cell = cell
         return cell
 
     def ref(self, address: str, name: str) -> ActorRef:
@@ -304,7 +334,7 @@ class Node:
     def send(self, ref: ActorRef, msg: Any) -> bool:
         """Tell without waiting. False: dropped (full ``drop`` mailbox, or no such actor).
         Raises :class:`MailboxFull` on a full local ``block`` mailbox."""
-        cell = ref._cell
+        cell = ref.cached_cell
         if cell is None or not cell.alive:
             cell = self._local(ref)
             if cell is None:
@@ -322,12 +352,12 @@ class Node:
 
     async def tell(self, ref: ActorRef, msg: Any) -> bool:
         """Tell, waiting for room in a full local ``block`` mailbox or a congested connection."""
-        cell = ref._cell
+        cell = ref.cached_cell
         if cell is None or not cell.alive:
             cell = self._local(ref)
         if cell is not None:
             mb = cell.mailbox
-            if len(mb._q) < mb.capacity:
+            if len(cell.queue) < mb.capacity:
                 return mb.put_nowait(msg)
             return await mb.put(msg)
         if ref.node == self.address:
@@ -339,7 +369,7 @@ class Node:
         if conn is None:
             return self._send_remote(ref.node, frame)
         conn.send_frame(frame)
-        if conn._paused:
+        if conn.write_paused:
             try:
                 await conn.drain()
             except TransportError:
@@ -357,7 +387,7 @@ class Node:
         conn = peer.conn
         if conn is None:
             return peer.pending_bytes > self.max_pending_bytes // 2
-        return conn._paused
+        return conn.write_paused
 
     def link_backlog(self, ref: ActorRef) -> int:
         """Bytes queued on the link to ``ref``'s node (0 for a local actor)."""
@@ -372,7 +402,7 @@ class Node:
         """Wait until the link to ``ref``'s node is no longer backed up (or ``timeout``)."""
         peer = self._peers.get(ref.node)
         conn = peer.conn if peer is not None else None
-        if conn is None or not conn._paused:
+        if conn is None or not conn.write_paused:
             return
         try:
             await asyncio.wait_for(conn.drain(), timeout)
@@ -383,7 +413,7 @@ class Node:
         """Request/reply with a local or remote actor."""
         loop = self.loop or asyncio.get_running_loop()
         cell = self._local(ref)
-        if cell is not None and cell.parked and not cell.busy and not cell.mailbox._q and not cell.stopping:
+        if cell is not None and cell.parked and not cell.busy and not cell.queue and not cell.stopping:
             # The actor is idle: run the handler in this task (an actor asking itself is never
             # parked, so this cannot re-enter the caller).
             done, value = cell.ask_inline(msg, loop)
@@ -463,15 +493,17 @@ class Node:
                 pass
 
     # --- links ----------------------------------------------------------------------------------
-    def _server_conn(self, accepted_at: float, host: str | None) -> Connection:
-        """A connection for a socket accepted at ``accepted_at`` from ``host`` (already admitted)."""
+    def server_connection(self, accepted_at: float, host: str | None) -> Connection:
+        """ListenerOwner: a connection for a socket accepted at ``accepted_at`` from ``host``
+        (already admitted; None: an in-memory pair, not counted)."""
         conn = Connection(self, self.secret or b"", client=False, max_frame=self.max_frame,
-                          accepted_at=accepted_at, host=host)
+                          accepted_at=accepted_at, host=host, nonces=self._nonces, cert_der=self._tls_cert_der)
         self._conns.add(conn)
         return conn
 
     def _client_conn(self) -> Connection:
-        conn = Connection(self, self.secret or b"", client=True, max_frame=self.max_frame)
+        conn = Connection(self, self.secret or b"", client=True, max_frame=self.max_frame,
+                          nonces=self._nonces, cert_der=self._tls_cert_der)
         self._conns.add(conn)
         return conn
 
@@ -513,7 +545,7 @@ class Node:
 
     def _ensure_connecting(self, peer: _Peer) -> None:
         if peer.connecting is None and self.running and not peer.address.startswith("anon://"):
-            peer.connecting = self.loop.create_task(self._connect_loop(peer))  # type: ignore[union-attr]
+            peer.connecting = self.create_task(self._connect_loop(peer), name=f"connect:{peer.address}")
 
     async def _connect_loop(self, peer: _Peer) -> None:
         delay = 0.02
@@ -535,7 +567,9 @@ class Node:
         finally:
             peer.connecting = None
 
-    def _on_connection_ready(self, conn: Connection) -> None:
+    def on_ready(self, conn: Connection) -> None:
+        """LinkOwner: ``conn`` finished its handshake; it becomes the link to its peer (queued
+        frames go out on it) unless that peer has a live link already."""
         addr = conn.peer_address
         assert addr is not None
         peer = self._peer(addr)
@@ -551,26 +585,12 @@ class Node:
         if was_lost:
             self._publish(NodeUp(addr))
 
-    def _admit(self, host: str) -> str | None:
-        """Count a connection accepted from ``host`` against the caps; the reason to refuse it, or None."""
-        if self._inbound_total >= self.max_connections:
-            return f"over the cap of {self.max_connections} connections"
-        if self._inbound[host] >= self.max_connections_per_host:
-            return f"over the cap of {self.max_connections_per_host} connections from {host}"
-        self._inbound[host] += 1
-        self._inbound_total += 1
-        return None
-
-    def _release(self, host: str) -> None:
-        self._inbound[host] -= 1
-        if self._inbound[host] <= 0:
-            del self._inbound[host]
-        self._inbound_total -= 1
-
-    def _on_connection_lost(self, conn: Connection) -> None:
+    def on_lost(self, conn: Connection) -> None:
+        """LinkOwner: ``conn`` is closed: release its admission; if it was the link to its peer,
+        fail the asks in flight on it and reconnect when the peer is still needed."""
         self._conns.discard(conn)
         if conn.host is not None:
-            self._release(conn.host)
+            self.admission.release(conn.host)
             conn.host = None
         addr = conn.peer_address
         if addr is None:
@@ -632,69 +652,80 @@ class Node:
                     self._ensure_connecting(peer)
 
     # --- inbound frames -------------------------------------------------------------------------
-    def _on_frame(self, conn: Connection, kind: int, a: Any, b: Any, msg: Any) -> Awaitable[Any] | None:
+    def on_frame(self, conn: Connection, kind: int, target: Any, arg: Any, message: Any) -> Awaitable[Any] | None:
+        """LinkOwner: deliver one frame from ``conn``'s peer (its fields: :class:`~e2actors.runtime.codec.Frame`).
+        An awaitable back: the target's ``block`` mailbox is full and the frame goes in once it is
+        done (``conn`` stops reading)."""
         if kind == TELL:
-            cell = self._actors.get(a) if type(a) is str else None
+            cell = self._actors.get(target) if type(target) is str else None
             if cell is None:
                 self.counters["dead_letters"] += 1
                 return None
-            if cell.urgent and type(msg) in cell.urgent:
-                cell.mailbox.put_front(msg)
+            if cell.urgent and type(message) in cell.urgent:
+                cell.mailbox.put_front(message)
                 return None
-            if cell.lossless and type(msg) in cell.lossless:
-                cell.mailbox.put_always(msg)
+            if cell.lossless and type(message) in cell.lossless:
+                cell.mailbox.put_always(message)
                 return None
             try:
-                cell.mailbox.put_nowait(msg)
+                cell.mailbox.put_nowait(message)
             except MailboxFull:
-                return cell.mailbox.put(msg)
+                return cell.mailbox.put(message)
             return None
         if kind == ASK:
-            cell = self._actors.get(a) if type(a) is str else None
-            addr = conn.peer_address or ""
-            if cell is None:
-                self._reply(addr, b, False, ("ActorStopped", f"no actor {a!r} on {self.address}"))
-                return None
-            item = Ask(msg, None, lambda ok, v, _addr=addr, _req=b: self._reply(_addr, _req, ok, v))
-            if cell.urgent and type(msg) in cell.urgent:
-                cell.mailbox.put_front(item)
-                return None
-            try:
-                if not cell.mailbox.put_nowait(item):
-                    self._reply(addr, b, False, ("MailboxFull", f"{a}: mailbox full, ask dropped"))
-            except MailboxFull:
-                return cell.mailbox.put(item)
-            return None
+            return self._ask_in(conn.peer_address or "", target, request=arg, msg=message)
         if kind == REPLY:
-            entry = self._asks.pop(a, None) if type(a) is int else None
-            if entry is None:
-                return None  # timed out already
-            fut = entry[0]
-            if fut.done():
-                return None
-            if b is True:
-                fut.set_result(msg)
-            else:
-                etype, text = (msg + ("", ""))[:2] if isinstance(msg, tuple) else ("Error", str(msg))
-                fut.set_exception(remote_error(str(etype), str(text)))  # e2actors errors keep their type
+            self._reply_in(request=target, ok=arg, value=message)
             return None
         if kind == HEARTBEAT:
             return None
         if kind == WATCH:
-            if not isinstance(msg, ActorRef) or type(a) is not str:
+            watcher = message
+            if not isinstance(watcher, ActorRef) or type(target) is not str:
                 raise CodecError("malformed WATCH frame")
-            cell = self._actors.get(a)
+            cell = self._actors.get(target)
             if cell is None:
-                self.send(msg, Terminated(ActorRef(self.address, a), "not found"))
+                self.send(watcher, Terminated(ActorRef(self.address, target), "not found"))
             else:
-                cell.watchers.add(msg)
+                cell.watchers.add(watcher)
             return None
         if kind == UNWATCH:
-            cell = self._actors.get(a) if type(a) is str else None
+            cell = self._actors.get(target) if type(target) is str else None
             if cell is not None:
-                cell.watchers.discard(msg)
+                cell.watchers.discard(message)
             return None
         raise CodecError(f"unknown frame kind {kind!r}")
+
+    def _ask_in(self, addr: str, target: Any, request: Any, msg: Any) -> Awaitable[Any] | None:
+        """An ASK from the node at ``addr``: queue it for ``target``; the reply goes back as REPLY."""
+        cell = self._actors.get(target) if type(target) is str else None
+        if cell is None:
+            self._reply(addr, request, False, ("ActorStopped", f"no actor {target!r} on {self.address}"))
+            return None
+        item = Ask(msg, None, lambda ok, v, _addr=addr, _req=request: self._reply(_addr, _req, ok, v))
+        if cell.urgent and type(msg) in cell.urgent:
+            cell.mailbox.put_front(item)
+            return None
+        try:
+            if not cell.mailbox.put_nowait(item):
+                self._reply(addr, request, False, ("MailboxFull", f"{target}: mailbox full, ask dropped"))
+        except MailboxFull:
+            return cell.mailbox.put(item)
+        return None
+
+    def _reply_in(self, request: Any, ok: Any, value: Any) -> None:
+        """A REPLY to our ask number ``request``: resolve its future (unless it timed out)."""
+        entry = self._asks.pop(request, None) if type(request) is int else None
+        if entry is None:
+            return  # timed out already
+        fut = entry[0]
+        if fut.done():
+            return
+        if ok is True:
+            fut.set_result(value)
+        else:
+            etype, text = (value + ("", ""))[:2] if isinstance(value, tuple) else ("Error", str(value))
+            fut.set_exception(remote_error(str(etype), str(text)))  # e2actors errors keep their type
 
     def _reply(self, address: str, req: Any, ok: bool, value: Any) -> None:
         try:

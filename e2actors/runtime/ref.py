@@ -13,16 +13,18 @@ from typing import Any
 class ActorRef:
     """The address of one actor: ``node`` (the hosting node's address) and ``name``.
 
-    Equality and hashing use only ``(node, name)``. The ``_cell`` slot caches the local actor cell
-    on the node that resolved it (never sent on the wire), so local sends skip the registry lookup.
+    Equality and hashing use only ``(node, name)``.
     """
 
-    __slots__ = ("node", "name", "_cell", "_hash")
+    __slots__ = ("node", "name", "cached_cell", "_hash")
 
     def __init__(self, node: str, name: str) -> None:
         self.node = node
         self.name = name
-        self._cell: Any = None
+        #: The local actor cell behind this ref, cached by the node that resolved it so local
+        #: sends skip the registry lookup (may be stale: the node checks it is alive). Never sent
+        #: on the wire; None elsewhere.
+        self.cached_cell: Any = None
         self._hash = hash((node, name))
 
     def __eq__(self, other: object) -> bool:

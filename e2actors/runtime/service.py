@@ -48,7 +48,7 @@ class ServiceActor(Actor):
 
     def refuse(self, msg: Any, exc: BaseException) -> None:
         """Answer the current ask (if any) with ``exc``, count it and log it (rate-limited)."""
-        ask = self._cell.current_ask
+        ask = self.current_ask
         if ask is not None:
             ask.fail(exc)
         self.node.counters["bad_requests"] += 1
