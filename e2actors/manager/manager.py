@@ -224,7 +224,7 @@ class Manager:
     async def start(self) -> None:
         if self.started:
             return
-        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow, tls=self.tls,
+        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow, tls=self.tls, remote_spawns=False,
                          heartbeat_interval=self.heartbeat_timeout / 6, heartbeat_timeout=self.heartbeat_timeout)
         await self.node.start()
         self.ref = self.node.spawn(ManagerActor, "manager", manager=self)
