@@ -26,6 +26,7 @@ import sys
 from e2actors.cli import command
 from e2actors.runtime.confine import Confinement, default_data_dir, set_process_confinement
 from e2actors.runtime.node import Node, TLSConfig, run
+from e2actors.runtime.shardhost import set_agent_settings
 
 __all__ = ["add_arguments", "serve"]
 
@@ -84,6 +85,7 @@ async def serve(args: argparse.Namespace) -> None:
     name = args.name or os.uname().nodename
     confine = confinement(args, name)
     set_process_confinement(confine)
+    set_agent_settings(args)  # (a hardware file's ``switches: N`` has this agent start more switches)
     node = Node(name, listen=args.listen, secret=read_secret(args.secret_file), tls=tls, cores=args.cores,
                 allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
                 heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6,

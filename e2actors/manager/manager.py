@@ -181,6 +181,7 @@ class Manager:
         self.started = False
         self.deployed = False
         self._input_told = False
+        self._shard_hosts: dict[str, ActorRef] = {}  # agent's server -> its ShardHost
         # Keeping the deployment healthy (moves, updates, failures: changes.py, recovery.py)
         from e2actors.manager.recovery import Recovery
 
@@ -236,6 +237,8 @@ class Manager:
         for name, srv in hardware.servers.items():
             if name in self.servers:
                 continue
+            if srv.shard_of:
+                continue  # (started by its machine's agent, below)
             if srv.address:
                 addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
                 await check_agent(self.node, name, addr, srv.cores)
@@ -244,6 +247,33 @@ class Manager:
                 self.servers[name] = _Server(name, self.node.address)
             else:
                 self.servers[name] = await self._start_worker(name, srv.cores)
+        await self._start_shards(hardware)
+
+    async def _start_shards(self, hardware: Hardware) -> None:
+        """Servers that are more switch processes of an agent's machine (``switches: N``): its
+        agent starts them (a :class:`~e2actors.runtime.shardhost.ShardHost`), then each is checked
+        like any agent."""
+        from e2actors.runtime.shardhost import StartShards
+
+        assert self.node is not None
+        by_parent: dict[str, list[Server]] = {}
+        for name, srv in hardware.servers.items():
+            if srv.shard_of and name not in self.servers:
+                by_parent.setdefault(srv.shard_of, []).append(srv)
+        for parent, shards in by_parent.items():
+            paddr = self.servers[parent].node_address
+            host = await self.node.ask(self.node.system_ref(paddr),
+                                       Spawn("e2actors.runtime.shardhost:ShardHost", f"shardhost-{parent}", {}),
+                                       timeout=10)
+            self._shard_hosts[parent] = host
+            addrs = await self.node.ask(host, StartShards(tuple(s.name for s in shards), shards[0].cores), timeout=60)
+            for srv, addr in zip(shards, addrs):
+                if addr.startswith("tcp://") and paddr.startswith("tcp://"):
+                    # (a shard listening on all interfaces is reached where its agent is)
+                    host_part = paddr[len("tcp://"):].rsplit(":", 1)[0]
+                    addr = f"tcp://{host_part}:{addr.rsplit(':', 1)[1]}"
+                await check_agent(self.node, srv.name, addr, srv.cores)
+                self.servers[srv.name] = _Server(srv.name, addr, remote=True)
 
     async def _start_worker(self, name: str, cores: int) -> _Server:
         secret_file = os.path.join(self._tmp, "secret")
@@ -764,6 +794,7 @@ class Manager:
                         await self.node.ask(self.node.system_ref(srv.node_address), StopActor(srv.switch.name), timeout=30)
                     except Exception:
                         pass
+            await self._merge_on_agents()
             await self.node.stop()
         for proc in self._lost_procs:
             if proc.poll() is None:
@@ -781,12 +812,35 @@ class Manager:
         shutil.rmtree(self._tmp, ignore_errors=True)
         self.started = False
 
+    async def _merge_on_agents(self) -> None:
+        """An agent's machine that ran several switch processes merges their parts of an output
+        file there (after the switches closed them), then its extra processes end."""
+        from e2actors.runtime.shardhost import MergeParts
+
+        plan = self.plan_
+        node = self.node
+        if plan is None or node is None or not self._shard_hosts:
+            return
+        for parent, host in self._shard_hosts.items():
+            servers = tuple(n for n, s in plan.hardware.servers.items() if n == parent or s.shard_of == parent)
+            for p in plan.hardware.ports.values():
+                if p.kind == "pcap-out" and p.params.get("path"):
+                    try:
+                        await node.ask(host, MergeParts(str(p.params["path"]), servers), timeout=120)
+                    except Exception as exc:
+                        log.warning("merging %s on %s: %r", p.params["path"], parent, exc)
+            try:
+                await node.ask(node.system_ref(host.node), StopActor(host.name), timeout=30)
+            except Exception as exc:
+                log.warning("stopping the switch processes of %s: %r", parent, exc)
+        self._shard_hosts.clear()
+
     def _merge_outputs(self) -> None:
         """Sharded runs write each output pcap in parts, one per shard: merge them into the file
         asked for (by timestamp; each flow's packets keep their order)."""
         plan = self.plan_
-        if plan is None or not plan.hardware.shards:
-            return
+        if plan is None or not plan.hardware.shards or any(s.address for s in plan.hardware.servers.values()):
+            return  # (an agent's machine merges its own: _merge_on_agents)
         from e2actors.manager.shards import merge_captures, shard_path
 
         for p in plan.hardware.ports.values():
