@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 
+from e2actors.manager.shardhost import set_agent_settings
 from e2actors.runtime.confine import Confinement, default_data_dir, set_process_confinement
 from e2actors.runtime.node import Node, TLSConfig, run
 
@@ -83,6 +84,7 @@ async def serve(args: argparse.Namespace) -> None:
     name = args.name or os.uname().nodename
     confine = confinement(args, name)
     set_process_confinement(confine)
+    set_agent_settings(args)  # (a hardware file's ``switches: N`` has this agent start more switches)
     node = Node(name, listen=args.listen, secret=read_secret(args.secret_file), tls=tls, cores=args.cores,
                 allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
                 heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6,

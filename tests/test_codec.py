@@ -18,6 +18,7 @@ from e2actors.nf.pipelet import Verdict
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
 from e2actors.manager.control import ApplyPolicy, GetStatus
+from e2actors.manager.shardhost import MergeParts, StartShards
 from e2actors.nf.messages import FinalStats, InputDone
 from e2actors.switch.messages import CloseInputs, Credit, SwitchLoad, Drained, GetSwitchStats, GetTraces, RemoteBatch, SetTable
 from e2actors.switch.table import GroupSpec, Member, PortSpec, Route, SwitchTable
@@ -73,6 +74,8 @@ SAMPLES = [
     GetTraces(True),
     Credit(((1, 250), (2, 3))),
     CloseInputs(),
+    StartShards(("s1.2", "s1.3"), 2),
+    MergeParts("out.pcap", ("s1", "s1.2")),
     InputDone(),
     ApplyPolicy("name: x\n", "p.yaml", "/tmp", True),
     FinalStats("ids#1", {"packets_in": 3, "error_list": [{"type": "ValueError"}]}),

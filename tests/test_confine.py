@@ -263,3 +263,27 @@ async def test_a_switch_writes_its_output_pcap_only_inside_the_data_directory(tm
         else:
             raise AssertionError("a path outside the data directory was accepted")
         assert not (tmp_path / "x.pcap").exists()
+
+
+async def test_a_managers_node_takes_no_spawns_from_other_nodes() -> None:
+    """Anyone holding the secret may link to the manager's node; its ``$system`` still spawns
+    nothing a peer asks for (the manager starts its own actors), while the manager itself can."""
+    from conftest import SECRET
+    from e2actors import Node
+    from e2actors.errors import RemoteError, SpawnRefused
+    from e2actors.runtime.messages import Spawn
+    from e2actors.runtime.node import SYSTEM, SystemActor
+    from e2actors.runtime.ref import ActorRef
+
+    async with Node("mgr", listen="mem://mgr-node", secret=SECRET, remote_spawns=False) as mgr, \
+            Node("peer", secret=SECRET) as peer:
+        sysref = ActorRef(mgr.address, SYSTEM)
+        try:
+            await peer.ask(sysref, Spawn("e2actors.runtime.node:SystemActor", "evil"), timeout=5)
+        except (SpawnRefused, RemoteError) as exc:
+            assert "takes no spawns from other nodes" in str(exc)
+        else:
+            raise AssertionError("a peer spawned an actor on the manager's node")
+        assert mgr.counters["spawn_refused"] == 1 and "evil" not in [r.name for r in mgr.actors()]
+        local = await mgr.ask(sysref, Spawn("e2actors.runtime.node:SystemActor", "mine"), timeout=5)
+        assert local.name == "mine" and SystemActor

@@ -115,6 +115,33 @@ def test_replay_is_lossless_and_the_same_in_one_process_two_workers_and_two_agen
     assert one["edges"] == two["edges"] == ag["edges"]
 
 
+def test_an_agent_runs_one_switch_per_core(trace: Path, tmp_path: Path) -> None:
+    """``switches: 2`` on a cluster server: its agent starts a second switch process next to it,
+    each with a shard of the flows; the outputs' parts are merged on that machine."""
+    n = sum(1 for _ in read_packets(trace))
+    policy = same_everywhere_policy(tmp_path)
+    one = run_cli([str(policy), "--traffic", str(trace), "--out-pcap", str(tmp_path / "one.pcap"), "--no-autoscale"],
+                  tmp_path)
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    agent = start_agent(tmp_path, "s1", "tcp://127.0.0.1:0", secret, cores=8)
+    try:
+        hw = tmp_path / "hw.yaml"
+        hw.write_text(f'servers:\n  - {{name: s1, cores: 8, address: "{agent.address}", switches: 2}}\n'
+                      "ports:\n  in: s1\n  out: s1\n")
+        s = run_cli([str(policy), "--traffic", str(trace), "--out-pcap", "sharded.pcap", "--hardware", str(hw),
+                     "--secret-file", str(secret), "--no-autoscale"], tmp_path)
+    finally:
+        agent.stop()
+    check_lossless(s, n)
+    assert s["servers"] == ["s1", "s1.2"] and s["inter_server_packets"] == 0
+    assert {i["server"] for i in s["instances"].values()} == {"s1", "s1.2"}
+    assert s["packets_out"] == one["packets_out"]
+    merged = tmp_path / "data-s1" / "sharded.pcap"
+    assert merged.exists() and not list((tmp_path / "data-s1").glob("sharded.pcap.s1*"))
+    assert flows(merged) == flows(tmp_path / "one.pcap")
+
+
 SCALE_POLICY = """
 name: burn-shards
 nfs:

@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from e2actors._version import __version__
 from e2actors.errors import AuthError, ChangeFailed, E2Error, MailboxFull, SpawnRefused, TransportError
-from e2actors.manager.hardware import Hardware
+from e2actors.manager.hardware import Hardware, Server
 from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan
 from e2actors.manager.policy import NFSpec, resolve_config
@@ -48,6 +48,7 @@ from e2actors.nf.messages import GetStats
 from e2actors.runtime.messages import GetNodeInfo, NodeInfo, Spawn, StopActor
 from e2actors.runtime.node import Node, load_class
 from e2actors.runtime.ref import ActorRef
+from e2actors.manager.shardhost import MergeParts, StartShards
 from e2actors.switch.messages import SetTable
 from e2actors.switch.table import Route, SwitchTable
 
@@ -59,6 +60,7 @@ log = logging.getLogger("e2actors.manager")
 MAIN = "main"
 INSTANCE_CLASS = "e2actors.nf.instance:NFInstance"
 SWITCH_CLASS = "e2actors.switch.switch:Switch"
+SHARD_HOST_CLASS = "e2actors.manager.shardhost:ShardHost"
 
 T = TypeVar("T")
 
@@ -123,6 +125,7 @@ class Deployment:
         self.retired: dict[str, dict[str, Any]] = {}
         #: How long the last move held its instance's packets (seconds).
         self.last_move_pause = 0.0
+        self._shard_hosts: dict[str, ActorRef] = {}  # an agent's server -> its ShardHost
         self._tasks: set[asyncio.Task] = set()
         self._lost_procs: list[subprocess.Popen] = []
         self._tmp = tempfile.mkdtemp(prefix="e2actors-")
@@ -194,6 +197,8 @@ class Deployment:
         for name, srv in hardware.servers.items():
             if name in self._servers:
                 continue
+            if srv.shard_of:
+                continue  # (started by its machine's agent, below)
             if srv.address:
                 addr = srv.address if "://" in srv.address else f"tcp://{srv.address}"
                 await check_agent(node, name, addr, srv.cores)
@@ -202,6 +207,46 @@ class Deployment:
                 self._servers[name] = ServerHandle(name, node.address)
             else:
                 self._servers[name] = await self._start_worker(name, srv.cores)
+        await self._start_shards(hardware)
+
+    async def _start_shards(self, hardware: Hardware) -> None:
+        """Servers that are more switch processes of an agent's machine (``switches: N``): its
+        agent starts them (a :class:`~e2actors.manager.shardhost.ShardHost`), then each is checked
+        like any agent."""
+        node = self._need_node()
+        by_parent: dict[str, list[Server]] = {}
+        for name, srv in hardware.servers.items():
+            if srv.shard_of and name not in self._servers:
+                by_parent.setdefault(srv.shard_of, []).append(srv)
+        for parent, shards in by_parent.items():
+            paddr = self._servers[parent].node_address
+            host = await self.spawn(parent, SHARD_HOST_CLASS, f"shardhost-{parent}", {})
+            self._shard_hosts[parent] = host
+            addrs = await node.ask(host, StartShards(tuple(s.name for s in shards), shards[0].cores), timeout=60)
+            for srv, addr in zip(shards, addrs):
+                if addr.startswith("tcp://") and paddr.startswith("tcp://"):
+                    # (a shard listening on all interfaces is reached where its agent is)
+                    host_part = paddr[len("tcp://"):].rsplit(":", 1)[0]
+                    addr = f"tcp://{host_part}:{addr.rsplit(':', 1)[1]}"
+                await check_agent(node, srv.name, addr, srv.cores)
+                self._servers[srv.name] = ServerHandle(srv.name, addr, remote=True)
+
+    async def merge_on_agents(self) -> None:
+        """An agent's machine that ran several switch processes merges their parts of an output
+        file there (after the switches closed them), then its extra processes end."""
+        plan, node = self._plan, self.node
+        if plan is None or node is None or not self._shard_hosts:
+            return
+        for parent, host in self._shard_hosts.items():
+            servers = tuple(n for n, s in plan.hardware.servers.items() if n == parent or s.shard_of == parent)
+            for p in plan.hardware.ports.values():
+                if p.kind == "pcap-out" and p.params.get("path"):
+                    try:
+                        await node.ask(host, MergeParts(str(p.params["path"]), servers), timeout=120)
+                    except Exception as exc:
+                        log.warning("merging %s on %s: %r", p.params["path"], parent, exc)
+            await self.stop(host, timeout=30)
+        self._shard_hosts.clear()
 
     async def _start_worker(self, name: str, cores: int) -> ServerHandle:
         secret_file = os.path.join(self._tmp, "secret")
@@ -480,6 +525,7 @@ class Deployment:
         for srv in self._servers.values():
             if srv.switch is not None and srv.node_address != node.address:
                 await self.stop(srv.switch, quiet=True, timeout=30)  # (a busy machine: its ports flush and close)
+        await self.merge_on_agents()
 
     def reap(self) -> None:
         """After the node stopped: end the worker processes (lost ones killed), remove their

@@ -9,7 +9,9 @@
       in:  s1                                      # or a mapping: server, kind, and port params
       out: {server: s1, kind: afpacket, iface: veth-out}
 
-Server keys: ``name``, ``cores`` (cores for NF instances; the switch's own core is not counted),
+Server keys: ``switches`` (switch processes on the machine, one per core, each with a shard of the
+flows: see :mod:`e2actors.manager.shards`; default 1), ``name``, ``cores`` (cores for NF instances;
+the switch's own core is not counted),
 ``nic`` (NIC bandwidth, bits/s or a rate like ``10Gbit``; default unlimited), ``address``
 (``host:port`` of the server's agent, for a cluster; absent: this process). Ports: ``in`` and
 ``out`` name the server that holds each external port (default: the first server), optionally with
@@ -21,6 +23,7 @@ arrives on ``out`` takes the policy as the return direction and leaves through `
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -34,7 +37,7 @@ from e2actors.manager.yamlsrc import LDict, LList, load_yaml, plain, yaml_proble
 
 __all__ = ["Hardware", "PortPlace", "Server"]
 
-_SERVER_KEYS = {"name", "cores", "nic", "address"}
+_SERVER_KEYS = {"name", "cores", "nic", "address", "switches"}
 _PORT_KEYS = {"server", "kind"}
 
 
@@ -51,6 +54,9 @@ class Server:
     #: placement errors name the entry that binds.
     cores_line: int = field(default=0, compare=False)
     nic_line: int = field(default=0, compare=False)
+    #: For one of several switch processes of one machine (``switches: N``): the server whose
+    #: agent starts this one (its address is known only then).
+    shard_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,7 @@ class Hardware:
             if k not in ("servers", "ports", "name", "description"):
                 raise PolicyError(file, line(data, k), f"hardware: unknown key {k!r}")
         servers: list[Server] = []
+        switches_of: dict[str, tuple[int, int]] = {}  # server -> (switch processes, line)
         for i, d in enumerate(data["servers"]):
             ln = line(data["servers"], i)
             if not isinstance(d, dict):
@@ -143,6 +150,11 @@ class Hardware:
                 raise PolicyError(file, line(d, "address"), f"server {name}: address is host:port")
             servers.append(Server(name, cores, nic, addr, ln, line(d, "cores") or ln,
                                   line(d, "nic") or ln if d.get("nic") is not None else 0))
+            sw = d.get("switches", 1)
+            if isinstance(sw, bool) or not isinstance(sw, int) or sw < 1:
+                raise PolicyError(file, line(d, "switches") or ln, f"server {name}: switches is an integer >= 1")
+            if sw > 1:
+                switches_of[name] = (sw, line(d, "switches") or ln)
         names = {s.name for s in servers}
         ports: dict[str, PortPlace] = {}
         pd = data.get("ports") or {}
@@ -161,7 +173,22 @@ class Hardware:
                                   f"port {pname}: unknown server {v['server']!r} (servers: {', '.join(names)})")
             params = {k: plain(x) for k, x in v.items() if k not in _PORT_KEYS}
             ports[pname] = PortPlace(pname, v["server"], str(v.get("kind", "memory")), params)
+        if switches_of:
+            # One switch per core of one machine: the server's agent starts the other switch
+            # processes, each a server of the plan with a shard of the flows (see manager/shards.py).
+            (name, (n, ln)), = list(switches_of.items())[:1]
+            holders = {p.server for p in ports.values()} | ({servers[0].name} if len(ports) < 2 else set())
+            if len(servers) != 1 or holders != {name} or len(switches_of) > 1:
+                raise PolicyError(file, ln, f"server {name}: switches > 1 (one switch per core) needs it to be the "
+                                            "hardware's only server, holding both ports")
+            base = servers[0]
+            per = max(1, base.cores // n)
+            servers = [dataclasses.replace(base, cores=per)] + [
+                Server(f"{name}.{k}", per, base.nic_bps, None, base.line, base.cores_line, base.nic_line, shard_of=name)
+                for k in range(2, n + 1)]
         hw = cls(servers, ports, file)
+        if switches_of:
+            hw.shards = tuple(s.name for s in servers)
         key = getattr(data, "key_locs", {}).get("servers")
         hw.servers_line = key.line if key is not None else line(data, "servers")
         return hw

@@ -217,7 +217,7 @@ class Manager:
     async def start(self) -> None:
         if self.started:
             return
-        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow, tls=self.tls,
+        self.node = Node("manager", secret=self.secret, allow_spawn=self.allow, tls=self.tls, remote_spawns=False,
                          heartbeat_interval=self.heartbeat_timeout / 6, heartbeat_timeout=self.heartbeat_timeout)
         await self.node.start()
         self.ref = self.node.spawn(ManagerActor, "manager", manager=self)
@@ -613,8 +613,8 @@ class Manager:
         """Sharded runs write each output pcap in parts, one per shard: merge them into the file
         asked for (by timestamp; each flow's packets keep their order)."""
         plan = self.plan_
-        if plan is None or not plan.hardware.shards:
-            return
+        if plan is None or not plan.hardware.shards or any(s.address for s in plan.hardware.servers.values()):
+            return  # (an agent's machine merges its own: Deployment.merge_on_agents)
         for p in plan.hardware.ports.values():
             path = p.params.get("path")
             if p.kind == "pcap-out" and path:

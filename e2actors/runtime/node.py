@@ -136,6 +136,7 @@ class Node:
         max_connections_per_host: int = 32,
         max_write_buffer: int = 32 * 1024 * 1024,
         confine: Any = None,
+        remote_spawns: bool = True,
     ) -> None:
         self.name = name or f"node-{os.getpid()}"
         self._listen = listen
@@ -151,6 +152,8 @@ class Node:
         # Room for at least two of the largest frames (a big reply must not look like a stalled peer).
         self.max_write_buffer = max(max_write_buffer, 2 * max_frame + transport.FLUSH_BYTES)
         self.confine = confine
+        #: Whether ``$system`` spawns actors other nodes ask for (agents: yes; a manager's node: no).
+        self.remote_spawns = remote_spawns
         #: Warnings about hostile or broken peers, at a bounded rate (counters count every event).
         self.ratelog = RateLimitedLog(log)
         self._nonces: set[bytes] = set()   # our handshakes in progress (a hello sent back is refused)
@@ -772,6 +775,12 @@ class SystemActor(ServiceActor):
 
     async def handle(self, msg: Any) -> Any:
         if isinstance(msg, Spawn):
+            ask = self.current_ask
+            if not self.node.remote_spawns and (ask is None or ask.remote is not None):
+                # A manager's node starts its actors itself: a Spawn from another node (or a
+                # tell, which no local caller uses) is refused, whatever the peer's secret.
+                self.node.counters["spawn_refused"] += 1
+                raise SpawnRefused(f"{self.node.name} takes no spawns from other nodes")
             cls = load_class(msg.cls, self.node.allow_spawn, self.node)
             return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
         if isinstance(msg, StopActor):
