@@ -151,9 +151,9 @@ def test_firewall_without_conntrack_blocks_replies() -> None:
 def test_firewall_rejects_bad_rules() -> None:
     with pytest.raises(E2Error, match="allow or deny"):
         run_pipelet(Firewall, [], config={"rules": ["permit tcp"]})
-    from e2actors.errors import FilterError
+    from e2actors.errors import ConfigError
 
-    with pytest.raises(FilterError, match="column"):
+    with pytest.raises(ConfigError, match="rule 1: .*column"):
         run_pipelet(Firewall, [], config={"rules": ["allow tcp port"]})
 
 

@@ -374,3 +374,65 @@ def test_hardware_file_and_errors():
         with pytest.raises(PolicyError) as ei:
             Hardware.from_yaml(text, "hw.yaml")
         assert ei.value.file == "hw.yaml" and ei.value.line == line and words in ei.value.reason, str(ei.value)
+
+
+# --- NF configs are checked at plan time, with the line of the key at fault ----------------------
+def _one_nf(cls: str, config: str) -> str:
+    body = textwrap.indent(textwrap.dedent(config), "      ")
+    return ("name: cfg\nnfs:\n  nf:\n"
+            f"    class: {cls}\n"
+            "    config:\n"
+            f"{body}"
+            "classes:\n  - {name: all, filter: ip, load_pps: 1000}\n"
+            "edges:\n  - {from: in, to: nf}\n  - {from: nf, to: out}\n")
+
+
+@pytest.mark.parametrize("cls, config, line, words", [
+    (FW, "rules: ['allow tcp']\ndefault: alow\n", 7, ["config 'default'", "allow or deny", "alow"]),
+    (FW, "rules: ['allow tcp dst prt 80']\n", 6, ["config 'rules'", "rule 1", "column"]),
+    (FW, "rules: ['permit tcp']\n", 6, ["config 'rules'", "action must be allow or deny"]),
+    (SHAPER, "rate: 10Mbit\nqueue: many\n", 7, ["config 'queue'", "a number"]),
+    (SHAPER, "rate: fast\n", 6, ["rate"]),
+    (SHAPER, "classes: [{rate: 1Mbit}]\n", 6, ["config 'classes'", "needs a filter"]),
+    ("e2actors.nf.builtin.nat:NAT", "internal: 10.0.0.0/8\n", 5, ["config 'external'", "missing"]),
+    ("e2actors.nf.builtin.nat:NAT", "external: 198.18.0.1\nports: [70000, 80000]\n", 7, ["config 'ports'", "1-65535"]),
+    ("e2actors.nf.builtin.logger:Logger", "snaplen: 0\n", 6, ["config 'snaplen'", "at least 1"]),
+    ("e2actors.nf.builtin.legacy:Legacy", "cmd: \"cat 'unclosed\"\n", 6, ["config 'cmd'", "command line"]),
+])
+def test_nf_config_errors_have_the_line_of_the_key(cls, config, line, words):
+    e = error_of(_one_nf(cls, config))
+    assert e.line == line, str(e)
+    for w in words:
+        assert w in str(e), str(e)
+
+
+@pytest.mark.skipif(not HAVE_IDS, reason="IDS not available")
+def test_ids_inline_rules_are_checked_at_plan_time():
+    e = error_of(_one_nf("e2actors.nf.builtin.ids:IDS", """\
+        rules: |
+          alert tcp any any -> any 80 (msg:"x"; content:"a"; sid:1;)
+          alert tcp any any -> any 80 (msg:"y"; content:"|zz|"; sid:2;)
+        """))
+    assert e.line == 6 and "config 'rules'" in str(e), str(e)
+    e = error_of(_one_nf("e2actors.nf.builtin.ids:IDS", "matcher: magic\n"))
+    assert e.line == 6 and "config 'matcher'" in str(e), str(e)
+
+
+def test_good_configs_and_user_classes_pass_the_plan_time_check():
+    Policy.from_yaml(_one_nf(FW, "rules: ['allow tcp dst port 80', {deny: udp}]\ndefault: allow\n"))
+    Policy.from_yaml(_one_nf(SHAPER, "rate: 10Mbit\nclasses: [{filter: 'udp', rate: 1Mbit}]\n"))
+
+
+def test_a_subclass_that_overrides_setup_is_not_run_at_plan_time(tmp_path, monkeypatch):
+    # A user's subclass of a pure built-in may open files in its setup: it must not run at plan time.
+    (tmp_path / "sidefx.py").write_text(textwrap.dedent(f"""\
+        from e2actors.nf.builtin.firewall import Firewall
+
+        class Noisy(Firewall):
+            async def setup(self, config):
+                open({str(tmp_path / 'touched')!r}, "w").close()
+                await super().setup(config)
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    Policy.from_yaml(_one_nf("sidefx:Noisy", "default: alow\n"))
+    assert not (tmp_path / "touched").exists()

@@ -274,7 +274,7 @@ class Policy:
     def from_data(cls, data: Any, file: str = "<policy>", check_classes: bool = True,
                   check_conditions: bool = True, base_dir: str = ".") -> Policy:
         """Validate plain data (as parsed from YAML, or built by :class:`PolicyBuilder`)."""
-        p = _Parser(file, check_classes, check_conditions).parse(data)
+        p = _Parser(file, check_classes, check_conditions, base_dir).parse(data)
         p.base_dir = base_dir
         return p
 
@@ -345,8 +345,9 @@ def _build_graph(p: Policy) -> nx.DiGraph:
 
 
 class _Parser:
-    def __init__(self, file: str, check_classes: bool, check_conditions: bool = True) -> None:
+    def __init__(self, file: str, check_classes: bool, check_conditions: bool = True, base_dir: str = ".") -> None:
         self.file = file
+        self.base_dir = base_dir
         self.check_classes = check_classes
         self.check_conditions = check_conditions
 
@@ -460,6 +461,19 @@ class _Parser:
         config = d.get("config") or {}
         if not isinstance(config, dict):
             raise self.err(_line(d, "config"), f"NF {name}: config is a mapping")
+        if self.check_classes:
+            # The NF's configuration is checked now, before any traffic: FILE:LINE of the key.
+            try:
+                cls.validate_config(resolve_config(plain(config), self.base_dir), self.base_dir)
+            except E2Error as e:
+                key = getattr(e, "key", "")
+                cfg_line = d.key_locs["config"].line if isinstance(d, LDict) and "config" in d.key_locs else _line(d)
+                at = _line(config, key) if key and isinstance(config, LDict) and key in config else cfg_line
+                why = getattr(e, "reason", "") or str(e)
+                raise self.err(at or line, f"NF {name}: config {key!r}: {why}" if key else f"NF {name}: config: {why}") \
+                    from None
+            except Exception as e:  # (a wrong type where a list or a mapping belongs, say)
+                raise self.err(_line(d, "config") or line, f"NF {name}: config: {type(e).__name__}: {e}") from None
         return NFSpec(name, cls_path, plain(config), tuple(ports), cost, affinity, input_, inline, lo, hi, line)
 
     def nf_kind(self, name: str, d: Any, line: int) -> Any:

@@ -31,7 +31,9 @@ data directory, checked again). See :mod:`e2actors.runtime.confine`.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import concurrent.futures
 import inspect
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -262,6 +264,29 @@ class Pipelet:
     def dropped_total(self) -> int:
         """Packets dropped so far (by :meth:`drop` and :meth:`count_dropped`)."""
         return self._dropped
+
+    #: ``setup`` has no effect outside the instance (no file opened, no program started), so the
+    #: planner may run it on a config to check it before any traffic (:meth:`validate_config`).
+    setup_is_pure: ClassVar[bool] = False
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
+        """Check an NF's ``config`` before anything runs (``e2actors plan`` and deploy call it):
+        raise :class:`~e2actors.errors.ConfigError` naming the key and the reason. Default: run
+        :meth:`setup` on a throwaway instance when it is pure (:attr:`setup_is_pure`); override to
+        check what an impure setup would use."""
+        # The class whose setup runs must say it is pure itself: a subclass that overrides
+        # setup does not inherit its parent's word for it.
+        owner = next(k for k in cls.__mro__ if "setup" in vars(k))
+        if not vars(owner).get("setup_is_pure", False):
+            return
+        p = cls()
+        p.name = f"{cls.__name__} (config check)"
+        p.config = dict(config)
+        # On a private loop in a worker thread: the caller may be inside a running loop (a
+        # Manager embedded in a script) or not (``e2actors plan``).
+        with concurrent.futures.ThreadPoolExecutor(1) as ex:
+            ex.submit(asyncio.run, p.setup(p.config)).result()
 
     @classmethod
     def reassembly_options(cls, config: dict[str, Any]) -> dict[str, Any]:

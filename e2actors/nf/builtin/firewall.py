@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from e2actors.errors import ConfigError
+from e2actors.errors import ConfigError, FilterError
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.filter import compile_filter
@@ -33,6 +33,8 @@ class Firewall(Pipelet):
     cost_pps = 400_000
     flow_timeout = 300.0
 
+    setup_is_pure = True  # only reads its config: the planner checks it by running setup
+
     async def setup(self, config: dict[str, Any]) -> None:
         self.rules: list[tuple[bool, Any, str]] = []
         for i, r in enumerate(config.get("rules", ()), 1):
@@ -45,7 +47,11 @@ class Firewall(Pipelet):
                                                        f"got {r!r}")
             if action not in ("allow", "deny"):
                 raise ConfigError("Firewall", "rules", f"rule {i}: action must be allow or deny, not {action!r}")
-            self.rules.append((action == "allow", compile_filter(str(expr)), f"deny rule {i}"))
+            try:
+                flt = compile_filter(str(expr))
+            except FilterError as exc:
+                raise ConfigError("Firewall", "rules", f"rule {i}: {exc}") from None
+            self.rules.append((action == "allow", flt, f"deny rule {i}"))
         default = config.get("default", "deny")
         if default not in ("allow", "deny"):
             raise ConfigError("Firewall", "default", f"must be allow or deny, not {default!r}")

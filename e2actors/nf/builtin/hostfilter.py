@@ -112,6 +112,8 @@ class HostFilter(Pipelet):
         self.max_buffer = 8192
         self._new = 0
 
+    setup_is_pure = True  # only reads its config: the planner checks it by running setup
+
     async def setup(self, config: dict[str, Any]) -> None:
         self.config = config
         known = {"block", "allow", "tag", "port", "action_default", "on_block", "max_buffer"}

@@ -233,6 +233,25 @@ class IDS(Pipelet):
 
     # --- setup -----------------------------------------------------------------------------------
     @classmethod
+    def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
+        """At plan time: the numbers, the matcher, the overlap policy and the rules written in the
+        config itself (rule files are read on the node that runs the NF, from its data directory)."""
+        for key, default, minimum in (("flow_timeout", 1.0, 1e-9), ("max_flows", 1, 1), ("inspect_window", 1, 1)):
+            config_number("IDS", config, key, default, minimum=minimum)
+        if config.get("matcher") not in (None, *MATCHERS):
+            raise ConfigError("IDS", "matcher", f"one of {', '.join(MATCHERS)}, not {config['matcher']!r}")
+        cls.reassembly_options(config)
+        vars_ = config.get("vars")
+        if vars_ is not None and not isinstance(vars_, dict):
+            raise ConfigError("IDS", "vars", "a mapping such as {HOME_NET: 10.0.0.0/8}")
+        inline = [line for it in _rule_items(config.get("rules", ())) if _is_rule_text(it) for line in it.splitlines()]
+        if inline:
+            try:
+                parse_rules(inline, "<config rules>", vars_, config.get("strict", True))
+            except RuleError as exc:
+                raise ConfigError("IDS", "rules", str(exc)) from None
+
+    @classmethod
     def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
         for item in _rule_items(config.get("rules", ())):
             if not _is_rule_text(item):

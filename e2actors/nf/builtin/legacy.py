@@ -25,6 +25,7 @@ import struct
 from typing import Any
 
 from e2actors.errors import ConfigError, E2Error
+from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.packet import Packet
@@ -55,6 +56,18 @@ class Legacy(Pipelet):
         return argv
 
     @classmethod
+    def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
+        """At plan time: a command line that can be read (whether the node may run it is the
+        node's to say, :meth:`check_config`)."""
+        try:
+            cls._argv(config)
+        except ConfinementError as exc:
+            raise ConfigError("Legacy", exc.key, exc.reason) from None
+        for key in ("max_frame", "max_inflight"):
+            if key in config:
+                config_number("Legacy", config, key, 1, minimum=1)
+
+    @classmethod
     def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:
         confine.program(cls._argv(config)[0])
 
@@ -69,8 +82,8 @@ class Legacy(Pipelet):
             argv[0] = confine.program(argv[0])  # checked again, and run by its resolved path
             if confine.files:
                 cwd = confine.data_dir
-        self.max_frame = int(config.get("max_frame", 65535))
-        self.max_inflight = int(config.get("max_inflight", 10_000))
+        self.max_frame = config_number("Legacy", config, "max_frame", 65535, minimum=1)
+        self.max_inflight = config_number("Legacy", config, "max_inflight", 10_000, minimum=1)
         self.proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.PIPE,
                                                          stdout=asyncio.subprocess.PIPE, cwd=cwd)
         self.back: collections.deque[bytes] = collections.deque()

@@ -27,6 +27,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from e2actors.errors import ConfigError
 from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
 from e2actors.runtime.confine import Confinement
@@ -49,6 +50,16 @@ class Logger(Pipelet):
         jsonl = config.get("jsonl")
         jsonl = str(jsonl).replace("{instance}", instance) if jsonl else os.path.splitext(pcap)[0] + ".jsonl"
         return pcap, jsonl
+
+    @classmethod
+    def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
+        """At plan time: the file names are text and the snap length a positive number (the files
+        themselves are made on the node that runs the NF)."""
+        for key in ("pcap", "jsonl"):
+            v = config.get(key)
+            if v is not None and not (isinstance(v, str) and v):
+                raise ConfigError("Logger", key, f"a file name, not {v!r}")
+        config_number("Logger", config, "snaplen", 262144, minimum=1)
 
     @classmethod
     def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:

@@ -47,6 +47,8 @@ class NAT(Pipelet):
     cost_pps = 150_000
     flow_timeout = 120.0
 
+    setup_is_pure = True  # only reads its config: the planner checks it by running setup
+
     async def setup(self, config: dict[str, Any]) -> None:
         if "external" not in config and "external6" not in config:
             raise ConfigError("NAT", "external", "missing (and no 'external6'): the address to translate to")

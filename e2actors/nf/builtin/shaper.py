@@ -21,7 +21,7 @@ import re
 from collections import deque
 from typing import Any
 
-from e2actors.errors import ConfigError
+from e2actors.errors import ConfigError, FilterError
 from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
@@ -89,6 +89,8 @@ class Shaper(Pipelet):
     cost_pps = 300_000
     timer_interval = 0.001
 
+    setup_is_pure = True  # only reads its config: the planner checks it by running setup
+
     async def setup(self, config: dict[str, Any]) -> None:
         now = self.now
         limit = config_number("Shaper", config, "queue", 1000, minimum=0)
@@ -103,7 +105,11 @@ class Shaper(Pipelet):
                 q = config_number("Shaper", c, "queue", limit, minimum=0)
             except ConfigError as exc:
                 raise ConfigError("Shaper", "classes", f"class {i + 1}: queue: {exc.reason}") from None
-            self.classes.append(_Class(str(c.get("name", f"class{i + 1}")), compile_filter(c["filter"]), r,
+            try:
+                flt = compile_filter(c["filter"])
+            except FilterError as exc:
+                raise ConfigError("Shaper", "classes", f"class {i + 1}: filter: {exc}") from None
+            self.classes.append(_Class(str(c.get("name", f"class{i + 1}")), flt, r,
                                        parse_rate(c.get("burst", burst), "classes"), q, now))
         self.default = _Class("default", None, rate, burst, limit, now)
 

@@ -115,6 +115,11 @@ class VPort(Pipelet):
         return VPortConfig.parse(config).ports
 
     @classmethod
+    def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
+        """At plan time: the config parses (interfaces, ports, programs, readiness check)."""
+        VPortConfig.parse(config)
+
+    @classmethod
     def check_config(cls, config: dict[str, Any], confine: Any) -> None:
         """Before deploying on a node that confines NF configs: every program the NF runs must be
         allowed there, and its files and data directory inside the node's data directory."""
