@@ -272,8 +272,13 @@ def test_doc_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.syspath_prepend(str(tmp_path))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH", "")]),
                PYTHONUNBUFFERED="1")
-    ns: dict = {"__name__": f"docs_{path.stem.replace('-', '_')}"}
+    # The blocks run as one module, registered like an imported one (dataclasses look it up).
+    import types
+
+    doc_module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
+    ns: dict = doc_module.__dict__
     before = set(sys.modules)
+    sys.modules[doc_module.__name__] = doc_module
     timings = []
     try:
         for b in blocks(path):
@@ -290,6 +295,7 @@ def test_doc_blocks_run(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
                 json.loads(b.code)
             timings.append((time.monotonic() - t0, b.line))
     finally:
+        sys.modules.pop(doc_module.__name__, None)
         # Modules a block wrote and imported (e.g. its pipelets) must not leak into the next file.
         for mod in set(sys.modules) - before:
             f = getattr(sys.modules[mod], "__file__", None) or ""

@@ -388,10 +388,10 @@ def _one_nf(cls: str, config: str) -> str:
 
 
 @pytest.mark.parametrize("cls, config, line, words", [
-    (FW, "rules: ['allow tcp']\ndefault: alow\n", 7, ["config 'default'", "allow or deny", "alow"]),
+    (FW, "rules: ['allow tcp']\ndefault: alow\n", 7, ["config 'default'", "'allow', 'deny'", "alow"]),
     (FW, "rules: ['allow tcp dst prt 80']\n", 6, ["config 'rules'", "rule 1", "column"]),
     (FW, "rules: ['permit tcp']\n", 6, ["config 'rules'", "action must be allow or deny"]),
-    (SHAPER, "rate: 10Mbit\nqueue: many\n", 7, ["config 'queue'", "a number"]),
+    (SHAPER, "rate: 10Mbit\nqueue: many\n", 7, ["config 'queue'", "an integer, not 'many'"]),
     (SHAPER, "rate: fast\n", 6, ["rate"]),
     (SHAPER, "classes: [{rate: 1Mbit}]\n", 6, ["config 'classes'", "needs a filter"]),
     ("e2actors.nf.builtin.nat:NAT", "internal: 10.0.0.0/8\n", 5, ["config 'external'", "missing"]),
@@ -434,5 +434,39 @@ def test_a_subclass_that_overrides_setup_is_not_run_at_plan_time(tmp_path, monke
                 await super().setup(config)
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    Policy.from_yaml(_one_nf("sidefx:Noisy", "default: alow\n"))
+    Policy.from_yaml(_one_nf("sidefx:Noisy", "rules: ['permit tcp']\n"))  # (setup would refuse it)
     assert not (tmp_path / "touched").exists()
+    # Its inherited schema is still checked.
+    e = error_of(_one_nf("sidefx:Noisy", "defualt: allow\n"))
+    assert e.line == 6 and "unknown key" in str(e), str(e)
+
+
+def test_a_typed_config_schema_is_checked_at_plan_time_and_given_to_the_instance(tmp_path, monkeypatch):
+    (tmp_path / "typed.py").write_text(textwrap.dedent("""\
+        from dataclasses import dataclass, field
+        from typing import Literal
+        from e2actors import Pipelet
+
+        @dataclass
+        class SamplerConfig:
+            every: int
+            mode: Literal["keep", "drop"] = "keep"
+            hosts: list[str] = field(default_factory=list)
+
+        class Sampler(Pipelet):
+            config_schema = SamplerConfig
+
+            async def setup(self, config):
+                self.every = self.settings.every
+        """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for config, line, words in [("every: often\n", 6, "config 'every': an integer, not 'often'"),
+                                ("mode: keep\n", 5, "config 'every': missing"),
+                                ("every: 2\nmode: both\n", 7, "config 'mode': one of 'keep', 'drop', not 'both'"),
+                                ("every: 2\nhosts: [a, 3]\n", 7, "config 'hosts[1]': text, not 3")]:
+        e = error_of(_one_nf("typed:Sampler", config))
+        assert (e.line, words in str(e)) == (line, True), str(e)
+    from e2actors.testing import run_pipelet
+    import typed
+
+    assert run_pipelet(typed.Sampler, [], config={"every": 3}).pipelet.every == 3

@@ -467,8 +467,9 @@ class _Parser:
                 cls.validate_config(resolve_config(plain(config), self.base_dir), self.base_dir)
             except E2Error as e:
                 key = getattr(e, "key", "")
+                top = key.split("[", 1)[0].split(".", 1)[0]  # (hosts[1], limits.rate: the key's line)
                 cfg_line = d.key_locs["config"].line if isinstance(d, LDict) and "config" in d.key_locs else _line(d)
-                at = _line(config, key) if key and isinstance(config, LDict) and key in config else cfg_line
+                at = _line(config, top) if top and isinstance(config, LDict) and top in config else cfg_line
                 why = getattr(e, "reason", "") or str(e)
                 raise self.err(at or line, f"NF {name}: config {key!r}: {why}" if key else f"NF {name}: config: {why}") \
                     from None

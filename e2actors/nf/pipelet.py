@@ -39,6 +39,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from e2actors.nf.config import parse_config
 from e2actors.packet.batch import Batch
 from e2actors.packet.flowtable import FlowTable
 from e2actors.packet.packet import Packet
@@ -129,6 +130,8 @@ class Pipelet:
         #: What this instance may touch on its node (set by the NF instance actor before
         #: :meth:`setup`); None: the process's (an agent's), or nothing confined.
         self.confinement: Confinement | None = None
+        #: The config as the typed object of :attr:`config_schema` (None without a schema).
+        self.settings: Any = None
 
     # --- the NF author's hooks ------------------------------------------------------------------
     async def setup(self, config: dict[str, Any]) -> None:
@@ -265,9 +268,21 @@ class Pipelet:
         """Packets dropped so far (by :meth:`drop` and :meth:`count_dropped`)."""
         return self._dropped
 
+    #: The NF's config as a dataclass (fields: the keys, their types and defaults), or None. When
+    #: set, a config is checked against it at plan time (:func:`e2actors.nf.config.parse_config`)
+    #: and the instance has the typed object as :attr:`settings` before :meth:`setup` runs.
+    config_schema: ClassVar[type | None] = None
+
     #: ``setup`` has no effect outside the instance (no file opened, no program started), so the
     #: planner may run it on a config to check it before any traffic (:meth:`validate_config`).
     setup_is_pure: ClassVar[bool] = False
+
+    @classmethod
+    def parse_settings(cls, config: dict[str, Any]) -> Any:
+        """``config`` checked against :attr:`config_schema` (the typed object), or None without one."""
+        if cls.config_schema is None:
+            return None
+        return parse_config(cls.__name__, cls.config_schema, config)
 
     @classmethod
     def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
@@ -277,12 +292,14 @@ class Pipelet:
         check what an impure setup would use."""
         # The class whose setup runs must say it is pure itself: a subclass that overrides
         # setup does not inherit its parent's word for it.
+        cls.parse_settings(config)
         owner = next(k for k in cls.__mro__ if "setup" in vars(k))
         if not vars(owner).get("setup_is_pure", False):
             return
         p = cls()
         p.name = f"{cls.__name__} (config check)"
         p.config = dict(config)
+        p.settings = cls.parse_settings(p.config)
         # On a private loop in a worker thread: the caller may be inside a running loop (a
         # Manager embedded in a script) or not (``e2actors plan``).
         with concurrent.futures.ThreadPoolExecutor(1) as ex:

@@ -113,6 +113,7 @@ class PipeletRunner:
         self.pipelet.config = dict(config or {})
         if self.clock == "wall":
             self.pipelet.now = time.time()
+        self.pipelet.settings = self.pipelet.parse_settings(self.pipelet.config)
         await self.pipelet.setup(self.pipelet.config)
         opts = getattr(self.pipelet, "reassembly", None)
         if opts and self._stream is not None and not self._stream.pending:

@@ -17,7 +17,8 @@ packets are dropped with the reason ``deny rule N`` or ``default deny``.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from e2actors.errors import ConfigError, FilterError
 from e2actors.nf.pipelet import Pipelet
@@ -27,7 +28,18 @@ from e2actors.packet.filter import compile_filter
 __all__ = ["Firewall"]
 
 
+@dataclass
+class FirewallConfig:
+    """The Firewall's config (checked at plan time)."""
+
+    #: ``allow EXPR`` / ``deny EXPR`` strings or ``{allow: EXPR}`` mappings, first match wins.
+    rules: list[Any] = field(default_factory=list)
+    default: Literal["allow", "deny"] = "deny"
+    conntrack: bool = True
+
+
 class Firewall(Pipelet):
+    config_schema = FirewallConfig
     ports = ("out",)
     affinity = "flow"
     cost_pps = 400_000

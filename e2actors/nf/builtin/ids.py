@@ -49,6 +49,7 @@ import hashlib
 import os
 from collections import deque
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 from e2actors.errors import ConfigError
@@ -193,8 +194,26 @@ class Detector:
         self.backend = self.stream[TO_SERVER].backend
 
 
+@dataclass
+class IDSConfig:
+    """The IDS's config (checked at plan time, inline rules and rule files the planner sees included)."""
+
+    #: A rules file, rule text, or a list of both.
+    rules: str | list[str] = field(default_factory=list)
+    vars: dict[str, Any] | None = None
+    strict: bool = True
+    matcher: str | None = None
+    overlap: str | None = None
+    defrag: bool = True
+    stop_on_alert: bool = True
+    inspect_window: int = 32768
+    flow_timeout: float | None = None
+    max_flows: int | None = None
+
+
 class IDS(Pipelet):
     """Signature IDS: flags flows whose stream matches a rule (see the module docstring)."""
+    config_schema = IDSConfig
 
     ports = ("safe", "unsafe")
     affinity = "flow"
@@ -236,6 +255,7 @@ class IDS(Pipelet):
     def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
         """At plan time: the numbers, the matcher, the overlap policy and the rules written in the
         config itself (rule files are read on the node that runs the NF, from its data directory)."""
+        super().validate_config(config, base_dir)
         for key, default, minimum in (("flow_timeout", 1.0, 1e-9), ("max_flows", 1, 1), ("inspect_window", 1, 1)):
             config_number("IDS", config, key, default, minimum=minimum)
         if config.get("matcher") not in (None, *MATCHERS):
@@ -244,12 +264,19 @@ class IDS(Pipelet):
         vars_ = config.get("vars")
         if vars_ is not None and not isinstance(vars_, dict):
             raise ConfigError("IDS", "vars", "a mapping such as {HOME_NET: 10.0.0.0/8}")
-        inline = [line for it in _rule_items(config.get("rules", ())) if _is_rule_text(it) for line in it.splitlines()]
-        if inline:
-            try:
-                parse_rules(inline, "<config rules>", vars_, config.get("strict", True))
-            except RuleError as exc:
-                raise ConfigError("IDS", "rules", str(exc)) from None
+        strict = config.get("strict", True)
+        items = _rule_items(config.get("rules", ()))
+        inline = [line for it in items if _is_rule_text(it) for line in it.splitlines()]
+        try:
+            if inline:
+                parse_rules(inline, "<config rules>", vars_, strict)
+            # Rule files the planner can see (a path next to the policy) are read now, so a broken
+            # rule stops the run before traffic, with its file and line; others are the node's.
+            for it in items:
+                if not _is_rule_text(it) and os.path.isfile(it):
+                    load_rules(it, vars_, strict)
+        except RuleError as exc:
+            raise ConfigError("IDS", "rules", str(exc)) from None
 
     @classmethod
     def check_config(cls, config: dict[str, Any], confine: Confinement) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import shlex
 import struct
+from dataclasses import dataclass
 from typing import Any
 
 from e2actors.errors import ConfigError, E2Error
@@ -36,7 +37,17 @@ __all__ = ["Legacy"]
 _LEN = struct.Struct(">I")
 
 
+@dataclass
+class LegacyConfig:
+    """The Legacy NF's config (checked at plan time)."""
+
+    cmd: str | list[str] = ""
+    max_frame: int = 65535
+    max_inflight: int = 10_000
+
+
 class Legacy(Pipelet):
+    config_schema = LegacyConfig
     ports = ("out",)
     affinity = "flow"
     cost_pps = 50_000
@@ -59,6 +70,7 @@ class Legacy(Pipelet):
     def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
         """At plan time: a command line that can be read (whether the node may run it is the
         node's to say, :meth:`check_config`)."""
+        super().validate_config(config, base_dir)
         try:
             cls._argv(config)
         except ConfinementError as exc:

@@ -25,19 +25,30 @@ import heapq
 import json
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from e2actors.errors import ConfigError
 from e2actors.nf.config import config_number
 from e2actors.nf.pipelet import Pipelet
-from e2actors.runtime.confine import Confinement
 from e2actors.packet.batch import Batch
 from e2actors.packet.pcap import PcapWriter, open_capture
+from e2actors.runtime.confine import Confinement
 
 __all__ = ["Logger", "merge_parts"]
 
 
+@dataclass
+class LoggerConfig:
+    """The Logger's config (checked at plan time; ``{instance}`` in a name: one file per instance)."""
+
+    pcap: str = "logger-{instance}.pcap"
+    jsonl: str | None = None
+    snaplen: int = 262144
+
+
 class Logger(Pipelet):
+    config_schema = LoggerConfig
     ports = ("out",)
     affinity = "none"
     cost_pps = 200_000
@@ -55,6 +66,7 @@ class Logger(Pipelet):
     def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
         """At plan time: the file names are text and the snap length a positive number (the files
         themselves are made on the node that runs the NF)."""
+        super().validate_config(config, base_dir)
         for key in ("pcap", "jsonl"):
             v = config.get(key)
             if v is not None and not (isinstance(v, str) and v):

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 from e2actors.errors import ConfigError
@@ -41,7 +42,19 @@ def _address(key: str, v: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         raise ConfigError("NAT", key, f"an IP address, not {v!r}") from None
 
 
+@dataclass
+class NATConfig:
+    """The NAT's config (checked at plan time)."""
+
+    external: str | None = None
+    external6: str | None = None
+    internal: str | list[str] | None = None
+    ports: list[int] = field(default_factory=lambda: [20000, 59999])
+    pass_unmatched: bool = False
+
+
 class NAT(Pipelet):
+    config_schema = NATConfig
     ports = ("out",)
     affinity = "flow"
     cost_pps = 150_000

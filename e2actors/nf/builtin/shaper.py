@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 from e2actors.errors import ConfigError, FilterError
@@ -83,7 +84,19 @@ class _Class:
         self.refill(now)
 
 
+@dataclass
+class ShaperConfig:
+    """The Shaper's config (checked at plan time; rates such as ``100Mbit`` or bits/s)."""
+
+    rate: str | int | float = "100Mbit"
+    burst: str | int | float | None = None
+    queue: int = 1000
+    #: ``{filter, rate, burst, queue, name}`` mappings.
+    classes: list[dict[str, Any]] = field(default_factory=list)
+
+
 class Shaper(Pipelet):
+    config_schema = ShaperConfig
     ports = ("out",)
     affinity = "none"
     cost_pps = 300_000

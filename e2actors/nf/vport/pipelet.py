@@ -117,6 +117,7 @@ class VPort(Pipelet):
     @classmethod
     def validate_config(cls, config: dict[str, Any], base_dir: str = ".") -> None:
         """At plan time: the config parses (interfaces, ports, programs, readiness check)."""
+        super().validate_config(config, base_dir)
         VPortConfig.parse(config)
 
     @classmethod
