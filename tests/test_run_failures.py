@@ -142,3 +142,19 @@ def test_a_pipelet_that_raises_is_in_the_account_with_its_file_and_line(tmp_path
     assert inst["in"] > 256  # (counters went on across restarts)
     assert any("bad#1 failed" in f for f in s["failures"])
     assert s["lost"] == 0 and s["congestion_drops"] == 0  # every packet is accounted for, by reason
+
+
+def test_fail_on_drop_makes_chosen_drop_reasons_fail_the_run(tmp_path: Path) -> None:
+    base = ["--traffic", str(TRAFFIC), "--json"]
+    ok = run(base + ["--fail-on-drop", "*queue full*", "--fail-on-drop", "ids: *"], tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    s = json.loads(ok.stdout)
+    blocked = {k: n for k, n in s["drops"].items() if k.startswith("parental: blocked host")}
+    assert blocked, s["drops"]
+    bad = run(base + ["--fail-on-drop", "parental: blocked host *"], tmp_path)
+    assert bad.returncode == 1
+    s = json.loads(bad.stdout)
+    assert len(s["failures"]) == len(blocked)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.startswith("e2actors run: failed:")]
+    assert len(lines) == len(blocked) and all("--fail-on-drop" in ln for ln in lines)
+    assert {ln.split(" packets dropped as ")[0].split()[-1] for ln in lines} == {f"{n:,}" for n in blocked.values()}

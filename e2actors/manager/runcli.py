@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import json
 import logging
 import os
@@ -64,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", help="this manager's certificate (mutual TLS with the agents)")
     p.add_argument("--tls-key")
     p.add_argument("--tls-ca", help="the CA that signs the agents' certificates")
+    p.add_argument("--fail-on-drop", action="append", default=[], metavar="PATTERN",
+                   help="fail the run (status 1) when packets were dropped for a reason matching this "
+                        "glob over the summary's drop keys ('where: reason', e.g. '*queue full*', "
+                        "'ids: *', '*'); repeatable")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -268,6 +273,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"e2actors run: {exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}",
               file=sys.stderr)
         return 2
+    strict = strict_failures(summary, args.fail_on_drop)
+    if strict:
+        summary.setdefault("failures", []).extend(strict)
     if args.json:
         print(json.dumps(summary, default=str))
     else:
@@ -281,6 +289,17 @@ def main(args: argparse.Namespace) -> int:
     if summary.get("stopped_by") == "SIGINT":
         return 130  # (the summary so far was printed: the run did not end by itself)
     return 0
+
+
+def strict_failures(summary: dict[str, Any], patterns: list[str]) -> list[str]:
+    """What ``--fail-on-drop PATTERN`` makes a failure: each drop key (``where: reason``) that
+    matches a pattern (fnmatch globs, case-sensitive), with its count."""
+    out = []
+    for key, n in sorted(summary.get("drops", {}).items()):
+        hit = next((pat for pat in patterns if fnmatch.fnmatchcase(key, pat)), None)
+        if n and hit is not None:
+            out.append(f"{n:,} packets dropped as {key!r} (--fail-on-drop {hit!r})")
+    return out
 
 
 def _check_capture(path: str) -> None:
