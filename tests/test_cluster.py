@@ -196,8 +196,9 @@ def test_nothing_travels_in_clear(tmp_path: Path, agents, tls: bool) -> None:
         r = run_cli(["run", str(policy), "--hardware", str(hw), "--secret-file", str(secret_file(tmp_path)),
                      "--traffic", str(_marker_pcap(tmp_path / "marker.pcap")), "--no-autoscale", "--json", *extra],
                     tmp_path)
+        if r.returncode == 0:  # tcpdump -U writes each packet as it reads it: the file grows to it
+            eventually_blocking(lambda: cap_file.stat().st_size > 200 * 200, 10, what="the capture written")
     finally:
-        time.sleep(0.3)
         cap.send_signal(signal.SIGINT)
         cap.wait(10)
     assert r.returncode == 0, r.stderr

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Agent, env_with_tests, start_agent
+from clusterkit import Agent, env_with_tests, metric, start_agent
 from conftest import SECRET, TESTS, eventually_blocking, need_root, need_tool
 from netns import Lab, sh, wait_port
 
@@ -240,9 +240,14 @@ ports:
 
     # 5. Kill the agent holding the most instances, mid-transfer.
     victim = max(("s2", "s3"), key=lambda n: instances_on(c.agents[n]))
+    def rx_in() -> float:
+        return metric(c.agents["s1"].metrics(), "e2_port_packets_total", port="in", direction="rx")
+
+    before = rx_in()
     bg = c.lab.run(c.cli, ["curl", "-sS", "--max-time", "10", "-o", "/dev/null", "--limit-rate", "200k",
                            f"http://{WEB_IP}:8080/blob.bin"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)
+    # Mid-transfer: the download's packets are flowing through the deployment.
+    eventually_blocking(lambda: rx_in() >= before + 50, 10, what="the download under way")
     t_kill = time.monotonic()
     c.agents[victim].kill()
     recovered = None
