@@ -277,19 +277,7 @@ class Rule:
         if self.dsize is None:
             return True
         op, a, b = self.dsize
-        if op == "=":
-            return n == a
-        if op == "!":
-            return n != a
-        if op == "<":
-            return n < a
-        if op == ">":
-            return n > a
-        if op == "<=":
-            return n <= a
-        if op == ">=":
-            return n >= a
-        return a < n < b  # "<>"
+        return a < n < b if op == "<>" else _compare(n, op, a)
 
 
 @dataclass(frozen=True, slots=True)
