@@ -621,6 +621,7 @@ class Manager:
             # Why the run failed (empty: it did not): the exit status of `e2actors run` follows it.
             "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
             + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]
+            + [f"server {n} lost ({why})" for n, why in self.recovery.losses_summary().items()]
             + ([f"{lost:,} packets lost: " + "; ".join(f"{n:,} {w}" for w, n in lost_by.items()) if lost_by
                 else f"{lost:,} packets admitted and never accounted for"] if lost else []),
         }

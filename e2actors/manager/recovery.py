@@ -59,6 +59,8 @@ from e2actors.manager.deployment import Deployment
 from e2actors.manager.diff import heal_lost, with_server, without_instances
 from e2actors.manager.instances import nf_of
 from e2actors.manager.scaling import Autoscaler
+from e2actors.manager.shards import shard_path
+from e2actors.packet.pcap import open_capture
 from e2actors.runtime.messages import GetNodeInfo, NodeLost, Terminated
 from e2actors.runtime.ref import ActorRef
 
@@ -180,9 +182,10 @@ class Recovery:
                        at=t0)
             if srv.proc is not None:
                 status = await dep.kill_worker(srv)
+                after = await self._output_after_counters(lost) if status is not None else ""
                 dep.record("*", "fenced", f"worker {server} (pid {srv.proc.pid}) killed"
                            + (f" (exit status {status})" if status is not None else " (still there!)")
-                           + ": a worker that missed its heartbeats never comes back with its old instances")
+                           + ": a worker that missed its heartbeats never comes back with its old instances" + after)
             self._keep_last_counters(lost)
             if sharded:
                 self._take_over(lost)
@@ -233,6 +236,28 @@ class Recovery:
                 self.autoscaler.changed(nf, time.monotonic())
         if not lost.worker:
             dep.spawn_task(self._fence_on_return(lost), f"recovery: {server} fenced on return")
+
+    async def _output_after_counters(self, lost: LostServer) -> str:
+        """A dead worker's part of a sharded output file is final: how many packets it holds
+        beyond the worker's last counters (sent after them; the switch that takes over its flows
+        may send some of them again)."""
+        plan = self.dep.plan
+        if plan is None or lost.shard is None:
+            return ""
+        notes = []
+        for p in plan.hardware.ports.values():
+            if p.kind != "pcap-out" or not p.params.get("path"):
+                continue
+            part = shard_path(str(p.params["path"]), lost.name)
+            try:
+                n = await asyncio.get_running_loop().run_in_executor(None, count_records, part)
+            except Exception as exc:
+                log.debug("counting %s: %r", part, exc)
+                continue
+            known = (lost.stats or {}).get("ports", {}).get(p.name, {}).get("tx_packets", 0)
+            if n > known:
+                notes.append(f"{part} holds {n - known:,} packets more than its last counters (sent after them)")
+        return "; " + "; ".join(notes) if notes else ""
 
     def _keep_last_counters(self, lost: LostServer) -> None:
         """The lost instances' last counters go to the summary (state ``lost``); their drops are
@@ -343,6 +368,16 @@ class Recovery:
             dep.record("*", "readmitted", f"{lost.name} is back as fresh capacity: {lost.cores} cores, no instances "
                        "(later scale-outs and re-placements may use it; nothing running moves back)")
 
+    def losses_summary(self) -> dict[str, str]:
+        """Each server lost during the run -> why and what became of it (a run that lost a
+        server fails, healed or not: the summary's events tell how it was healed)."""
+        out = {}
+        for name, lost in self.lost.items():
+            n = self.losses.get(name, 1)
+            back = "re-admitted" if name in self.dep.servers else "out of the run"
+            out[name] = f"{lost.reason}; {'lost ' + str(n) + ' times; ' if n > 1 else ''}{back}"
+        return out
+
     # --- the account of what was lost ---------------------------------------------------------
     def accounting(self, switches: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], int, dict[str, int]]:
         """What :meth:`Manager.summary <e2actors.manager.manager.Manager.summary>` adds for the
@@ -401,3 +436,9 @@ def lost_shard_account(stats: dict[str, Any] | None, survivors: list[dict[str, A
     if by_nfs:
         switch["drops"]["dropped or consumed by the NFs of a lost server (its last counters)"] = by_nfs
     return {"switch": switch, "unread": max(0, share - (adopted or 0) - rx), "in_flight": in_flight}
+
+
+def count_records(path: str) -> int:
+    """The whole packet records in capture ``path`` (a partly written last one is not counted)."""
+    with open_capture(path) as r:
+        return sum(1 for _ in r)
