@@ -42,7 +42,11 @@ from e2actors.packet.traffic import write_pcap
 from e2actors.runtime.messages import GetNodeInfo
 from e2actors.switch.balancer import shard_of
 from e2actors.packet.packet import Packet
+from e2actors.runtime.ref import ActorRef
+from e2actors.switch.credits import Credits
+from e2actors.switch.dataplane import Dataplane
 from e2actors.switch.ports import PcapInPort
+from e2actors.switch.table import PortSpec, SwitchTable
 
 HB = 1.0  # heartbeat timeout of the manager, its workers and the agents here
 
@@ -123,6 +127,36 @@ def test_a_lost_shard_is_accounted_from_its_last_counters_and_the_survivors() ->
     assert acc["switch"]["credits"] == {}
     assert lost_shard_account(None, [survivor], 1)["unread"] == 1400  # (never read: all of it lost)
     assert lost_shard_account(last, [{"ports": {"in": {"rx_packets": 5}}}], 1) is None
+
+
+def test_credits_written_off_come_back_when_their_packets_were_not_lost() -> None:
+    cr = Credits("a")
+    cr.configure({1: "a"}, {1: 100})
+    cr.admit(1, 100)
+    assert cr.room(1) == 0
+    assert cr.write_off(1) == 100 and cr.room(1) == 100  # (the window is back at once)
+    cr.give_back([(1, 30)])  # 30 of them were elsewhere and finish after all
+    cr.finish_counts([(1, 20)])
+    assert cr.written_off == 50 and cr.in_flight == 0 and cr.room(1) == 100
+    cr.admit(1, 10)
+    cr.give_back([(1, 10)])
+    assert cr.written_off == 50 and cr.in_flight == 0
+
+
+def test_a_server_leaving_the_table_writes_off_the_credits_of_what_was_there() -> None:
+    def table(v: int, switches: list[str]) -> SwitchTable:
+        return SwitchTable(v, "a", (PortSpec("in", "memory", {"origin": 1, "window": 64}),), (), (),
+                           {s: ActorRef(f"mem://{s}", f"switch-{s}") for s in switches}, {"in": "a"}, {1: "a"})
+
+    dp = Dataplane("a")
+    dp.install(table(1, ["a", "b"]), {}, 0.0)
+    dp.admit("in", [Packet(out_frame(k), 0.0, "in") for k in range(40)])
+    dp.install(table(2, ["a", "b"]), {}, 0.0)  # (a new table: nothing lost)
+    assert dp.credits.in_flight == 40 and dp.credits.written_off == 0
+    dp.install(table(3, ["a"]), {}, 0.0)  # b is lost: what of ours was there never finishes
+    assert dp.credits.in_flight == 0 and dp.credits.written_off == 40 and dp.credits.room(1) == 64
+    dp.credit(((1, 15),))  # 15 were elsewhere: they come back
+    assert dp.credits.written_off == 25 and dp.credits.room(1) == 64
 
 
 # --- the replay port: a surviving shard takes over a lost one's flows ---------------------------

@@ -27,7 +27,7 @@ import logging
 import os
 import ssl as _ssl
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -750,7 +750,7 @@ class Node:
         if cell is None:
             self._reply(addr, request, False, ("ActorStopped", f"no actor {target!r} on {self.address}"))
             return None
-        item = Ask(msg, None, _ReplyTo(self, addr, request))
+        item = Ask(msg, None, _ReplyTo(self._reply, addr, request))
         if cell.urgent and type(msg) in cell.urgent:
             cell.mailbox.put_front(item)
             return None
@@ -804,13 +804,13 @@ class Node:
 class _ReplyTo:
     """Where the reply to an ask from another node goes: that node (``peer``, its address)."""
 
-    __slots__ = ("node", "peer", "req")
+    __slots__ = ("reply", "peer", "req")
 
-    def __init__(self, node: Node, peer: str, req: Any) -> None:
-        self.node, self.peer, self.req = node, peer, req
+    def __init__(self, reply: Callable[[str, Any, bool, Any], None], peer: str, req: Any) -> None:
+        self.reply, self.peer, self.req = reply, peer, req
 
     def __call__(self, ok: bool, value: Any) -> None:
-        self.node._reply(self.peer, self.req, ok, value)
+        self.reply(self.peer, self.req, ok, value)
 
 
 def _stats_dict(cell: ActorCell) -> dict[str, Any]:
