@@ -474,3 +474,50 @@ async def test_sigkilled_agent_s_instances_run_on_the_other(tmp_path: Path, two_
     assert _pids_out(out, mark) == {a1.proc.pid}
     assert "readmitted" not in [e["kind"] for e in s["scaling_events"]]
     assert any(f.startswith("server a2 lost") and "out of the run" in f for f in s["failures"])
+
+
+async def test_an_agent_that_did_not_fence_itself_is_stopped_by_the_manager_when_it_answers(tmp_path: Path) -> None:
+    # An agent whose own heartbeat timeout is far longer than the pause neither notices that it
+    # was paused nor that it lost the manager: when it answers again, the manager stops what still
+    # runs there for this deployment (and ignores what it still sends meanwhile).
+    sf = tmp_path / "secret"
+    sf.write_bytes(SECRET)
+    agents = [start_agent(tmp_path, n, "tcp://127.0.0.1:0", sf, cores=2, metrics=False,
+                          extra=["--allow", "heal_nfs", "--heartbeat-timeout", "60"]) for n in ("a1", "a2")]
+    a1, a2 = agents
+    try:
+        mgr, inp, out = await _deploy(tmp_path, TAG % 2, _agents_hardware(agents), workers=0, secret=SECRET)
+        try:
+            for inst, server in (("tag#1", "a2"), ("tag#2", "a1")):
+                if mgr.plan_.assignment[inst] != server:
+                    await mgr.move(inst, server)
+            stale = {n for n in await _actors(mgr, a2) if n != "$system"}
+            frames = [out_frame(k % 400, k // 400) for k in range(3000)]
+            task = asyncio.get_running_loop().create_task(feed(inp, frames, 1000))
+            await eventually(lambda: a2.proc.pid in _pids_out(out, 0), what="traffic through a2")
+            os.kill(a2.proc.pid, signal.SIGSTOP)
+            await eventually(lambda: "recovered" in _kinds(mgr), timeout=3 * HB + 5)
+            mark = len(out.received)
+            os.kill(a2.proc.pid, signal.SIGCONT)
+            await eventually(lambda: "readmitted" in _kinds(mgr), timeout=3 * HB + 10)
+            fenced = [e.detail for e in mgr.events if e.kind == "fenced"]
+            assert "stopped what still ran there" in fenced[0], fenced
+            assert not stale & set(await _actors(mgr, a2))
+            await task
+            await mgr.wait_done(timeout=15)
+            s = mgr.summary(await mgr.stats())
+            assert _pids_out(out, mark) == {a1.proc.pid}  # (nothing of a2's old instance came out)
+            print(f"\nfenced by the manager: {fenced[0]}; frames ignored meanwhile: "
+                  f"{mgr.node.counters['quarantined_frames']}; lost {s['lost']} {s['lost_by']}")
+        finally:
+            await mgr.stop()
+    finally:
+        for a in agents:
+            try:
+                os.kill(a.proc.pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            a.kill()
+    pin, pout, drops = account(s)
+    assert pin == 3000 and pin == pout + drops + s["lost"]
+    assert s["servers"] == ["a1", "a2", "main"]

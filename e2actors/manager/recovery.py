@@ -178,6 +178,9 @@ class Recovery:
                               held_ports=sharded or any(p.server == server for p in hw.ports.values()))
             self.lost[server] = lost
             dep.drop_server(server)
+            # What it still sends when it comes back (frames queued while it was away) is ignored
+            # until it is fenced and re-admitted.
+            dep.node.quarantine(srv.node_address)
             dep.record("*", "node-lost", f"{server} ({reason}): re-placing " + (", ".join(lost.instances) or "nothing"),
                        at=t0)
             if srv.proc is not None:
@@ -353,10 +356,12 @@ class Recovery:
             if plan is None or lost.name in dep.servers:
                 return
             dep.readmit_server(lost.name, addr)
+            node.release(addr)
             try:
                 await dep.start_switches()
             except E2Error as exc:
                 dep.drop_server(lost.name)
+                node.quarantine(addr)
                 dep.record("*", "kept-out", f"{lost.name} is back but its new switch did not start: {exc}")
                 return
             dep.set_plan(dataclasses.replace(plan, hardware=with_server(plan.hardware, lost.name, lost.cores)))

@@ -10,7 +10,9 @@ Fencing (``fence_lost_spawners``, what an agent does): the actors a peer had thi
 to that peer's deployment. When the peer is lost (this node stopped hearing it, or this node
 itself was paused longer than the timeout: the peer has declared *us* lost and replaced what runs
 here), those actors are stopped at once with the reason ``fenced: ...``, so nothing a manager
-already re-placed elsewhere runs twice when a paused process resumes.
+already re-placed elsewhere runs twice when a paused process resumes. The other side:
+:meth:`Node.quarantine` makes a node (a manager's) ignore what a lost peer still sends (its
+queued frames arrive when the link is made again) except replies, until :meth:`Node.release`.
 
 A node owns its connections through :class:`~e2actors.runtime.transport.LinkOwner` (and
 ``ListenerOwner``): :meth:`Node.on_ready`, :meth:`Node.on_frame` and :meth:`Node.on_lost` are
@@ -166,6 +168,7 @@ class Node:
         self.fence_lost_spawners = fence_lost_spawners
         #: Actor name -> the address of the peer whose Spawn request started it.
         self.spawned_by: dict[str, str] = {}
+        self._quarantined: set[str] = set()
         #: Warnings about hostile or broken peers, at a bounded rate (counters count every event).
         self.ratelog = RateLimitedLog(log)
         self._nonces: set[bytes] = set()   # our handshakes in progress (a hello sent back is refused)
@@ -351,6 +354,15 @@ class Node:
             log.warning("%s: fenced %d actor(s) that %s started here (%s): %s", self.name, len(names), address,
                         reason, ", ".join(sorted(names)))
         return names
+
+    def quarantine(self, address: str) -> None:
+        """Take no tells, asks or watches from the peer at ``address`` (a lost one, fenced): what
+        it still sends is dropped and counted (``quarantined_frames``); replies to our asks pass."""
+        self._quarantined.add(address)
+
+    def release(self, address: str) -> None:
+        """End :meth:`quarantine` of ``address`` (it was fenced: nothing stale runs there)."""
+        self._quarantined.discard(address)
 
     def is_alive(self, ref: ActorRef) -> bool:
         cell = self._local(ref)
@@ -678,10 +690,10 @@ class Node:
                 log.warning("%s: this node was stalled for %.1fs (longer than the heartbeat timeout)",
                             self.name, stalled)
                 if self.fence_lost_spawners:
+                    # (their watchers hear ``fenced``: a peer that had not noticed our pause
+                    # learns from it that what it started here is gone)
                     for addr in set(self.spawned_by.values()):
-                        peer = self._peers.get(addr)
-                        if peer is not None and not peer.lost:
-                            self._peer_lost(peer, f"this node was stalled for {stalled:.1f}s")
+                        self.fence(addr, f"fenced: this node was stalled for {stalled:.1f}s")
             for conn in list(self._conns):
                 if conn.peer_address is not None and not conn.closed:
                     conn.send_frame(self._hb_frame)
@@ -704,6 +716,9 @@ class Node:
         """LinkOwner: deliver one frame from ``conn``'s peer (its fields: :class:`~e2actors.runtime.codec.Frame`).
         An awaitable back: the target's ``block`` mailbox is full and the frame goes in once it is
         done (``conn`` stops reading)."""
+        if self._quarantined and kind != REPLY and kind != HEARTBEAT and conn.peer_address in self._quarantined:
+            self.counters["quarantined_frames"] += 1
+            return None
         if kind == TELL:
             cell = self._actors.get(target) if type(target) is str else None
             if cell is None:
