@@ -30,6 +30,8 @@ survivor taking over the lost shard's flows with every NF placed; ``lost_packets
 (``lost_ratio``; every packet of the input is in the account: ``accounted``); ``taken_over``: the
 lost shard's packets the survivor read; ``output_extra``: packets the lost worker wrote after its
 last counters (the survivor, taking over from those counters, may have sent some of them again).
+``out_vs_baseline``: the packets out against the same replay without a loss, run first
+(``shard_baseline_packets_out``).
 
     python benchmarks/resilience.py [--rate PPS] [--heartbeat-timeout S] [--pause S]
 
@@ -242,10 +244,13 @@ async def main(rate: float, hb: float, pause_s: float) -> dict:
         res["events"] = [f"{e.t:.2f}s {e.nf} {e.kind}: {e.detail}" for e in mgr.events]
     finally:
         await mgr.stop()
+    base = await shard_loss(tmp, hb, None)  # (no loss: the baseline of the same run)
+    res["shard_baseline_packets_out"] = base["packets_out"]
     for sig in ("kill", "pause"):
         r = await shard_loss(tmp, hb, pause_s if sig == "pause" else 0.0)
         res["events"] += [f"shard {sig}: {e}" for e in r.pop("events")]
         res.update({f"shard_{sig}_{k}": v for k, v in r.items()})
+        res[f"shard_{sig}_out_vs_baseline"] = round(r["packets_out"] / max(1, base["packets_out"]), 4)
     res["targets_met"] = (res.get("move_lost_packets") == 0 and res.get("update_lost_packets") == 0
                           and res.get("node_loss_recovery_seconds") is not None
                           and res["node_loss_recovery_seconds"] <= 3 * hb
@@ -268,9 +273,9 @@ edges:
 """
 
 
-async def shard_loss(tmp: str, hb: float, pause: float, loops: int = 8) -> dict:
+async def shard_loss(tmp: str, hb: float, pause: float | None, loops: int = 8) -> dict:
     """``e2actors run --workers 2``'s deployment replaying a capture; w2 is killed (``pause`` 0)
-    or paused for ``pause`` seconds once it has read a fifth of its share."""
+    or paused for ``pause`` seconds once it has read a fifth of its share (None: neither)."""
     cap = os.path.join(tmp, "shards.pcap")
     if not os.path.exists(cap):
         write_pcap(cap, flows=3000, seed=3)
@@ -290,7 +295,8 @@ async def shard_loss(tmp: str, hb: float, pause: float, loops: int = 8) -> dict:
                 break
             await asyncio.sleep(0.1)
         t0 = time.monotonic()
-        os.kill(proc.pid, signal.SIGSTOP if pause else signal.SIGKILL)  # type: ignore[union-attr]
+        if pause is not None:
+            os.kill(proc.pid, signal.SIGSTOP if pause else signal.SIGKILL)  # type: ignore[union-attr]
         if pause:
             async def resume() -> None:
                 await asyncio.sleep(pause)
