@@ -188,6 +188,17 @@ async def _replay(port: PcapInPort, stop_after: int | None = None) -> list[bytes
     return got
 
 
+async def _replay_stamps(port: PcapInPort) -> list[tuple[bytes, float]]:
+    got: list[tuple[bytes, float]] = []
+
+    async def gate() -> None:
+        return None
+
+    await port.open(lambda _n, ps: got.extend((p.data, p.ts) for p in ps), gate)
+    await port.finished.wait()
+    return got
+
+
 @pytest.mark.parametrize("speed", [0.0, 50.0])
 async def test_a_surviving_shard_takes_over_a_lost_one_from_its_position(tmp_path: Path, speed: float) -> None:
     cap, frames = _trace(tmp_path)
@@ -201,9 +212,11 @@ async def test_a_surviving_shard_takes_over_a_lost_one_from_its_position(tmp_pat
     # Shard 1 of 2 has read part of the capture when it is told to take shard 2 over.
     port = PcapInPort("in", str(cap), speed=speed, loop=2, batch=16, shard=[0, 2])
     got: list[bytes] = []
+    stamps: list[float] = []
 
     def ingress(_name: str, ps: list[Packet]) -> None:
         got.extend(p.data for p in ps)
+        stamps.extend(p.ts for p in ps)
 
     async def gate() -> None:
         return None
@@ -222,6 +235,16 @@ async def test_a_surviving_shard_takes_over_a_lost_one_from_its_position(tmp_pat
         # As fast as possible: the capture is read again for the lost shard's packets, from where
         # it stopped: nothing of its share is skipped, nothing twice.
         assert kept_theirs == (theirs * 2)[n_lost:] and adopted == 2 * len(theirs) - n_lost
+        # ... as late as the takeover: their packet times shifted by one constant (each flow keeps
+        # its timing), following the first read's (never more than a batch behind it).
+        ref = PcapInPort("in", str(cap), loop=2, batch=16, shard=[1, 2])
+        ref_got = await _replay_stamps(ref)
+        want = [t for _d, t in ref_got][n_lost:]
+        shifted = [t for d, t in zip(got, stamps) if shard_of(Packet(d, 0.0), 2) == 1]
+        shifts = {round(a - b, 6) for a, b in zip(shifted, want)}
+        assert len(shifts) == 1 and next(iter(shifts)) > 0, sorted(shifts)[:5]
+        behind = max(max(stamps[:i]) - stamps[i] for i in range(1, len(stamps)))
+        assert behind <= max(stamps[i + 16] - stamps[i] for i in range(len(stamps) - 16))
     else:
         # Timed: from now on (what went by during the outage is lost, as on a live link).
         assert 0 < adopted < 2 * len(theirs) - n_lost - 50

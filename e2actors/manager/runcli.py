@@ -244,6 +244,8 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
           + f"; over all hops {s['batch_mean']:g}\n")
     if s.get("lost"):
         w(f"\nLOST: {s['lost']:,} packets admitted and never accounted for (neither sent nor dropped)\n")
+        for where, n in (s.get("lost_by") or {}).items():
+            w(f"  {n:>10,}  {where}\n")
     w("\nscaling events:\n")
     for e in s["scaling_events"]:
         w(f"  {e['t']:7.2f}s  {e['nf']:10} {e['kind']:12} {e['detail']}\n")

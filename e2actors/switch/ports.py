@@ -94,9 +94,10 @@ class PcapInPort(Port):
     from that shard's packet number ``from`` on — how a surviving shard takes over the flows of a
     lost one (:mod:`e2actors.manager.recovery`). When this port has already read past ``from``:
     a replay as fast as possible reads the capture a second time for shard ``j``'s packets from
-    ``from`` on (nothing of the lost shard's share is skipped; they come later than the rest); a
-    timed replay keeps them from now on (what went by meanwhile is lost, as on a live link).
-    ``from`` -1: from now."""
+    ``from`` on, so nothing of the lost shard's share is skipped: they come as late as the
+    takeover, their timestamps shifted by that lateness (each flow keeps its own timing), following
+    the first read in time order; a timed replay keeps them from now on (what went by meanwhile is
+    lost, as on a live link). ``from`` -1: from now."""
 
     kind = "pcap-in"
     is_input = True
@@ -122,6 +123,10 @@ class PcapInPort(Port):
         self._tasks: list[asyncio.Task] = []  # the main replay, and second reads for adopted shards
         self._io: tuple[Ingress, Gate] | None = None
         self._stopped = False
+        #: The main read's packet time (its last batch's), which a second read follows.
+        self._t_main = 0.0
+        self._main_done = False
+        self._main_moved = asyncio.Event()
         self.finished = asyncio.Event()
 
     async def open(self, ingress: Ingress, gate: Gate) -> None:
@@ -149,6 +154,8 @@ class PcapInPort(Port):
             k = n = 0
         seen = self.shard_seen if only is None else [0] * n
         adopting = only is None
+        shift: float | None = None
+        push = self._push if only is None else self._push_behind
         offset = 0.0  # later loops of a capture replayed in packet time come after the earlier ones
         t_max = 0.0
         t0 = self._t0
@@ -174,7 +181,7 @@ class PcapInPort(Port):
                             delay = due - time.monotonic()
                             if delay > 0.0005:
                                 if cur:
-                                    await self._push(ingress, gate, cur)
+                                    await push(ingress, gate, cur)
                                     cur = []
                                 await asyncio.sleep(delay)
                             ts = time.time()
@@ -200,14 +207,21 @@ class PcapInPort(Port):
                                 if seen[sh] <= frm:
                                     continue
                                 self.adopted[sh] = self.adopted.get(sh, 0) + 1
+                                if shift is None:
+                                    # The lost shard's packets come as late as the takeover: shifted
+                                    # by the outage in the capture's time (each flow keeps its own
+                                    # timing, the deployment's packet clock never goes back).
+                                    shift = max(0.0, self._t_main - ts)
+                                if shift:
+                                    pkt = Packet(data, ts + shift, name, wirelen, lt)
                         else:
                             pkt = Packet(data, ts, name, wirelen, lt)
                         cur.append(pkt)
                         if len(cur) >= size:
-                            await self._push(ingress, gate, cur)
+                            await push(ingress, gate, cur)
                             cur = []
                     if cur:
-                        await self._push(ingress, gate, cur)
+                        await push(ingress, gate, cur)
                     if reader.truncated:
                         # (tcpdump fails on it too: packets are missing, the run must say so)
                         self.error = f"{self.path}: truncated capture: {reader.truncated}"
@@ -215,6 +229,9 @@ class PcapInPort(Port):
         except (PcapError, OSError) as exc:  # corrupt or unreadable past the start: loud, not a crash
             self.error = f"{self.path}: {exc}"
         finally:
+            if only is None:
+                self._main_done = True
+                self._main_moved.set()
             me = asyncio.current_task()
             if all(t.done() or t is me for t in self._tasks):
                 self.done = True
@@ -225,7 +242,18 @@ class PcapInPort(Port):
         self.rx_packets += len(pkts)
         self.rx_bytes += sum([len(p.data) for p in pkts])
         ingress(self.name, pkts)
+        if pkts[-1].ts > self._t_main:
+            self._t_main = pkts[-1].ts
+            self._main_moved.set()
         await asyncio.sleep(0)  # let the rest of the switch run between batches
+
+    async def _push_behind(self, ingress: Ingress, gate: Gate, pkts: list[Packet]) -> None:
+        """A second read's batch goes once the main read's packet time has passed it: the two
+        interleave in time order (the main read's pace; alone once it is over)."""
+        while not self._main_done and self._t_main < pkts[-1].ts:
+            self._main_moved.clear()
+            await self._main_moved.wait()
+        await self._push(ingress, gate, pkts)
 
     def stop_input(self) -> None:
         self._stopped = True
