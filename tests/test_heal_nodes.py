@@ -23,14 +23,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from clusterkit import Agent, env_with_tests, start_agent
 from conftest import SECRET, eventually, eventually_blocking, need_tool
-from healkit import account, feed, out_frame, pkts
+from healkit import account, feed, out_frame
 from e2actors.manager.diff import heal_lost
 from e2actors.manager.hardware import Hardware, PortPlace, Server
 from e2actors.manager.manager import Manager, Traffic
