@@ -14,12 +14,29 @@ deployment is quiet, and its packets are counted from the switches' and instance
 * ``node_loss_recovery_seconds``: from the SIGKILL of the worker running ``nat#1`` to the first
   packet sent after the kill leaving the deployment (heartbeats notice the loss, the instances are
   placed again on the survivors, the switches reprogrammed); ``node_loss_lost_packets``: packets
-  not delivered during that phase (the outage).
+  not delivered during that phase (the outage). ``node_loss_healed_seconds``: from the kill to
+  every NF placed again (the ``recovered`` event); ``node_loss_lost_vs_outage``: the packets lost
+  over those offered from the kill to the heal (1.0: all of them; the NAT's only instance was on
+  the lost worker, so an outage loses what it is offered meanwhile, and should lose no more).
+* ``pause_*``: the same for a worker paused with SIGSTOP for 5 s, then SIGCONT (``--pause``): it
+  is declared lost after the heartbeat timeout, fenced (killed: ``pause_worker_fenced``, its exit
+  status ``pause_worker_status``) and its instances placed again; nothing of it runs after SIGCONT.
 
-    python benchmarks/resilience.py [--rate PPS] [--heartbeat-timeout S]
+Then the default deployment of ``e2actors run --workers 2`` (one switch per worker, each reading
+its shard of a replayed capture, as fast as it goes) loses a worker mid-replay, killed
+(``shard_kill_*``) and paused 5 s (``shard_pause_*``): ``healed_seconds`` from the signal to the
+survivor taking over the lost shard's flows with every NF placed; ``lost_packets`` (the account's
+``lost``: what was in flight at the lost worker at its last counters) over ``packets_in``
+(``lost_ratio``; every packet of the input is in the account: ``accounted``); ``taken_over``: the
+lost shard's packets the survivor read; ``output_extra``: packets the lost worker wrote after its
+last counters (the survivor, taking over from those counters, may have sent some of them again).
+``out_vs_baseline``: the packets out against the same replay without a loss, run first
+(``shard_baseline_packets_out``).
+
+    python benchmarks/resilience.py [--rate PPS] [--heartbeat-timeout S] [--pause S]
 
 Last line: one JSON object. Targets: move_lost_packets 0, update_lost_packets 0,
-node_loss_recovery_seconds within 3 heartbeat timeouts.
+node_loss_recovery_seconds within 3 heartbeat timeouts, every shard run ``accounted``.
 """
 
 from __future__ import annotations
@@ -42,7 +59,8 @@ from e2actors.manager.manager import Manager, Traffic  # noqa: E402
 from e2actors.manager.policy import Policy  # noqa: E402
 from e2actors.packet.build import ether, ipv4, udp  # noqa: E402
 from e2actors.packet.packet import Packet  # noqa: E402
-from e2actors.packet.traffic import frames  # noqa: E402
+from e2actors.packet.pcap import read_packets  # noqa: E402
+from e2actors.packet.traffic import frames, write_pcap  # noqa: E402
 
 V1 = """
 name: resilience-v1
@@ -122,11 +140,17 @@ async def phase(mgr: Manager, feeder: Feeder, action, seconds: float, lead: floa
     return result, (b[0] - a[0]) - (b[1] - a[1]) - verdicts, drops
 
 
-async def main(rate: float, hb: float) -> dict:
+def healed_at(mgr: Manager, after: float) -> float | None:
+    """When (``time.monotonic()``) the first ``recovered`` event after ``after`` was recorded."""
+    return next((e.t + mgr.t0 for e in mgr.events if e.kind == "recovered" and e.t + mgr.t0 >= after), None)
+
+
+async def main(rate: float, hb: float, pause_s: float) -> dict:
     tmp = tempfile.mkdtemp(prefix="e2res-")
     with open(os.path.join(tmp, "v1.yaml"), "w") as f:
         f.write(V1)
-    mgr = Manager(workers=3, worker_cores=2, autoscale=False, allow=("heal_nfs",), heartbeat_timeout=hb,
+    # (4 workers of 2 cores: room for every instance after two of them are lost)
+    mgr = Manager(workers=4, worker_cores=2, autoscale=False, allow=("heal_nfs",), heartbeat_timeout=hb,
                   shards=False)  # (the ports here, the instances on the workers)
     res: dict = {}
     try:
@@ -139,7 +163,7 @@ async def main(rate: float, hb: float) -> dict:
 
         # 1. move the stateful NAT to another worker
         src = mgr.plan_.assignment["nat#1"]
-        dst = next(s for s in ("w1", "w2", "w3") if s != src and s != mgr.plan_.assignment["crash#1"])
+        dst = next(s for s in ("w1", "w2", "w3", "w4") if s != src and s != mgr.plan_.assignment["crash#1"])
         pause, lost, drops = await phase(mgr, feeder, lambda: mgr.move("nat#1", dst), 2.0)
         res["move_lost_packets"] = lost
         res["move_pause_ms"] = round(pause * 1000, 2)
@@ -177,24 +201,132 @@ async def main(rate: float, hb: float) -> dict:
 
         out.send = send
 
+        t_mono = [0.0]
+
         async def kill() -> None:
             t_kill[0] = time.time()
+            t_mono[0] = time.monotonic()
             os.kill(proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
 
         _r, lost, drops = await phase(mgr, feeder, kill, 3 * hb + 2.0)
         out.send = orig
         res["node_loss_recovery_seconds"] = round(arrivals[0] - t_kill[0], 3) if arrivals else None
         res["node_loss_lost_packets"] = lost
+        healed = healed_at(mgr, t_mono[0])
+        res["node_loss_healed_seconds"] = round(healed - t_mono[0], 3) if healed else None
+        res["node_loss_lost_vs_outage"] = round(lost / (rate * (healed - t_mono[0])), 3) if healed else None
         res["node_lost"] = victim
         res["heartbeat_timeout"] = hb
         res["rate_pps"] = rate
         res["nat_now_on"] = mgr.plan_.assignment["nat#1"]
+
+        # 5. SIGSTOP the worker that runs the NAT now for ``pause`` seconds, then SIGCONT
+        victim = mgr.plan_.assignment["nat#1"]
+        proc = mgr.servers[victim].proc
+
+        async def pause_worker() -> None:
+            t_mono[0] = time.monotonic()
+            os.kill(proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+            await asyncio.sleep(pause_s)  # (the scenario: a process frozen this long)
+            try:
+                os.kill(proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            except ProcessLookupError:
+                pass  # (fenced: killed and reaped meanwhile)
+
+        _r, lost, drops = await phase(mgr, feeder, pause_worker, pause_s + 3.0)
+        healed = healed_at(mgr, t_mono[0])
+        res["pause_seconds"] = pause_s
+        res["pause_healed_seconds"] = round(healed - t_mono[0], 3) if healed else None
+        res["pause_lost_packets"] = lost
+        res["pause_lost_vs_outage"] = round(lost / (rate * (healed - t_mono[0])), 3) if healed else None
+        res["pause_worker_status"] = proc.poll()  # type: ignore[union-attr]
+        res["pause_worker_fenced"] = any(e.kind == "fenced" and victim in e.detail for e in mgr.events)
         res["events"] = [f"{e.t:.2f}s {e.nf} {e.kind}: {e.detail}" for e in mgr.events]
     finally:
         await mgr.stop()
+    base = await shard_loss(tmp, hb, None)  # (no loss: the baseline of the same run)
+    res["shard_baseline_packets_out"] = base["packets_out"]
+    for sig in ("kill", "pause"):
+        r = await shard_loss(tmp, hb, pause_s if sig == "pause" else 0.0)
+        res["events"] += [f"shard {sig}: {e}" for e in r.pop("events")]
+        res.update({f"shard_{sig}_{k}": v for k, v in r.items()})
+        res[f"shard_{sig}_out_vs_baseline"] = round(r["packets_out"] / max(1, base["packets_out"]), 4)
     res["targets_met"] = (res.get("move_lost_packets") == 0 and res.get("update_lost_packets") == 0
                           and res.get("node_loss_recovery_seconds") is not None
-                          and res["node_loss_recovery_seconds"] <= 3 * hb)
+                          and res["node_loss_recovery_seconds"] <= 3 * hb
+                          and res.get("shard_kill_accounted") is True and res.get("shard_pause_accounted") is True)
+    return res
+
+
+SHARD_POLICY = """
+name: resilience-shards
+nfs:
+  fw: {class: e2actors.nf.builtin.firewall:Firewall, affinity: flow,
+       config: {default: allow, rules: [{deny: "udp port 53"}]}}
+  parental: {class: e2actors.nf.builtin.hostfilter:HostFilter, affinity: flow, config: {block: [youtube.com]}}
+classes:
+  - {name: all, filter: "", load_pps: 1000}
+edges:
+  - {from: in, to: fw}
+  - {from: fw, to: parental}
+  - {from: parental, to: out}
+"""
+
+
+async def shard_loss(tmp: str, hb: float, pause: float | None, loops: int = 8) -> dict:
+    """``e2actors run --workers 2``'s deployment replaying a capture; w2 is killed (``pause`` 0)
+    or paused for ``pause`` seconds once it has read a fifth of its share (None: neither)."""
+    cap = os.path.join(tmp, "shards.pcap")
+    if not os.path.exists(cap):
+        write_pcap(cap, flows=3000, seed=3)
+    n_cap = sum(1 for _ in read_packets(cap))
+    pol = os.path.join(tmp, "shards.yaml")
+    with open(pol, "w") as f:
+        f.write(SHARD_POLICY)
+    out = os.path.join(tmp, f"shards-out-{pause}.pcap")
+    mgr = Manager(workers=2, worker_cores=2, autoscale=False, heartbeat_timeout=hb)
+    res: dict = {}
+    try:
+        await mgr.deploy(mgr.plan(Policy.load(pol)), Traffic(pcap=cap, loop=loops, out=out))
+        proc = mgr.servers["w2"].proc
+        while True:  # (polling as `e2actors run` does: the counters a lost worker leaves behind)
+            st = await mgr.stats()
+            if st["switches"]["w2"]["ports"]["in"]["rx_packets"] > n_cap * loops / 10:
+                break
+            await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        if pause is not None:
+            os.kill(proc.pid, signal.SIGSTOP if pause else signal.SIGKILL)  # type: ignore[union-attr]
+        if pause:
+            async def resume() -> None:
+                await asyncio.sleep(pause)
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+                except ProcessLookupError:
+                    pass
+
+            resumed = asyncio.get_running_loop().create_task(resume())
+        await mgr.wait_done(timeout=120)
+        if pause:
+            await resumed
+        st = await mgr.stats()
+        s = mgr.summary(st)
+        healed = healed_at(mgr, t0)
+        res["healed_seconds"] = round(healed - t0, 3) if healed else None
+        res["packets_in"] = s["packets_in"]
+        res["lost_packets"] = s["lost"]
+        res["lost_by"] = s["lost_by"]
+        res["lost_ratio"] = round(s["lost"] / max(1, s["packets_in"]), 5)
+        res["accounted"] = (s["packets_in"] == n_cap * loops
+                            and s["packets_in"] == s["packets_out"] + sum(s["drops"].values()) + s["lost"])
+        res["taken_over"] = sum(int((sw.get("ports", {}).get("in", {}).get("adopted") or {}).get("1", 0))
+                                for sw in st["switches"].values() if isinstance(sw, dict))
+        res["packets_out"] = s["packets_out"]
+        res["worker_status"] = proc.poll()  # type: ignore[union-attr]
+        res["events"] = [f"{e.t:.2f}s {e.nf} {e.kind}: {e.detail}" for e in mgr.events]
+    finally:
+        await mgr.stop()
+    res["output_extra"] = sum(1 for _ in read_packets(out)) - res["packets_out"]
     return res
 
 
@@ -202,8 +334,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rate", type=float, default=2000.0, help="offered packets/s")
     ap.add_argument("--heartbeat-timeout", type=float, default=1.0)
+    ap.add_argument("--pause", type=float, default=5.0, help="seconds a worker is paused (SIGSTOP, then SIGCONT)")
     a = ap.parse_args()
-    res = run(main(a.rate, a.heartbeat_timeout))
+    res = run(main(a.rate, a.heartbeat_timeout, a.pause))
     for e in res.pop("events"):
         print(e)
     print(json.dumps(res))

@@ -10,6 +10,12 @@ NF configs are code from the manager's machine, so the agent confines them
 systemd's ``$STATE_DIRECTORY``, else ``~/.local/state/e2actors/agent-NAME``), and ``Legacy`` runs
 programs only under an ``--allow-legacy`` prefix (none by default).
 
+An agent fences itself: the actors a manager started here are stopped as soon as that manager is
+lost (its heartbeats stopped), or as soon as this process finds it was itself paused (SIGSTOP, a
+frozen VM) for longer than ``--heartbeat-timeout`` — by then the manager has declared this server
+lost and re-placed its instances elsewhere, so nothing may run twice. Give agents a heartbeat
+timeout no shorter than the manager's.
+
 It prints ``READY <address>`` when it listens. ``--exit-with-parent`` ends it when its standard
 input closes (how ``e2actors run --workers N`` keeps its worker processes from outliving it).
 """
@@ -89,7 +95,7 @@ async def serve(args: argparse.Namespace) -> None:
                 allow_spawn=tuple(DEFAULT_ALLOW) + tuple(args.allow),
                 heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6,
                 max_connections=args.max_connections, max_connections_per_host=args.max_connections_per_host,
-                handshake_timeout=args.handshake_timeout, confine=confine)
+                handshake_timeout=args.handshake_timeout, confine=confine, fence_lost_spawners=True)
     await node.start()
     metrics = None
     if args.metrics_port is not None:

@@ -24,6 +24,7 @@ The pure decisions live elsewhere (:mod:`~e2actors.manager.diff`, :mod:`~e2actor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -128,7 +129,17 @@ class Deployment:
         self._shard_hosts: dict[str, ActorRef] = {}  # an agent's server -> its ShardHost
         self._tasks: set[asyncio.Task] = set()
         self._lost_procs: list[subprocess.Popen] = []
+        #: Node address -> the names of the actors this deployment spawned there (what fencing stops).
+        self._spawned: dict[str, set[str]] = {}
+        #: Server -> ``[[shard, from], ...]``: the shards of lost switches whose input it takes over
+        #: (its input port's ``adopt`` parameter, see :class:`~e2actors.switch.ports.PcapInPort`).
+        self.adopt: dict[str, list[list[int]]] = {}
+        #: The last counters read from each switch and instance (:meth:`note_stats`): what is
+        #: known of a server after it is lost.
+        self.last_switch_stats: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._instance_rounds: list[tuple[float, dict[str, dict[str, Any]]]] = []
         self._tmp = tempfile.mkdtemp(prefix="e2actors-")
+        self._switch_kwargs: dict[str, Any] = {}
 
     def attach(self, node: Node, monitor: ActorRef) -> None:
         """The manager's node (every call to the other nodes goes out from it) and actor."""
@@ -281,6 +292,47 @@ class Deployment:
             self._lost_procs.append(srv.proc)
         return srv
 
+    async def kill_worker(self, srv: ServerHandle, timeout: float = 10.0) -> int | None:
+        """Fence a lost worker process this deployment started: SIGKILL (a stopped process dies
+        of it too) and wait until it is gone. Returns its exit status (None: still there)."""
+        proc = srv.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.kill()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, proc.wait, timeout)
+        except subprocess.TimeoutExpired:
+            log.error("worker %s (pid %d) is still there %.0fs after SIGKILL", srv.name, proc.pid, timeout)
+            return None
+
+    def readmit_server(self, name: str, address: str) -> ServerHandle:
+        """Server ``name`` (an agent at ``address``) is back as fresh capacity: known again, with
+        no switch yet (:meth:`start_switches` gives it one)."""
+        srv = self._servers[name] = ServerHandle(name, address, remote=True)
+        return srv
+
+    def spawned_on(self, address: str) -> set[str]:
+        """Names of the actors this deployment spawned on the node at ``address``."""
+        return set(self._spawned.get(address, ()))
+
+    def note_stats(self, switches: Mapping[str, Any], instances: Mapping[str, Any], t_asked: float,
+                   t_answered: float) -> None:
+        """One round of counters (asked at ``t_asked``, all answered by ``t_answered``,
+        ``time.monotonic()``): kept as the last known of each switch and instance."""
+        for server, st in switches.items():
+            if isinstance(st, dict) and "ports" in st:
+                self.last_switch_stats[server] = (t_asked, st)
+        ins = {k: v for k, v in instances.items() if isinstance(v, dict) and "packets_in" in v}
+        self._instance_rounds = [*self._instance_rounds[-1:], (t_answered, ins)]
+
+    def last_instance_stats(self, before: float) -> dict[str, dict[str, Any]]:
+        """The last round of instance counters that was complete at ``before`` (else the oldest kept)."""
+        rounds = [r for t, r in self._instance_rounds if t <= before]
+        if rounds:
+            return rounds[-1]
+        return self._instance_rounds[0][1] if self._instance_rounds else {}
+
     def server_of_node(self, address: str) -> str | None:
         """The server whose node is at ``address``."""
         return next((n for n, s in self._servers.items() if s.node_address == address), None)
@@ -297,6 +349,7 @@ class Deployment:
         srv = self._servers[server]
         if srv.node_address == node.address:
             return node.spawn(load_class(cls, self.allow), name, **kwargs)
+        self._spawned.setdefault(srv.node_address, set()).add(name)
         try:
             return await node.ask(node.system_ref(srv.node_address), Spawn(cls, name, kwargs), timeout=10)
         except SpawnRefused as exc:  # the agent said no: say which server, and why
@@ -307,11 +360,15 @@ class Deployment:
             raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused {why}") from None
 
     async def start_switches(self, **kwargs: Any) -> None:
-        """A switch on every server that has none (``kwargs``: the switch's settings)."""
+        """A switch on every server that has none (``kwargs``: the switch's settings; kept for
+        the switches of servers re-admitted later)."""
+        self._switch_kwargs = dict(kwargs)
         for name, srv in self._servers.items():
             if srv.switch is None:
-                srv.switch = await self.spawn(name, SWITCH_CLASS, f"switch-{name}",
-                                              {"server": name, "manager": self.monitor, **kwargs})
+                # (a re-admitted server's new switch gets a fresh name: the old one was fenced)
+                actor = f"switch-{name}" if not self.spawned_on(srv.node_address) else f"switch-{name}~{self.next_gen()}"
+                srv.switch = await self.spawn(name, SWITCH_CLASS, actor,
+                                              {"server": name, "manager": self.monitor, **self._switch_kwargs})
 
     async def spawn_instance(self, inst: str, server: str, spec: NFSpec, base_dir: str = ".", *,
                              replacement: bool = False) -> ActorRef:
@@ -412,8 +469,8 @@ class Deployment:
         """A new version of every switch's table, from the plan in force."""
         plan = self._need_plan()
         self._version += 1
-        return plan.tables(self._version, refs=self._instances, switches=self.switches(), states=self._states,
-                           clock=self.clock)
+        return self._adopting(plan.tables(self._version, refs=self._instances, switches=self.switches(),
+                                          states=self._states, clock=self.clock))
 
     def tables_for(self, routes: tuple[Route, ...], nfs: Mapping[str, NFSpec], assignment: Mapping[str, str],
                    refs: Mapping[str, ActorRef], states: Mapping[str, str]) -> dict[str, SwitchTable]:
@@ -426,8 +483,22 @@ class Deployment:
                           sharded=bool(hw.shards))
         switches = self.switches()
         # (the same ports, credit origins, shard parameters and clock as the tables of the plan)
-        return tables_from(hw, self._version, routes, gs, switches, self.clock, fanout_group(plan.policy, hw),
-                           servers=tuple(switches))
+        return self._adopting(tables_from(hw, self._version, routes, gs, switches, self.clock,
+                                          fanout_group(plan.policy, hw), servers=tuple(switches)))
+
+    def _adopting(self, tables: dict[str, SwitchTable]) -> dict[str, SwitchTable]:
+        """Tables whose replayed input also keeps the shards of lost switches (:attr:`adopt`)."""
+        if not self.adopt:
+            return tables
+        out = dict(tables)
+        for server, adopt in self.adopt.items():
+            t = out.get(server)
+            if t is None:
+                continue
+            ports = tuple(dataclasses.replace(p, params={**p.params, "adopt": [list(a) for a in adopt]})
+                          if p.kind == "pcap-in" else p for p in t.ports)
+            out[server] = dataclasses.replace(t, ports=ports)
+        return out
 
     async def push_tables(self, tables: Mapping[str, SwitchTable] | None = None, *, first: Iterable[str] = (),
                           sequential: bool = False) -> None:

@@ -11,7 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from e2actors.errors import PolicyError
+from collections.abc import Iterable
+
+from e2actors.errors import PlacementError, PolicyError
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.instances import InstanceGraph, instance_name, nf_of
 from e2actors.manager.placement import Placement, place_incremental
@@ -19,7 +21,8 @@ from e2actors.manager.plan import Plan
 from e2actors.manager.policy import Edge, Policy
 from e2actors.manager.sizing import DEFAULT_UTILIZATION, size
 
-__all__ = ["PolicyDiff", "diff_policies", "plan_update", "replace_lost", "with_assignment", "without_instances"]
+__all__ = ["Healed", "PolicyDiff", "diff_policies", "heal_lost", "plan_update", "replace_lost", "with_assignment",
+           "with_server", "without_instances", "without_server"]
 
 #: What may change in an NF while it runs (its instances are replaced, state carried over).
 _REPLACEABLE = ("class", "config", "ports", "input")
@@ -176,16 +179,84 @@ def without_instances(plan: Plan, gone: set[str]) -> Plan:
     return dataclasses.replace(plan, sizing=sizing, graph=graph, placement=placement)
 
 
+def without_server(hw: Hardware, lost: str) -> Hardware:
+    """``hw`` with server ``lost`` kept (its name, its place in the shard order and the credit
+    origins numbered from it stay stable) but with no cores: nothing is placed there any more."""
+    return _hardware(hw, {lost: 0})
+
+
+def with_server(hw: Hardware, server: str, cores: int) -> Hardware:
+    """``hw`` with ``server``'s cores given back (a lost server re-admitted as fresh capacity)."""
+    return _hardware(hw, {server: cores})
+
+
+def _hardware(hw: Hardware, cores: dict[str, int]) -> Hardware:
+    servers = [dataclasses.replace(s, cores=cores[n]) if n in cores else s for n, s in hw.servers.items()]
+    new = Hardware(servers, hw.ports, hw.file)
+    new.shards = hw.shards  # (a sharded deployment's switches keep their shard of the input)
+    new.servers_line = hw.servers_line
+    return new
+
+
 def replace_lost(plan: Plan, lost: str) -> tuple[Plan, dict[str, str]]:
     """The plan without server ``lost`` (kept in the hardware with no cores, so nothing lands
     there) and its instances placed again on the others. Returns ``(plan, {instance: server})``
     for the instances that moved. Raises :class:`PlacementError` when the others lack room."""
-    hw = plan.hardware
-    servers = [dataclasses.replace(s, cores=0) if n == lost else s for n, s in hw.servers.items()]
-    new_hw = Hardware(servers, hw.ports, hw.file)
+    new_hw = without_server(plan.hardware, lost)
     gone = [i for i, s in plan.assignment.items() if s == lost and plan.graph.cores.get(i, 0)]
     kept = {i: s for i, s in plan.assignment.items() if i not in gone}
     placement = place_incremental(plan.graph, new_hw, kept, gone)
     placement.solver = "recovery"
     new = dataclasses.replace(plan, hardware=new_hw, placement=placement)
     return new, {i: placement.assignment[i] for i in gone}
+
+
+@dataclass
+class Healed:
+    """How a plan heals after losing a server (:func:`heal_lost`): the new plan; ``moved``:
+    instances placed again (instance -> server); ``dropped``: instances left out because their
+    NF runs elsewhere too (its flows go to the others); ``failed``: the last instances of their NF
+    that found no room (their NF's packets are dropped with a reason); ``why``: why not all moved."""
+
+    plan: Plan
+    moved: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    why: str = ""
+
+
+def heal_lost(plan: Plan, lost: str, failed: Iterable[str] = ()) -> Healed:
+    """The plan after losing server ``lost``, as much of it as the other servers have room for:
+
+    1. every instance of ``lost`` placed again on the others (incremental: nothing else moves);
+    2. else (no room) the instances of NFs that keep a live instance elsewhere are dropped (their
+       flows go to the others; the autoscaler may grow the group later) and only the NFs whose
+       last instances were on ``lost`` are placed again;
+    3. those that still find no room are ``failed``.
+
+    ``failed``: instances already failed (they do not count as live elsewhere)."""
+    try:
+        new, moved = replace_lost(plan, lost)
+        return Healed(new, moved)
+    except PlacementError as exc:
+        why = str(exc)
+    hw0 = without_server(plan.hardware, lost)
+    dead = set(failed)
+    gone = [i for i, s in plan.assignment.items() if s == lost and plan.graph.cores.get(i, 0)]
+    alive_nfs = {nf_of(i) for i, s in plan.assignment.items()
+                 if s != lost and i not in dead and plan.graph.cores.get(i, 0)}
+    dropped = [i for i in gone if nf_of(i) in alive_nfs]
+    rest = [i for i in gone if i not in dropped]
+    base = dataclasses.replace(plan, hardware=hw0)
+    if dropped:
+        base = without_instances(base, set(dropped))
+    if not rest:
+        return Healed(base, {}, dropped, [], why)
+    kept = {i: s for i, s in base.assignment.items() if i not in rest}
+    try:
+        placement = place_incremental(base.graph, hw0, kept, rest)
+    except PlacementError as exc:
+        return Healed(base, {}, dropped, rest, str(exc))
+    placement.solver = "recovery"
+    return Healed(dataclasses.replace(base, placement=placement), {i: placement.assignment[i] for i in rest},
+                  dropped, [], why)

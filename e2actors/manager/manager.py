@@ -378,7 +378,8 @@ class Manager:
             if any(dep.states.get(i) == "draining" for i in plan.instances_of(nf)):
                 continue  # one change at a time per group
             lo = spec.min_instances
-            shards = plan.hardware.shards
+            # (shards lost during the run have no cores left: they need no instance)
+            shards = [s for s in plan.hardware.shards if plan.hardware.servers[s].cores > 0]
             if shards:  # an instance in every shard, or its flows would cross to another one
                 lo = max(lo, min(len(shards), spec.max_instances or len(shards)))
             d = self.autoscaler.decide(nf, len(cur), lo, spec.max_instances, now)
@@ -431,8 +432,10 @@ class Manager:
     async def stats(self) -> dict[str, Any]:
         """Live counters of every switch and instance (one round of asks)."""
         dep = self.deployment
+        t_asked = time.monotonic()
         sw = await dep.ask_each(dep.switches(), GetSwitchStats())
         ins = await dep.ask_each(dict(dep.instances), GetStats())
+        dep.note_stats(sw, ins, t_asked, time.monotonic())  # (what is known of a server once it is lost)
         out = {"switches": _errors_as_dicts(sw), "instances": _errors_as_dicts(ins),
                "t": time.monotonic() - dep.t0}
         self._last_stats = out
@@ -507,7 +510,9 @@ class Manager:
         nf_errors: list[dict[str, Any]] = []
         hops: dict[str, list[int]] = {}
         t_first, t_last = [], []
-        for server, s in st.get("switches", {}).items():
+        # Servers lost during the run: a lost shard's switch as last read, and its input nobody read.
+        gone, unread, lost_by = self.recovery.accounting(st.get("switches", {}))
+        for server, s in {**st.get("switches", {}), **gone}.items():
             if not isinstance(s, dict) or "routes" not in s:
                 continue
             edges.update(s["routes"])
@@ -552,10 +557,12 @@ class Manager:
                                "lost": i["lost"],
                                "errors": i["errors"], "flows": i["flows"], "per_port": i["per_port"],
                                "counters": dict(i.get("counters", {})),
-                               "state": self.states.get(inst, "retired" if i.get("retired") else "running"),
+                               "state": "lost" if i.get("lost_with") else
+                               self.states.get(inst, "retired" if i.get("retired") else "running"),
                                "restarts": i.get("restarts", 0),
                                "busy_seconds": round(i["busy_seconds"], 4)}
-            for reason, n in i.get("drops", {}).items():
+            for reason, n in ({} if i.get("lost_with") else i.get("drops", {})).items():
+                # (a lost instance's drops: in its switch's account, see Recovery.accounting)
                 drops[f"{nf_of(inst)}: {reason}"] += n
             nf_errors.extend(i.get("error_list") or ())
             # (batches an instance's full mailbox refused are counted, in packets, by the switch
@@ -566,8 +573,23 @@ class Manager:
             for port, n in i.get("per_port", {}).items():
                 if nf_of(inst) in _verdict_nfs(plan):
                     verdicts[port] += n
-        packets_in = ports.get("in", {}).get("rx_packets", 0)
+        packets_in = ports.get("in", {}).get("rx_packets", 0) + unread
         packets_out = ports.get("out", {}).get("tx_packets", 0)
+        if self.recovery.lost:
+            # Where the packets lost in an outage were: what the surviving switches admitted and
+            # never saw finish, a lost shard's in-flight and unread input (Recovery.accounting),
+            # and what lost servers finished after their last counters (dropped or lost there:
+            # the rest of the account).
+            if lost:
+                lost_by["admitted by a surviving switch, never finished (at lost servers' instances, "
+                        "or in flight when the run ended)"] = lost
+            rest = packets_in - packets_out - sum(drops.values()) - sum(lost_by.values())
+            if rest > 0:
+                lost_by["handled at lost servers after their last counters (dropped or lost there)"] = rest
+            elif rest < 0:
+                port_errors.append({"where": "account", "error": f"{-rest:,} packets counted twice around the "
+                                    "loss of " + ", ".join(sorted(self.recovery.lost))})
+            lost = sum(lost_by.values())
         return {
             "policy": plan.policy.name if plan else None,
             "seconds": round(st.get("t", 0.0), 3),
@@ -583,6 +605,9 @@ class Manager:
             "edges": dict(edges),
             "inter_server_packets": remote,
             "lost": lost,
+            # Where ``lost`` packets were (an outage: see Recovery.accounting); empty otherwise.
+            "lost_by": lost_by,
+            "lost_servers": sorted(self.recovery.lost),
             "congestion_drops": sum(n for r, n in drops.items() if _is_congestion(r)),
             "batches": {h: round(p / b, 2) if b else 0.0 for h, (b, p) in sorted(hops.items())},
             "batch_mean": round(sum(p for _b, p in hops.values()) / max(1, sum(b for b, _p in hops.values())), 2),
@@ -596,7 +621,9 @@ class Manager:
             # Why the run failed (empty: it did not): the exit status of `e2actors run` follows it.
             "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
             + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]
-            + ([f"{lost:,} packets admitted and never accounted for"] if lost else []),
+            + [f"server {n} lost ({why})" for n, why in self.recovery.losses_summary().items()]
+            + ([f"{lost:,} packets lost: " + "; ".join(f"{n:,} {w}" for w, n in lost_by.items()) if lost_by
+                else f"{lost:,} packets admitted and never accounted for"] if lost else []),
         }
 
     # --- stopping -------------------------------------------------------------------------------

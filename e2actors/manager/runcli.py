@@ -50,6 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", type=int, default=1, help="replay the capture this many times")
     p.add_argument("--workers", type=int, default=0, help="worker processes on this machine")
     p.add_argument("--worker-cores", type=int, default=4, help="NF cores each worker offers the planner")
+    p.add_argument("--heartbeat-timeout", type=float, default=3.0, metavar="S",
+                   help="seconds of silence after which a worker or agent is lost: fenced, its instances "
+                        "re-placed (default 3)")
     p.add_argument("--load", type=float, help="offered load in packets/s (overrides the policy's)")
     p.add_argument("--solver", default="heuristic")
     p.add_argument("--no-autoscale", action="store_true", help="keep the planned instance counts")
@@ -123,7 +126,8 @@ async def run_job(args: argparse.Namespace) -> dict[str, Any]:
     mods = tuple(sorted({spec.cls.partition(":")[0].rpartition(".")[0] or spec.cls.partition(":")[0]
                          for spec in policy.nfs.values()}))
     mgr = Manager(workers=args.workers, worker_cores=args.worker_cores, autoscale=not args.no_autoscale,
-                  trace_every=args.trace, allow=mods, secret=secret, tls=tls)
+                  trace_every=args.trace, allow=mods, secret=secret, tls=tls,
+                  heartbeat_timeout=getattr(args, "heartbeat_timeout", 3.0))
     metrics = None
     control = None
     progress = Progress(sys.stderr) if sys.stderr.isatty() and not args.json else None
@@ -245,6 +249,8 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
           + f"; over all hops {s['batch_mean']:g}\n")
     if s.get("lost"):
         w(f"\nLOST: {s['lost']:,} packets admitted and never accounted for (neither sent nor dropped)\n")
+        for where, n in (s.get("lost_by") or {}).items():
+            w(f"  {n:>10,}  {where}\n")
     w("\nscaling events:\n")
     for e in s["scaling_events"]:
         w(f"  {e['t']:7.2f}s  {e['nf']:10} {e['kind']:12} {e['detail']}\n")

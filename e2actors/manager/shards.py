@@ -58,11 +58,13 @@ def place_shards(graph: InstanceGraph, hardware: Hardware, placed: Mapping[str, 
     goes to the shard with the fewest instances of its NF (ties: the earlier shard)."""
     shards = hardware.shards
     where: dict[str, str] = {IN: shards[0], OUT: shards[0]}
+    # (a lost shard keeps its name with no cores: new instances go to the others)
+    live = tuple(s for s in shards if hardware.servers[s].cores > 0) or shards
     for nf in dict.fromkeys(graph.nf[i] for i in graph.instances):
         if nf in (IN, OUT):
             continue
         insts = graph.of(nf)
-        count = {s: 0 for s in shards}
+        count = {s: 0 for s in live}
         for i in insts:
             s = (placed or {}).get(i)
             if s in count:

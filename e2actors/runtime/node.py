@@ -6,6 +6,14 @@ and reconnecting with backoff; frames to one peer keep their order. Peers exchan
 peer silent for ``heartbeat_timeout`` seconds is lost: its watched actors deliver ``Terminated``,
 asks to it fail and node-event subscribers get ``NodeLost``.
 
+Fencing (``fence_lost_spawners``, what an agent does): the actors a peer had this node spawn belong
+to that peer's deployment. When the peer is lost (this node stopped hearing it, or this node
+itself was paused longer than the timeout: the peer has declared *us* lost and replaced what runs
+here), those actors are stopped at once with the reason ``fenced: ...``, so nothing a manager
+already re-placed elsewhere runs twice when a paused process resumes. The other side:
+:meth:`Node.quarantine` makes a node (a manager's) ignore what a lost peer still sends (its
+queued frames arrive when the link is made again) except replies, until :meth:`Node.release`.
+
 A node owns its connections through :class:`~e2actors.runtime.transport.LinkOwner` (and
 ``ListenerOwner``): :meth:`Node.on_ready`, :meth:`Node.on_frame` and :meth:`Node.on_lost` are
 what the transport calls; the node uses only a connection's public methods.
@@ -21,7 +29,7 @@ import logging
 import os
 import ssl as _ssl
 import uuid
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -116,6 +124,7 @@ class Node:
     host, ``local``); ``max_write_buffer`` bytes queued to a peer that does not read.
     ``confine``: what NF configurations may touch on this node (data directory, Legacy programs;
     :class:`~e2actors.runtime.confine.Confinement`); None: nothing is confined (a local run).
+    ``fence_lost_spawners``: stop what a peer spawned here when it is lost (agents; see above).
     """
 
     def __init__(
@@ -137,6 +146,7 @@ class Node:
         max_write_buffer: int = 32 * 1024 * 1024,
         confine: Any = None,
         remote_spawns: bool = True,
+        fence_lost_spawners: bool = False,
     ) -> None:
         self.name = name or f"node-{os.getpid()}"
         self._listen = listen
@@ -154,6 +164,11 @@ class Node:
         self.confine = confine
         #: Whether ``$system`` spawns actors other nodes ask for (agents: yes; a manager's node: no).
         self.remote_spawns = remote_spawns
+        #: Stop the actors a peer spawned here when that peer is lost (see the module docstring).
+        self.fence_lost_spawners = fence_lost_spawners
+        #: Actor name -> the address of the peer whose Spawn request started it.
+        self.spawned_by: dict[str, str] = {}
+        self._quarantined: set[str] = set()
         #: Warnings about hostile or broken peers, at a bounded rate (counters count every event).
         self.ratelog = RateLimitedLog(log)
         self._nonces: set[bytes] = set()   # our handshakes in progress (a hello sent back is refused)
@@ -296,6 +311,7 @@ class Node:
         """Forget a stopped actor's cell (the cell calls this when it finishes)."""
         if self._actors.get(cell.ref.name) is cell:
             del self._actors[cell.ref.name]
+            self.spawned_by.pop(cell.ref.name, None)
 
     def _local(self, ref: ActorRef) -> ActorCell | None:
         cell = ref.cached_cell
@@ -324,6 +340,29 @@ class Node:
         cell.request_stop()
         if cell.task is not None and cell.task is not asyncio.current_task():
             await asyncio.shield(cell.task)
+
+    def fence(self, address: str, reason: str) -> list[str]:
+        """Stop every actor the peer at ``address`` spawned here (they stop with ``reason``, which
+        their watchers get in ``Terminated``); returns their names. Counted as ``fenced_actors``."""
+        names = [n for n, a in self.spawned_by.items() if a == address]
+        for n in names:
+            cell = self._actors.get(n)
+            if cell is not None:
+                cell.request_stop(reason)
+        if names:
+            self.counters["fenced_actors"] += len(names)
+            log.warning("%s: fenced %d actor(s) that %s started here (%s): %s", self.name, len(names), address,
+                        reason, ", ".join(sorted(names)))
+        return names
+
+    def quarantine(self, address: str) -> None:
+        """Take no tells, asks or watches from the peer at ``address`` (a lost one, fenced): what
+        it still sends is dropped and counted (``quarantined_frames``); replies to our asks pass."""
+        self._quarantined.add(address)
+
+    def release(self, address: str) -> None:
+        """End :meth:`quarantine` of ``address`` (it was fenced: nothing stale runs there)."""
+        self._quarantined.discard(address)
 
     def is_alive(self, ref: ActorRef) -> bool:
         cell = self._local(ref)
@@ -630,14 +669,31 @@ class Node:
         for cell in self._actors.values():
             if cell.watchers:
                 cell.watchers = {w for w in cell.watchers if w.node != addr}
+        if self.fence_lost_spawners:
+            self.fence(addr, f"fenced: {addr} lost ({reason})")
         self._publish(NodeLost(addr, reason))
 
     async def _heartbeats(self) -> None:
         loop = self.loop
         assert loop is not None
+        last = loop.time()
         while self.running:
             await asyncio.sleep(self.heartbeat_interval)
             now = loop.time()
+            stalled = now - last - self.heartbeat_interval
+            last = now
+            if stalled > self.heartbeat_timeout:
+                # This process did not run for longer than the timeout (SIGSTOP, a paused VM):
+                # its peers have declared it lost, so the ones that spawned actors here have
+                # replaced them elsewhere. Fence before anything else runs on; say why.
+                self.counters["stalls"] += 1
+                log.warning("%s: this node was stalled for %.1fs (longer than the heartbeat timeout)",
+                            self.name, stalled)
+                if self.fence_lost_spawners:
+                    # (their watchers hear ``fenced``: a peer that had not noticed our pause
+                    # learns from it that what it started here is gone)
+                    for addr in set(self.spawned_by.values()):
+                        self.fence(addr, f"fenced: this node was stalled for {stalled:.1f}s")
             for conn in list(self._conns):
                 if conn.peer_address is not None and not conn.closed:
                     conn.send_frame(self._hb_frame)
@@ -648,7 +704,8 @@ class Node:
                     peer.last_seen = max(peer.last_seen, peer.conn.last_recv)
                 if now - peer.last_seen > self.heartbeat_timeout:
                     if peer.conn is None and not peer.pending and not self._remote_watches.get(peer.address) \
-                            and not any(a == peer.address for _, a in self._asks.values()):
+                            and not any(a == peer.address for _, a in self._asks.values()) \
+                            and peer.address not in self.spawned_by.values():
                         continue  # nobody cares about this peer now; it is lost only if used
                     self._peer_lost(peer, f"no heartbeat for {now - peer.last_seen:.1f}s")
                 elif peer.conn is None and (peer.pending or self._remote_watches.get(peer.address)):
@@ -659,6 +716,9 @@ class Node:
         """LinkOwner: deliver one frame from ``conn``'s peer (its fields: :class:`~e2actors.runtime.codec.Frame`).
         An awaitable back: the target's ``block`` mailbox is full and the frame goes in once it is
         done (``conn`` stops reading)."""
+        if self._quarantined and kind != REPLY and kind != HEARTBEAT and conn.peer_address in self._quarantined:
+            self.counters["quarantined_frames"] += 1
+            return None
         if kind == TELL:
             cell = self._actors.get(target) if type(target) is str else None
             if cell is None:
@@ -705,7 +765,7 @@ class Node:
         if cell is None:
             self._reply(addr, request, False, ("ActorStopped", f"no actor {target!r} on {self.address}"))
             return None
-        item = Ask(msg, None, lambda ok, v, _addr=addr, _req=request: self._reply(_addr, _req, ok, v))
+        item = Ask(msg, None, _ReplyTo(self._reply, addr, request))
         if cell.urgent and type(msg) in cell.urgent:
             cell.mailbox.put_front(item)
             return None
@@ -756,6 +816,18 @@ class Node:
                         tuple(sorted(self._actors)))
 
 
+class _ReplyTo:
+    """Where the reply to an ask from another node goes: that node (``peer``, its address)."""
+
+    __slots__ = ("reply", "peer", "req")
+
+    def __init__(self, reply: Callable[[str, Any, bool, Any], None], peer: str, req: Any) -> None:
+        self.reply, self.peer, self.req = reply, peer, req
+
+    def __call__(self, ok: bool, value: Any) -> None:
+        self.reply(self.peer, self.req, ok, value)
+
+
 def _stats_dict(cell: ActorCell) -> dict[str, Any]:
     s = cell.mailbox.stats()
     return {"depth": s.depth, "capacity": s.capacity, "dropped": s.dropped, "processed": s.processed}
@@ -782,7 +854,11 @@ class SystemActor(ServiceActor):
                 self.node.counters["spawn_refused"] += 1
                 raise SpawnRefused(f"{self.node.name} takes no spawns from other nodes")
             cls = load_class(msg.cls, self.node.allow_spawn, self.node)
-            return self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
+            ref = self.node.spawn(cls, msg.name or None, **dict(msg.kwargs))
+            peer = getattr(ask.remote, "peer", None) if ask is not None else None
+            if peer:
+                self.node.spawned_by[ref.name] = peer  # (fenced if that peer is lost)
+            return ref
         if isinstance(msg, StopActor):
             ref = ActorRef(self.node.address, msg.name)
             alive = self.node.is_alive(ref)

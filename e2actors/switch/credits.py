@@ -19,6 +19,11 @@ port: a replayed capture waits (the replay is paced by the slowest consumer on i
 lossless); a live interface stops reading, and the kernel drops at its ring as a full NIC would
 (counted as the port's ring overflow), before any work was spent on the packets.
 
+Written-off credits (a consumer that stalled past a bound, a server lost with packets on it) are
+written off provisionally: the origin gets its window back at once, and a credit that comes back
+after all takes its packet out of ``written_off`` again, so ``written_off`` ends as the packets
+that were really never finished.
+
 Packets that stop holding credit on purpose: packets held for their flow's host (``domain``
 conditions) give their credit back when held (else a window full of held flows could keep out the
 very packets that carry their hosts); they are bounded by the switch's own hold limits instead.
@@ -56,8 +61,10 @@ class Credits:
         self.inflight: dict[int, int] = {}
         self.admitted: dict[int, int] = {}
         self.owed: dict[str, dict[int, int]] = {}
-        #: Credits given up after a consumer stalled too long (packets presumed lost).
+        #: Credits given up after a consumer stalled too long or a server was lost (packets
+        #: presumed lost; less those that came back after all).
         self.written_off = 0
+        self._written_off: dict[int, int] = {}  # origin -> its part of written_off
         #: Bumped whenever room may have appeared at one of our origins (the switch wakes ports).
         self.returned = 0
 
@@ -88,14 +95,27 @@ class Credits:
             if o in inflight:
                 inflight[o] -= n
                 self.returned += 1
+                if inflight[o] < 0:
+                    self._came_back(o)
 
     def write_off(self, origin: int) -> int:
-        """Give up the credits of ``origin`` (its consumers stalled past the bound); returns how many."""
+        """Give up the credits of ``origin`` now (its consumers stalled past the bound, or a server
+        holding some of its packets was lost); returns how many. Provisional: credits that come
+        back later are taken out of :attr:`written_off` again."""
         n = max(0, self.inflight.get(origin, 0))
         self.inflight[origin] = 0
         self.written_off += n
+        self._written_off[origin] = self._written_off.get(origin, 0) + n
         self.returned += 1
         return n
+
+    def _came_back(self, origin: int) -> None:
+        """Credits came back below zero in flight: they were written off, and were not lost."""
+        back = min(-self.inflight[origin], self._written_off.get(origin, 0))
+        if back > 0:
+            self.inflight[origin] += back
+            self._written_off[origin] -= back
+            self.written_off -= back
 
     @property
     def in_flight(self) -> int:
@@ -125,6 +145,8 @@ class Credits:
             if o in inflight:
                 inflight[o] -= n
                 self.returned += 1
+                if inflight[o] < 0:
+                    self._came_back(o)
                 continue
             home = self.home.get(o)
             if home is None or home == self.server:

@@ -267,6 +267,7 @@ class Dataplane:
                 out, nf_drops, ours = st.take_released()
                 for lst in [*out.values(), *nf_drops.values(), *ours.values()]:
                     self.drop(lst, f"nf {nf} removed")
+        old_table = self.table
         routes: dict[str, list[Route]] = {}
         for r in table.routes:
             routes.setdefault(r.source, []).append(r)
@@ -299,6 +300,15 @@ class Dataplane:
                                   (DEFAULT_WINDOW if spec.kind == "pcap-in" else LIVE_WINDOW))
         self.port_origin = origins
         self.credits.configure(dict(table.origins), windows)
+        gone = set(old_table.switches) - set(table.switches) if old_table is not None else set()
+        if gone:
+            # A server left the deployment: it was lost, and the packets of our inputs that were
+            # there will never finish. Their credits are written off now (provisionally: those
+            # that were elsewhere come back and are taken back), so the inputs keep their window.
+            for o in windows:
+                n = self.credits.write_off(o)
+                if n:
+                    self.counters["credits written off (server lost)"] += n
         self._release_held()
         self._forget_gone()
 

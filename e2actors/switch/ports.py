@@ -57,6 +57,11 @@ class Port:
     async def close(self) -> None:
         """Stop and release resources."""
 
+    def retune(self, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """A new table gives this port the parameters ``new`` (it was opened with ``old``): True
+        when the port takes them as it runs (kept, not reopened); False: reopen it."""
+        return False
+
     def stop_input(self) -> None:
         """Read no more (the end of a run): the port is done as an input; it still sends."""
         self.pause()
@@ -81,7 +86,18 @@ class Port:
 class PcapInPort(Port):
     """Replays a pcap/pcapng capture. ``speed=0``: as fast as the switch takes it; ``speed=s``:
     timed by the capture's timestamps, ``s`` times real time. ``loop``: replay it this many times.
-    Packets get the replay time as their timestamp when timed, the capture's otherwise."""
+    Packets get the replay time as their timestamp when timed, the capture's otherwise.
+
+    Sharded (``shard: [k, n]``): every shard reads the whole capture and keeps the flows of shard
+    ``k``; it counts how many packets of each shard it has seen (``shard_seen``). ``adopt: [[j,
+    from], ...]`` (a later table; taken while replaying) also keeps the packets of shard ``j``
+    from that shard's packet number ``from`` on — how a surviving shard takes over the flows of a
+    lost one (:mod:`e2actors.manager.recovery`). When this port has already read past ``from``:
+    a replay as fast as possible reads the capture a second time for shard ``j``'s packets from
+    ``from`` on, so nothing of the lost shard's share is skipped: they come as late as the
+    takeover, their timestamps shifted by that lateness (each flow keeps its own timing), following
+    the first read in time order; a timed replay keeps them from now on (what went by meanwhile is
+    lost, as on a live link). ``from`` -1: from now."""
 
     kind = "pcap-in"
     is_input = True
@@ -93,38 +109,67 @@ class PcapInPort(Port):
         #: (k, n): keep only the flows of shard k of n (see e2actors.manager.shards).
         self.shard = (int(shard[0]), int(shard[1])) if shard else None
         self.skipped = 0
+        n = self.shard[1] if self.shard else 0
+        #: Packets of each shard seen so far (all loops), this shard's own included.
+        self.shard_seen = [0] * n
+        #: Shard -> the packet number of that shard from which the main replay keeps its packets too.
+        self.adopt: dict[int, int] = {}
+        #: Shard -> packets of that shard kept (taken over from a lost shard).
+        self.adopted: dict[int, int] = {}
         #: Why the replay stopped before the capture's end (a corrupt or truncated file), if it did.
         self.error: str | None = None
         self._t0 = 0.0
         self._task: asyncio.Task | None = None
+        self._tasks: list[asyncio.Task] = []  # the main replay, and second reads for adopted shards
+        self._io: tuple[Ingress, Gate] | None = None
+        self._stopped = False
+        #: The main read's packet time (its last batch's), which a second read follows.
+        self._t_main = 0.0
+        self._main_done = False
+        self._main_moved = asyncio.Event()
         self.finished = asyncio.Event()
 
     async def open(self, ingress: Ingress, gate: Gate) -> None:
         open_capture(self.path).close()  # fail now, with the path in the error, if unreadable
-        self._task = asyncio.get_running_loop().create_task(self._replay(ingress, gate), name=f"port:{self.name}")
+        self._io = (ingress, gate)
+        self._task = self._start(self._replay(ingress, gate), f"port:{self.name}")
 
-    async def _replay(self, ingress: Ingress, gate: Gate) -> None:
+    def _start(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.append(task)
+        return task
+
+    async def _replay(self, ingress: Ingress, gate: Gate, only: int | None = None, frm: int = 0) -> None:
+        """Read the capture (every loop). ``only``: a second read that keeps shard ``only``'s
+        packets from its number ``frm`` on (a lost shard's, taken over), counting nothing else."""
         name, size = self.name, self.batch
         sharded = self.shard is not None and self.shard[1] > 1
         if sharded:
             from e2actors.switch.balancer import shard_of, shard_of_frame
 
             k, n = self.shard  # type: ignore[misc]
+            if only is not None:
+                k = only
         else:
             k = n = 0
+        seen = self.shard_seen if only is None else [0] * n
+        adopting = only is None
+        shift: float | None = None
+        push = self._push if only is None else self._push_behind
         offset = 0.0  # later loops of a capture replayed in packet time come after the earlier ones
         t_max = 0.0
+        t0 = self._t0
         try:
             for loop in range(self.loops):
                 t_first = None
                 wall0 = time.monotonic()
                 if loop and self.speed <= 0:
-                    offset = t_max + 1.0 - self._t0
+                    offset = t_max + 1.0 - t0
                 with open_capture(self.path) as reader:
                     cur: list[Packet] = []
                     for ts, data, wirelen, lt, _if in reader:
-                        if not self._t0:
-                            self._t0 = ts
+                        if not t0:
+                            t0 = self._t0 = ts
                         if offset:
                             ts += offset
                         if ts > t_max:
@@ -136,7 +181,7 @@ class PcapInPort(Port):
                             delay = due - time.monotonic()
                             if delay > 0.0005:
                                 if cur:
-                                    await self._push(ingress, gate, cur)
+                                    await push(ingress, gate, cur)
                                     cur = []
                                 await asyncio.sleep(delay)
                             ts = time.time()
@@ -149,17 +194,34 @@ class PcapInPort(Port):
                                 sh = shard_of(pkt, n)
                             elif sh == k:
                                 pkt = Packet(data, ts, name, wirelen, lt)
+                            seen[sh] += 1
                             if sh != k:
-                                self.skipped += 1
-                                continue
+                                adopt = self.adopt
+                                if not adopting or not adopt or sh not in adopt or seen[sh] <= adopt[sh]:
+                                    if adopting:
+                                        self.skipped += 1
+                                    continue
+                                self.adopted[sh] = self.adopted.get(sh, 0) + 1
+                                pkt = Packet(data, ts, name, wirelen, lt)
+                            elif only is not None:
+                                if seen[sh] <= frm:
+                                    continue
+                                self.adopted[sh] = self.adopted.get(sh, 0) + 1
+                                if shift is None:
+                                    # The lost shard's packets come as late as the takeover: shifted
+                                    # by the outage in the capture's time (each flow keeps its own
+                                    # timing, the deployment's packet clock never goes back).
+                                    shift = max(0.0, self._t_main - ts)
+                                if shift:
+                                    pkt = Packet(data, ts + shift, name, wirelen, lt)
                         else:
                             pkt = Packet(data, ts, name, wirelen, lt)
                         cur.append(pkt)
                         if len(cur) >= size:
-                            await self._push(ingress, gate, cur)
+                            await push(ingress, gate, cur)
                             cur = []
                     if cur:
-                        await self._push(ingress, gate, cur)
+                        await push(ingress, gate, cur)
                     if reader.truncated:
                         # (tcpdump fails on it too: packets are missing, the run must say so)
                         self.error = f"{self.path}: truncated capture: {reader.truncated}"
@@ -167,28 +229,68 @@ class PcapInPort(Port):
         except (PcapError, OSError) as exc:  # corrupt or unreadable past the start: loud, not a crash
             self.error = f"{self.path}: {exc}"
         finally:
-            self.done = True
-            self.finished.set()
+            if only is None:
+                self._main_done = True
+                self._main_moved.set()
+            me = asyncio.current_task()
+            if all(t.done() or t is me for t in self._tasks):
+                self.done = True
+                self.finished.set()
 
     async def _push(self, ingress: Ingress, gate: Gate, pkts: list[Packet]) -> None:
         await gate()
         self.rx_packets += len(pkts)
         self.rx_bytes += sum([len(p.data) for p in pkts])
         ingress(self.name, pkts)
+        if pkts[-1].ts > self._t_main:
+            self._t_main = pkts[-1].ts
+            self._main_moved.set()
         await asyncio.sleep(0)  # let the rest of the switch run between batches
 
+    async def _push_behind(self, ingress: Ingress, gate: Gate, pkts: list[Packet]) -> None:
+        """A second read's batch goes once the main read's packet time has passed it: the two
+        interleave in time order (the main read's pace; alone once it is over)."""
+        while not self._main_done and self._t_main < pkts[-1].ts:
+            self._main_moved.clear()
+            await self._main_moved.wait()
+        await self._push(ingress, gate, pkts)
+
     def stop_input(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        self._stopped = True
+        for t in self._tasks:
+            if not t.done():
+                t.cancel()
         self.done = True
 
     async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        for t in self._tasks:
+            if not t.done():
+                t.cancel()
+                try:
+                    await t
+                except (asyncio.CancelledError, Exception):
+                    pass
+
+    def retune(self, old: dict[str, Any], new: dict[str, Any]) -> bool:
+        """Only ``adopt`` changed: take the shards over (see the class docstring) without reopening."""
+        if {k: v for k, v in old.items() if k != "adopt"} != {k: v for k, v in new.items() if k != "adopt"}:
+            return False
+        if self.shard is None or self.shard[1] < 2:
+            return not new.get("adopt")
+        n = self.shard[1]
+        for j, frm in new.get("adopt") or ():
+            j, frm = int(j), int(frm)
+            if not 0 <= j < n or j == self.shard[0] or j in self.adopt or j in self.adopted:
+                continue  # (taken over already: once is enough)
+            if frm < 0 or frm >= self.shard_seen[j] or self.speed > 0 or self._stopped or self._io is None:
+                # From ``frm`` on if the replay has not got there yet, else from now.
+                self.adopt[j] = self.shard_seen[j] if frm < 0 else frm
+            else:
+                self.adopted[j] = 0  # (read a second time, from ``frm`` on)
+                self.done = False  # (even when the first read is over)
+                self.finished.clear()
+                self._start(self._replay(*self._io, only=j, frm=frm), f"port:{self.name}:shard{j}")
+        return True
 
     def stats(self) -> dict[str, Any]:
         st = super().stats()
@@ -196,6 +298,10 @@ class PcapInPort(Port):
             st["error"] = self.error
         if self.skipped:
             st["other_shards"] = self.skipped
+        if self.shard_seen:
+            st["shard_seen"] = list(self.shard_seen)
+        if self.adopted:
+            st["adopted"] = {str(j): n for j, n in self.adopted.items()}
         return st
 
 

@@ -319,6 +319,12 @@ class Switch(Actor):
             if old is not None and old.kind == spec.kind and self._port_params.get(spec.name) == spec.params:
                 new_ports[spec.name] = old
                 continue
+            if old is not None and old.kind == spec.kind and old.retune(self._port_params.get(spec.name, {}),
+                                                                         dict(spec.params)):
+                # (changed only in what the port takes as it runs: a replay goes on, not over)
+                new_ports[spec.name] = old
+                new_params[spec.name] = dict(spec.params)
+                continue
             params = dict(spec.params)
             confine = getattr(self.node, "confine", None)
             if confine is not None and spec.kind == "pcap-out" and params.get("path"):
