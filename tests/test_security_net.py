@@ -166,7 +166,9 @@ async def test_man_in_the_middle_cannot_inject_replay_reorder_or_modify(tmp_path
             assert "ACTION" in relay_proc.stderr.read(), f"the relay did not {mode}"  # type: ignore[union-attr]
         await pinger.stop()
         info = await direct.ask(ActorRef(agent.address, "$system"), GetNodeInfo())
-    assert "control" in info.actors and "pwned" not in info.actors
+    # ("control" ran, see above; it may be gone by now: its spawner, the raw peer, closed and the
+    # agent fences what a lost peer started)
+    assert "pwned" not in info.actors
     assert not marker.exists(), "the injected Spawn ran its program"
     assert pinger.failures == [] and len(pinger.rtts) > 10, pinger.failures
     text = agent.metrics()

@@ -15,7 +15,7 @@ logged, so a flood of bad requests costs neither the actor nor the log.
 from __future__ import annotations
 
 import logging
-import time
+from time import monotonic
 from typing import Any
 
 from e2actors.runtime.actor import Actor
@@ -52,7 +52,7 @@ class ServiceActor(Actor):
         if ask is not None:
             ask.fail(exc)
         self.node.counters["bad_requests"] += 1
-        now = time.monotonic()
+        now = monotonic()
         if self._last_log is None or now - self._last_log >= self.log_interval:
             more = f" ({self._unlogged} more since the last report)" if self._unlogged else ""
             log.warning("%s refused a %s %s: %s%s", self.ref.name, "request" if ask is not None else "message",
