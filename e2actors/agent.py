@@ -14,7 +14,8 @@ An agent fences itself: the actors a manager started here are stopped as soon as
 lost (its heartbeats stopped), or as soon as this process finds it was itself paused (SIGSTOP, a
 frozen VM) for longer than ``--heartbeat-timeout`` — by then the manager has declared this server
 lost and re-placed its instances elsewhere, so nothing may run twice. Give agents a heartbeat
-timeout no shorter than the manager's.
+timeout no longer than the manager's. (Each node states its timeout in its HELLO and its peers
+send heartbeats often enough for it, so an idle agent is never lost for sending too rarely.)
 
 It prints ``READY <address>`` when it listens. ``--exit-with-parent`` ends it when its standard
 input closes (how ``e2actors run --workers N`` keeps its worker processes from outliving it).

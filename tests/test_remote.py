@@ -312,3 +312,25 @@ async def test_oversized_outgoing_message_is_refused_locally() -> None:
     async with Node("local", secret=SECRET, max_frame=1024) as node:
         with pytest.raises(CodecError, match="over the limit"):
             node.send(ActorRef("tcp://127.0.0.1:9", "x"), b"x" * 4096)
+
+
+async def test_an_idle_peer_with_a_long_timeout_heartbeats_for_our_short_one() -> None:
+    # Each side states its heartbeat timeout in HELLO and the other sends often enough for it: a
+    # node that would send every 10 s keeps a peer with a 0.5 s timeout from losing it while idle.
+    async with Node("slow", listen="tcp://127.0.0.1:0", secret=SECRET, heartbeat_interval=10.0,
+                    heartbeat_timeout=60.0) as slow:
+        slow.spawn(Inbox, "inbox", queue=asyncio.Queue())
+        async with Node("quick", secret=SECRET, heartbeat_interval=0.1, heartbeat_timeout=0.5) as quick:
+            q: asyncio.Queue = asyncio.Queue()
+            quick.subscribe(quick.spawn(Inbox, "events", queue=q))
+            quick.watch(ActorRef(slow.address, "inbox"), ActorRef(quick.address, "events"))
+            await quick.connect(slow.address)
+            conn = quick._peers[slow.address].conn
+            assert conn is not None and conn.peer_heartbeat_timeout == 60.0
+            start = conn.frames_in
+            # Four of quick's timeouts of idle time, measured in the heartbeats that arrive.
+            await eventually(lambda: conn.frames_in - start >= 4 * 6, timeout=10)
+            got = [q.get_nowait() for _ in range(q.qsize())]
+            assert not quick._peers[slow.address].lost
+            assert not [m for m in got if isinstance(m, (NodeLost, Terminated))], got
+            assert quick.counters["nodes_lost"] == 0

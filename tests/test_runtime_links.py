@@ -31,6 +31,7 @@ class Owner:
         self.name = name
         self.address = f"anon://{name}"
         self.version = "test"
+        self.heartbeat_timeout = 3.0
         self.handshake_timeout = 5.0
         self.max_write_buffer = 1 << 20
         self.counters: collections.Counter[str] = collections.Counter()

@@ -348,7 +348,9 @@ class Frame(NamedTuple):
     HEARTBEAT  None                    None             None
     WATCH      the actor's name        None             the watcher's :class:`ActorRef`
     UNWATCH    the actor's name        None             the watcher's :class:`ActorRef`
-    HELLO      the sender's address    its version      the sender's node name
+    HELLO      the sender's address    (its version,    the sender's node name
+                                       its heartbeat
+                                       timeout)
     =========  ======================  ===============  ====================================
 
     Values come from a peer: their types are checked by the code that uses them.

@@ -60,6 +60,8 @@ log = logging.getLogger("e2actors.node")
 T = TypeVar("T")
 
 SYSTEM = "$system"
+#: The shortest interval at which we send heartbeats, whatever timeout a peer states.
+MIN_HEARTBEAT_INTERVAL = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +170,7 @@ class Node:
         self.fence_lost_spawners = fence_lost_spawners
         #: Actor name -> the address of the peer whose Spawn request started it.
         self.spawned_by: dict[str, str] = {}
+        self._hb_wake: asyncio.Event | None = None
         self._quarantined: set[str] = set()
         #: Warnings about hostile or broken peers, at a bounded rate (counters count every event).
         self.ratelog = RateLimitedLog(log)
@@ -616,6 +619,9 @@ class Node:
         assert addr is not None
         peer = self._peer(addr)
         peer.last_seen = self.loop.time()  # type: ignore[union-attr]
+        if conn.peer_heartbeat_timeout is not None and conn.peer_heartbeat_timeout / 6 < self.heartbeat_interval \
+                and self._hb_wake is not None:
+            self._hb_wake.set()
         if peer.conn is None or peer.conn.closed:
             peer.conn = conn
             pending, peer.pending, peer.pending_bytes = peer.pending, [], 0
@@ -677,10 +683,21 @@ class Node:
         loop = self.loop
         assert loop is not None
         last = loop.time()
+        tick = self.heartbeat_interval
+        wake = self._hb_wake = asyncio.Event()
         while self.running:
-            await asyncio.sleep(self.heartbeat_interval)
+            if tick > MIN_HEARTBEAT_INTERVAL:
+                try:
+                    # (woken early when a peer that needs more frequent heartbeats connects)
+                    await asyncio.wait_for(wake.wait(), tick)
+                except asyncio.TimeoutError:
+                    pass
+            else:
+                await asyncio.sleep(tick)
+            woken = wake.is_set()
+            wake.clear()
             now = loop.time()
-            stalled = now - last - self.heartbeat_interval
+            stalled = 0.0 if woken else now - last - tick
             last = now
             if stalled > self.heartbeat_timeout:
                 # This process did not run for longer than the timeout (SIGSTOP, a paused VM):
@@ -694,9 +711,19 @@ class Node:
                     # learns from it that what it started here is gone)
                     for addr in set(self.spawned_by.values()):
                         self.fence(addr, f"fenced: this node was stalled for {stalled:.1f}s")
+            # Each peer gets heartbeats often enough for its own timeout (from its HELLO), even
+            # when ours is far longer: a manager with a 1 s timeout must not lose an idle agent
+            # that runs with 60 s. (Bounded below: a peer cannot make us send a storm.)
+            tick = self.heartbeat_interval
             for conn in list(self._conns):
                 if conn.peer_address is not None and not conn.closed:
-                    conn.send_frame(self._hb_frame)
+                    every = self.heartbeat_interval
+                    if conn.peer_heartbeat_timeout is not None:
+                        every = max(MIN_HEARTBEAT_INTERVAL, min(every, conn.peer_heartbeat_timeout / 6))
+                    tick = min(tick, every)
+                    if now - conn.hb_sent >= every * 0.9:
+                        conn.hb_sent = now
+                        conn.send_frame(self._hb_frame)
             for peer in list(self._peers.values()):
                 if peer.lost:
                     continue

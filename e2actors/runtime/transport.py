@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import os
 import socket
 import ssl as _ssl
@@ -54,7 +55,7 @@ REPLY = 2      # target: request id, arg: ok
 HEARTBEAT = 3
 WATCH = 4      # target: actor name, message: the watcher's ref
 UNWATCH = 5    # target: actor name, message: the watcher's ref
-HELLO = 6      # target: the sender's address, arg: its version, message: its node name
+HELLO = 6      # target: the sender's address, arg: (its version, its heartbeat timeout), message: its node name
 
 #: Seconds from accept (or connect) to a complete handshake (TLS, proofs, HELLO) by default.
 HANDSHAKE_TIMEOUT = 5.0
@@ -91,6 +92,9 @@ class LinkOwner(Protocol):
     name: str
     address: str
     version: str
+    #: Seconds without a frame after which we declare a peer lost (sent in HELLO: the peer sends
+    #: its heartbeats often enough for it, whatever its own timeout).
+    heartbeat_timeout: float
     #: Seconds from accept (or connect) to a complete handshake.
     handshake_timeout: float
     #: Bytes queued to a peer that does not read before its connection is dropped.
@@ -184,6 +188,10 @@ class Connection(asyncio.Protocol):
         self.closed_by_us = False
         self.ready: asyncio.Future[Connection] = asyncio.get_running_loop().create_future()
         self.last_recv = 0.0
+        #: The peer's heartbeat timeout from its HELLO (None: it did not say): we send heartbeats
+        #: on this connection often enough for it. ``hb_sent`` is when we last did.
+        self.peer_heartbeat_timeout: float | None = None
+        self.hb_sent = 0.0
         self.frames_in = 0
         self.frames_out = 0
         #: The admission key (peer host) of an accepted connection, released when it ends.
@@ -305,12 +313,23 @@ class Connection(asyncio.Protocol):
 
     def _send_hello(self) -> None:
         owner = self.owner
-        self.send_frame(encode_frame(HELLO, owner.address, owner.version, owner.name))
+        self.send_frame(encode_frame(HELLO, owner.address, (owner.version, float(owner.heartbeat_timeout)),
+                                     owner.name))
 
-    def _hello(self, kind: int, address: Any, version: Any, name: Any) -> bool:
-        """The peer's first frame: HELLO with its address, version and node name. False: closed."""
+    def _hello(self, kind: int, address: Any, arg: Any, name: Any) -> bool:
+        """The peer's first frame: HELLO with its address, (version, heartbeat timeout) and node
+        name (a bare version string is accepted: a peer that states no timeout). False: closed."""
         if kind != HELLO or not isinstance(address, str) or not isinstance(name, str):
             self.fail("first frame was not HELLO", "codec_errors")
+            return False
+        if isinstance(arg, tuple):
+            if len(arg) != 2 or not isinstance(arg[0], str) or type(arg[1]) not in (int, float) \
+                    or not math.isfinite(arg[1]) or arg[1] <= 0:
+                self.fail("HELLO carries a bad (version, heartbeat timeout)", "codec_errors")
+                return False
+            self.peer_heartbeat_timeout = float(arg[1])
+        elif not isinstance(arg, str):
+            self.fail("HELLO carries a bad version", "codec_errors")
             return False
         if wire_name(name) != self.peer_name:
             self.fail(f"HELLO names {name!r}, the handshake {self.peer_name!r}", "auth_failures")
