@@ -182,6 +182,30 @@ def test_logger_writes_pcap_tcpdump_reads_and_jsonl_with_meta(tmp_path) -> None:
     assert out.returncode == 0 and len(out.stdout.splitlines()) == 8
 
 
+def test_logger_merges_a_part_cut_mid_record_with_a_log_line_not_a_warning(tmp_path, caplog) -> None:
+    # A writer killed mid-record (SIGKILL of its worker) leaves a cut part: its whole records are
+    # merged with the others' by timestamp, and the cut is logged (no RuntimeWarning escapes).
+    import warnings
+
+    from e2actors.nf.builtin.logger import merge_parts
+    from e2actors.packet.pcap import PcapWriter
+
+    out = tmp_path / "unsafe.pcap"
+    cut, whole = f"{out}.part-a-{2**22 + 7}", f"{out}.part-b-{2**22 + 9}"  # (pids no process has)
+    for path, stamps in ((cut, (1.0, 3.0, 5.0)), (whole, (2.0, 4.0))):
+        with PcapWriter(path) as w:
+            for ts in stamps:
+                w.write(bytes([int(ts)]) * 60, ts, 60)
+    with open(cut, "r+b") as f:
+        f.truncate(f.seek(0, 2) - 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert merge_parts(str(out), whole)
+    assert [p.data[0] for p in read_packets(out)] == [1, 2, 3, 4]
+    assert any("merged the 2 records before the cut" in r.getMessage() for r in caplog.records)
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["unsafe.pcap", "unsafe.pcap.lock"]
+
+
 # --- NAT ---------------------------------------------------------------------------------------------
 NATCFG = {"external": "198.19.255.1", "internal": ["198.18.0.0/16"], "ports": [30000, 30009]}
 

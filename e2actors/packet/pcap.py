@@ -95,7 +95,8 @@ def _open(src: str | os.PathLike | BinaryIO) -> tuple[BinaryIO, bool]:
 
 def _warn_truncated(reader: PcapReader | PcapngReader, reason: str) -> None:
     reader.truncated = reason
-    warnings.warn(f"{reader.name}: truncated capture: {reason}", RuntimeWarning, stacklevel=3)
+    if reader.warn_truncated:
+        warnings.warn(f"{reader.name}: truncated capture: {reason}", RuntimeWarning, stacklevel=3)
 
 
 class PcapReader:
@@ -110,6 +111,8 @@ class PcapReader:
         self._f, self._owned = _open(src)
         self.name = getattr(self._f, "name", "<pcap>")
         self.truncated: str | None = None
+        #: False: a cut at the end is only recorded in :attr:`truncated` (no RuntimeWarning).
+        self.warn_truncated = True
         self.count = 0
         hdr = self._f.read(24)
         if len(hdr) < 24:
@@ -202,6 +205,8 @@ class PcapngReader:
         self._f, self._owned = _open(src)
         self.name = getattr(self._f, "name", "<pcapng>")
         self.truncated: str | None = None
+        #: False: a cut at the end is only recorded in :attr:`truncated` (no RuntimeWarning).
+        self.warn_truncated = True
         self.count = 0
         self.skip_unknown_versions = skip_unknown_versions
         self._ifaces: list[_Iface] = []

@@ -23,6 +23,7 @@ import fcntl
 import glob
 import heapq
 import json
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
 from e2actors.packet.pcap import PcapWriter, open_capture
 from e2actors.runtime.confine import Confinement
+
+log = logging.getLogger("e2actors.logger")
 
 __all__ = ["Logger", "merge_parts"]
 
@@ -183,11 +186,18 @@ def merge_parts(path: str, part: str) -> bool:
 
 def _merge_pcap(parts: list[str], out: str) -> None:
     def records(k: int, p: str) -> Iterator[tuple]:
+        # An empty or cut part (its writer was killed mid-record): what it holds goes in, and the
+        # cut is logged here rather than raised as a Python warning by the reader.
+        j = 0
         try:
             with open_capture(p) as r:
-                for j, (ts, data, wirelen, _lt, _if) in enumerate(r):
+                r.warn_truncated = False
+                for j, (ts, data, wirelen, _lt, _if) in enumerate(r, 1):
                     yield ts, k, j, data, wirelen
-        except Exception:  # an empty or cut part (a writer killed mid-record): what it holds
+                if r.truncated:
+                    log.warning("%s: merged the %d records before the cut: %s", p, j, r.truncated)
+        except Exception as exc:
+            log.warning("%s: merged the %d records before the cut: %s", p, j, exc)
             return
 
     with PcapWriter(out) as w:
