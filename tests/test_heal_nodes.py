@@ -310,6 +310,51 @@ async def test_sigstopped_worker_is_fenced_and_its_instances_replaced(tmp_path: 
     assert any(e["kind"] == "node-lost" for e in s["errors"])
 
 
+async def test_a_killed_workers_nat_starts_from_its_checkpoint(tmp_path: Path) -> None:
+    # ``checkpoint: 0.2``: the manager keeps each NAT instance's exported state; the replacement
+    # placed after its worker was killed imports it, so the connections it had seen keep their
+    # external ports (the replies reach their hosts; a fresh NAT would drop them as unknown).
+    from healkit import EXT, SERVER, nat_policy, pkts, reply_frame
+
+    text = nat_policy("ckpt").replace("affinity: flow,", "affinity: flow, checkpoint: 0.2,")
+    mgr, inp, out = await _deploy(tmp_path, text)
+    try:
+        assert mgr.plan_.policy.nfs["nat"].checkpoint == 0.2
+        victim = mgr.plan_.assignment["nat#1"]
+        n = 300
+        inp.inject(pkts([out_frame(k) for k in range(n)]))
+        await eventually(lambda: len(out.received) >= n, what="the first packets through the NAT")
+        ext = {(p.src_str, p.sport) for p in out.received[:n]}
+        mapping = {k: p.sport for k, p in enumerate(out.received[:n])}
+        assert len(ext) == n and {a for a, _ in ext} == {EXT}
+        ck = mgr.deployment.checkpoints
+        await eventually(lambda: ck.get("nat#1") is not None and ck.get("nat#1").flows() >= n,
+                         what="a checkpoint holding every connection")
+        os.kill(mgr.servers[victim].proc.pid, signal.SIGKILL)
+        await eventually(lambda: "recovered" in _kinds(mgr), timeout=3 * HB + 5)
+        assert "restored" in _kinds(mgr), [(e.kind, e.detail) for e in mgr.events]
+        before = len(out.received)
+        # The same connections again, in the reverse order (a fresh NAT would number them anew),
+        # and a reply to each external port.
+        inp.inject(pkts([out_frame(k, 1) for k in reversed(range(n))]))
+        inp.inject(pkts([reply_frame(port) for _, port in sorted(ext)]))
+        await eventually(lambda: len(out.received) >= before + 2 * n, what="both through the restored NAT")
+        await mgr.wait_done(timeout=10)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    again = [p for p in out.received[before:] if p.src_str == EXT]
+    replies = [p for p in out.received[before:] if p.src_str == SERVER]
+    assert len(again) == n and len(replies) == n
+    assert {int(p.payload[1:]) for p in again} == {1}  # (the second datagram of each connection)
+    assert sorted(p.sport for p in again) == sorted(mapping.values())
+    assert sorted((p.dst_str, p.dport) for p in replies) == sorted(
+        (f"10.0.{k // 250}.{k % 250 + 1}", 1024 + k) for k in range(n))
+    restored = [e for e in s["scaling_events"] if e["kind"] == "restored"]
+    print(f"\nrestored: {restored[0]['detail']}; checkpoints {s['checkpoints']}")
+    assert s["checkpoints"]["nat"]["restored"] == 1 and s["checkpoints"]["nat"]["rounds"] >= 1
+
+
 # --- a sharded run (`e2actors run --workers 2`): a worker killed or paused mid-replay ---------------
 def _worker_pid(run_pid: int, name: str) -> int | None:
     """The pid of worker process ``name`` started by the run ``run_pid`` (None: not yet / gone)."""

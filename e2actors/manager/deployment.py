@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 
 from e2actors._version import __version__
 from e2actors.errors import AuthError, ChangeFailed, E2Error, MailboxFull, SpawnRefused, TransportError
+from e2actors.manager.checkpoint import Checkpoints
 from e2actors.manager.hardware import Hardware, Server
 from e2actors.manager.instances import nf_of
 from e2actors.manager.plan import Plan
@@ -124,6 +125,8 @@ class Deployment:
         self.lock = asyncio.Lock()
         #: Final counters of instances no longer running (retired, replaced), for the summary.
         self.retired: dict[str, dict[str, Any]] = {}
+        #: The latest checkpoint of each member whose NF takes them (``checkpoint:``).
+        self.checkpoints = Checkpoints()
         #: How long the last move held its instance's packets (seconds).
         self.last_move_pause = 0.0
         self._shard_hosts: dict[str, ActorRef] = {}  # an agent's server -> its ShardHost

@@ -43,7 +43,7 @@ from e2actors.manager.rebalance import BusyTracker, rebalance
 from e2actors.manager.recovery import Recovery
 from e2actors.manager.scaling import Autoscaler, ScalingPolicy
 from e2actors.manager.shards import merge_captures, shard_hardware, shard_path
-from e2actors.nf.messages import FinalStats, GetStats, InputDone, LoadReport
+from e2actors.nf.messages import ExportState, FinalStats, GetStats, InputDone, LoadReport
 from e2actors.runtime.actor import Actor
 from e2actors.runtime.messages import NodeLost, Terminated, Tick
 from e2actors.runtime.node import Node
@@ -326,6 +326,7 @@ class Manager:
             if ref is not None:
                 await dep.retire(inst, ref, plan.assignment[inst], "drained", key=inst)
             self.autoscaler.forget(nf, inst)
+            dep.checkpoints.forget(inst)
             dep.record(nf, "retired", f"{inst} drained and stopped")
 
     # --- what the manager actor hears -------------------------------------------------------------
@@ -369,6 +370,10 @@ class Manager:
             self._last_rebalance = now
             dep.spawn_task(self._rebalance_quietly(), "rebalance")
         plan = dep.plan
+        if self.deployed and plan is not None:
+            intervals = {nf: spec.checkpoint for nf, spec in plan.policy.nfs.items() if spec.checkpoint}
+            for nf in dep.checkpoints.due(intervals, now) if intervals else ():
+                dep.spawn_task(self._checkpoint(nf, intervals[nf]), f"checkpoint {nf}")
         if not (self.autoscale and self.deployed and plan is not None) or dep.lock.locked():
             return
         for nf, spec in plan.policy.nfs.items():
@@ -390,6 +395,20 @@ class Manager:
             except E2Error as exc:
                 dep.record(nf, "scale-failed", str(exc))
                 self.autoscaler.changed(nf, now)
+
+    async def _checkpoint(self, nf: str, every: float) -> None:
+        """One round of checkpoints of ``nf``: each running instance's exported state (see
+        :mod:`e2actors.manager.checkpoint`); one that does not answer keeps its previous one."""
+        dep = self.deployment
+        plan = dep.plan
+        states: dict[str, Any] = {}
+        t = time.monotonic()
+        try:
+            refs = {i: dep.instances[i] for i in (plan.instances_of(nf) if plan else ())
+                    if i in dep.instances and dep.states.get(i, "running") == "running"}
+            states = await dep.ask_each(refs, ExportState(), timeout=max(1.0, min(every, 10.0)))
+        finally:
+            dep.checkpoints.done(nf, t, states)
 
     async def _rebalance_quietly(self) -> None:
         try:
@@ -608,6 +627,8 @@ class Manager:
             # Where ``lost`` packets were (an outage: see Recovery.accounting); empty otherwise.
             "lost_by": lost_by,
             "lost_servers": sorted(self.recovery.lost),
+            # Per NF that takes checkpoints: rounds, failures, restores, each member's latest age.
+            "checkpoints": self.deployment.checkpoints.summary(time.monotonic()),
             "congestion_drops": sum(n for r, n in drops.items() if _is_congestion(r)),
             "batches": {h: round(p / b, 2) if b else 0.0 for h, (b, p) in sorted(hops.items())},
             "batch_mean": round(sum(p for _b, p in hops.values()) / max(1, sum(b for b, _p in hops.values())), 2),

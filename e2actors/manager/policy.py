@@ -150,6 +150,9 @@ class NFSpec:
     min_instances: int = 1
     max_instances: int | None = None
     line: int = field(default=0, compare=False)
+    #: Seconds between checkpoints of its instances' state (None: none; see
+    #: :mod:`e2actors.manager.checkpoint`).
+    checkpoint: float | None = None
 
     @property
     def cores(self) -> int:
@@ -162,6 +165,8 @@ class NFSpec:
                              "min": self.min_instances, "max": self.max_instances}
         if self.config:
             d["config"] = self.config
+        if self.checkpoint is not None:
+            d["checkpoint"] = self.checkpoint
         return d
 
 
@@ -215,7 +220,7 @@ class Edge:
 
 
 _TOP_KEYS = {"name", "description", "nfs", "classes", "edges"}
-_NF_KEYS = {"class", "config", "ports", "cost_pps", "affinity", "input", "inline", "min", "max"}
+_NF_KEYS = {"class", "config", "ports", "cost_pps", "affinity", "input", "inline", "min", "max", "checkpoint"}
 _CLASS_KEYS = {"name", "filter", "load_pps", "load_bps", "packet_bytes"}
 _EDGE_KEYS = {"from", "to", "when", "fraction", "class", "name"}
 
@@ -458,6 +463,15 @@ class _Parser:
             raise self.err(_line(d, "min"), f"NF {name}: min is an integer >= 1")
         if hi is not None and (isinstance(hi, bool) or not isinstance(hi, int) or hi < lo):
             raise self.err(_line(d, "max"), f"NF {name}: max is an integer >= min ({lo})")
+        checkpoint = d.get("checkpoint")
+        if checkpoint is not None:
+            if isinstance(checkpoint, bool) or not isinstance(checkpoint, (int, float)) or not checkpoint > 0 \
+                    or checkpoint == float("inf"):
+                raise self.err(_line(d, "checkpoint"), f"NF {name}: checkpoint is a number of seconds > 0")
+            if inline:
+                raise self.err(_line(d, "checkpoint"), f"NF {name}: an inline NF runs inside its switch and "
+                                                       "is lost with it: it takes no checkpoint")
+            checkpoint = float(checkpoint)
         config = d.get("config") or {}
         if not isinstance(config, dict):
             raise self.err(_line(d, "config"), f"NF {name}: config is a mapping")
@@ -475,7 +489,8 @@ class _Parser:
                     from None
             except Exception as e:  # (a wrong type where a list or a mapping belongs, say)
                 raise self.err(_line(d, "config") or line, f"NF {name}: config: {type(e).__name__}: {e}") from None
-        return NFSpec(name, cls_path, plain(config), tuple(ports), cost, affinity, input_, inline, lo, hi, line)
+        return NFSpec(name, cls_path, plain(config), tuple(ports), cost, affinity, input_, inline, lo, hi, line,
+                      checkpoint)
 
     def nf_kind(self, name: str, d: Any, line: int) -> Any:
         """``kind: vport``: an existing program behind virtual ports, its settings at the NF's top
@@ -656,12 +671,12 @@ class PolicyBuilder:
     def nf(self, name: str, cls: str | type, *, config: dict[str, Any] | None = None,
            ports: Iterable[str] | None = None, cost_pps: float | None = None, affinity: str | None = None,
            input: str | None = None, inline: bool | None = None, min: int | None = None,
-           max: int | None = None) -> PolicyBuilder:
+           max: int | None = None, checkpoint: float | None = None) -> PolicyBuilder:
         path = cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
         d: dict[str, Any] = {"class": path}
         for k, v in (("config", config), ("ports", list(ports) if ports is not None else None),
                      ("cost_pps", cost_pps), ("affinity", affinity), ("input", input), ("inline", inline),
-                     ("min", min), ("max", max)):
+                     ("min", min), ("max", max), ("checkpoint", checkpoint)):
             if v is not None:
                 d[k] = v
         self._data["nfs"][name] = d

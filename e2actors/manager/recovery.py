@@ -23,7 +23,9 @@ The deployment watches every instance actor it starts (the manager actor gets ``
      the rest of the replay, from the lost shard's last known position in the capture (event
      ``takeover``); the part of its share nobody read is accounted as lost;
   3. **re-places** its instances on the capacity that remains (incremental placement: nothing
-     that runs moves; NIC and cores respected; fresh state — what the lost process held is gone).
+     that runs moves; NIC and cores respected). A replacement starts from its member's last
+     checkpoint when its NF takes them (``checkpoint:`` in the policy, event ``restored``; see
+     :mod:`e2actors.manager.checkpoint`), else with fresh state: what the lost process held is gone.
      Without room for all of them, the instances of NFs that still run elsewhere are left out
      (their flows go to the other instances) and only NFs left with none are placed again; one
      that finds no room stays ``failed`` (its NF's packets are dropped with a reason). The
@@ -60,6 +62,7 @@ from e2actors.manager.diff import heal_lost, with_server, without_instances
 from e2actors.manager.instances import nf_of
 from e2actors.manager.scaling import Autoscaler
 from e2actors.manager.shards import shard_path
+from e2actors.nf.messages import ImportState
 from e2actors.packet.pcap import open_capture
 from e2actors.runtime.messages import GetNodeInfo, NodeLost, Terminated
 from e2actors.runtime.ref import ActorRef
@@ -206,6 +209,8 @@ class Recovery:
                                                              new_plan.policy.base_dir, replacement=True)
                 except E2Error as exc:
                     dep.record(nf_of(inst), "failed", f"{inst} could not restart on {target}: {exc}")
+                    continue
+                await self._restore(inst, spawned[inst])
             for inst in healed.dropped:
                 old = dep.remove_instance(inst)
                 if old is not None:
@@ -239,6 +244,24 @@ class Recovery:
                 self.autoscaler.changed(nf, time.monotonic())
         if not lost.worker:
             dep.spawn_task(self._fence_on_return(lost), f"recovery: {server} fenced on return")
+
+    async def _restore(self, inst: str, ref: ActorRef) -> None:
+        """The replacement of ``inst`` imports its last checkpoint, if its NF takes them, before it
+        takes traffic (event ``restored``; one that cannot starts fresh: event ``restore-failed``)."""
+        dep = self.dep
+        ck = dep.checkpoints.get(inst)
+        if ck is None:
+            return
+        age = time.monotonic() - ck.t
+        try:
+            await dep.ask_patiently(ref, ImportState(ck.restorable()))
+        except Exception as exc:
+            dep.record(nf_of(inst), "restore-failed", f"{inst}: its checkpoint of {age:.1f}s ago was not taken "
+                       f"({type(exc).__name__}: {exc}); it starts with fresh state")
+            return
+        dep.checkpoints.restored(nf_of(inst))
+        dep.record(nf_of(inst), "restored", f"{inst} starts from its checkpoint of {age:.1f}s ago "
+                   f"({ck.flows()} flows); what changed after it was lost with the server")
 
     async def _output_after_counters(self, lost: LostServer) -> str:
         """A dead worker's part of a sharded output file is final: how many packets it holds

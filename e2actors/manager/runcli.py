@@ -254,6 +254,9 @@ def print_summary(s: dict[str, Any], out: Any = sys.stdout) -> None:
     w("\nscaling events:\n")
     for e in s["scaling_events"]:
         w(f"  {e['t']:7.2f}s  {e['nf']:10} {e['kind']:12} {e['detail']}\n")
+    if s.get("checkpoints"):
+        w("checkpoints: " + "; ".join(f"{nf} {c['rounds']} rounds ({c['failed']} unanswered), {c['restored']} restored"
+                                      for nf, c in s["checkpoints"].items()) + "\n")
     w(f"\ninstances per NF at the end: {s['instances_per_nf']}\n")
 
 
