@@ -215,6 +215,32 @@ def test_no_reaches_into_other_modules_private_attributes(part: str) -> None:
     assert not bad, "\n".join(bad)
 
 
+#: The manager's modules that own a node of their own (start, spawn on it, stop it).
+NODE_OWNERS = {"e2actors.manager.deployment", "e2actors.manager.manager", "e2actors.manager.control",
+               "e2actors.manager.shardhost"}
+
+
+def node_reaches(tree: ast.Module) -> list[tuple[int, str]]:
+    """``X.node.anything`` and ``X.node`` passed on: another object's node used directly."""
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Attribute) and n.attr == "node" and not (
+                isinstance(n.value, ast.Name) and n.value.id == "self"):
+            out.append((n.lineno, ast.unparse(n)))
+    return out
+
+
+def test_only_the_deployment_talks_to_the_deployments_nodes() -> None:
+    # Recovery, transactions, rebalancing: through Deployment's methods (spawn, stop, ask,
+    # probe, quarantine, ...), never its node (docs/architecture.md, "The manager's modules").
+    bad = []
+    for mod, (path, tree) in SOURCES.items():
+        if mod.startswith("e2actors.manager.") and mod not in NODE_OWNERS:
+            bad += [f"{path.relative_to(PKG.parent)}:{line}: {text}" for line, text in node_reaches(tree)
+                    if not text.endswith(("ref.node", "msg.node", "msg.ref.node", "target.node"))]
+    assert not bad, "\n".join(bad)
+
+
 def test_the_checks_catch_what_they_should() -> None:
     """The checks themselves, on made-up modules: an upward import, a private name imported, a
     reach into another object's private attribute, and a cycle are all found."""
@@ -229,3 +255,4 @@ def test_the_checks_catch_what_they_should() -> None:
     finally:
         del SOURCES["e2actors.packet.fake"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert node_reaches(ast.parse("dep.node.quarantine(a)\nself.node.stop()\n")) == [(1, "dep.node")]

@@ -92,6 +92,8 @@ async def test_an_old_server_does_not_end_a_flow_that_lives_on_at_the_moved_inst
         flow = pkts[0].flow_key
         for p in data[1:12]:  # the connection goes on, now through s2
             node.cell(sw1).actor.ports["in"].inject([p])
+            # (not a wait for something: the connection's pace. Spread over 1.65 s, it outlives
+            # s1's idle timeout of 0.6 s, which must not end it at the instance.)
             await asyncio.sleep(0.15)
         ended = node.cell(new).actor.runner.pipelet.ended
         np = node.cell(new).actor.runner.pipelet

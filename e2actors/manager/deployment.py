@@ -315,6 +315,26 @@ class Deployment:
         srv = self._servers[name] = ServerHandle(name, address, remote=True)
         return srv
 
+    @property
+    def attached(self) -> bool:
+        """Whether the deployment has its node (:meth:`attach`): it can start and reach actors."""
+        return self.node is not None
+
+    def quarantine(self, address: str) -> None:
+        """Ignore what the node at ``address`` (a lost server) still sends, until :meth:`release`."""
+        self._need_node().quarantine(address)
+
+    def release(self, address: str) -> None:
+        """End :meth:`quarantine` of ``address`` (it was fenced: nothing stale runs there)."""
+        self._need_node().release(address)
+
+    async def probe(self, address: str, timeout: float) -> NodeInfo:
+        """Connect to the node at ``address`` (a connection attempt: a node still paused is not
+        declared lost again) and ask what it runs. Raises what the attempt or the ask raised."""
+        node = self._need_node()
+        await asyncio.wait_for(node.connect(address), timeout)
+        return await node.ask(node.system_ref(address), GetNodeInfo(), timeout=timeout)
+
     def spawned_on(self, address: str) -> set[str]:
         """Names of the actors this deployment spawned on the node at ``address``."""
         return set(self._spawned.get(address, ()))

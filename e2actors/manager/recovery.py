@@ -64,7 +64,7 @@ from e2actors.manager.scaling import Autoscaler
 from e2actors.manager.shards import shard_path
 from e2actors.nf.messages import ImportState
 from e2actors.packet.pcap import open_capture
-from e2actors.runtime.messages import GetNodeInfo, NodeLost, Terminated
+from e2actors.runtime.messages import NodeLost, Terminated
 from e2actors.runtime.ref import ActorRef
 
 __all__ = ["READMIT_LIMIT", "LostServer", "Recovery", "lost_shard_account"]
@@ -166,7 +166,7 @@ class Recovery:
         async with dep.lock:
             plan = dep.plan
             srv = dep.servers.get(server)
-            if plan is None or dep.node is None or srv is None:
+            if plan is None or not dep.attached or srv is None:
                 return
             self.losses[server] = self.losses.get(server, 0) + 1
             hw = plan.hardware
@@ -183,7 +183,7 @@ class Recovery:
             dep.drop_server(server)
             # What it still sends when it comes back (frames queued while it was away) is ignored
             # until it is fenced and re-admitted.
-            dep.node.quarantine(srv.node_address)
+            dep.quarantine(srv.node_address)
             dep.record("*", "node-lost", f"{server} ({reason}): re-placing " + (", ".join(lost.instances) or "nothing"),
                        at=t0)
             if srv.proc is not None:
@@ -333,16 +333,12 @@ class Recovery:
         """Wait until the lost agent answers again; then stop whatever this deployment still runs
         there, and re-admit it as fresh capacity or keep it out (see the module docstring)."""
         dep = self.dep
-        node = dep.node
-        assert node is not None
         addr = lost.address
         every = max(0.2, dep.heartbeat_timeout / 2)
         while True:
             await asyncio.sleep(every)
             try:
-                # (a connection attempt, not an ask: a node still paused does not count as lost again)
-                await asyncio.wait_for(node.connect(addr), dep.heartbeat_timeout)
-                info = await node.ask(node.system_ref(addr), GetNodeInfo(), timeout=dep.heartbeat_timeout)
+                info = await dep.probe(addr, dep.heartbeat_timeout)
                 break
             except Exception as exc:
                 log.debug("%s is still away: %r", lost.name, exc)
@@ -351,7 +347,7 @@ class Recovery:
         if stale:
             await asyncio.gather(*(dep.stop(ActorRef(addr, n), quiet=True) for n in stale))
         try:
-            info = await node.ask(node.system_ref(addr), GetNodeInfo(), timeout=dep.heartbeat_timeout)
+            info = await dep.probe(addr, dep.heartbeat_timeout)
         except Exception as exc:
             dep.record("*", "kept-out", f"{lost.name} answered {back:.1f}s after it was lost, then not again: {exc!r}")
             return
@@ -379,12 +375,12 @@ class Recovery:
             if plan is None or lost.name in dep.servers:
                 return
             dep.readmit_server(lost.name, addr)
-            node.release(addr)
+            dep.release(addr)
             try:
                 await dep.start_switches()
             except E2Error as exc:
                 dep.drop_server(lost.name)
-                node.quarantine(addr)
+                dep.quarantine(addr)
                 dep.record("*", "kept-out", f"{lost.name} is back but its new switch did not start: {exc}")
                 return
             dep.set_plan(dataclasses.replace(plan, hardware=with_server(plan.hardware, lost.name, lost.cores)))
