@@ -325,3 +325,21 @@ def test_fuzzed_bytes_as_a_rules_file(tmp_path_factory, data: bytes) -> None:
         load_rules(p)
     except RuleError as e:
         assert e.source.startswith(f"{p}:")
+
+
+def test_a_catastrophic_backtracking_pcre_runs_in_linear_time() -> None:
+    # ``(a+)+b`` against a run of a's with no b: Python's ``re`` backtracks exponentially (30 a's
+    # take minutes there); RE2 is linear. No timing asserted: a backtracking engine would not
+    # finish, and the thread's join bound turns that into a failure instead of a hung suite.
+    import re
+    import threading
+
+    r = rule('alert tcp any any -> any any (content:"a"; pcre:"/(a+)+b/"; sid:7;)')
+    (_buf, els), = r.buffers
+    assert not isinstance(els[-1].regex, re.Pattern)  # (RE2's, not the standard library's)
+    result: list[bool] = []
+    worker = threading.Thread(target=lambda: result.append(inspect(els, b"a" * 100_000)), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert result == [False], "the pcre did not finish: a backtracking engine?"
+    assert inspect(els, b"a" * 100_000 + b"b")
