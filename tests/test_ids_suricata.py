@@ -206,10 +206,6 @@ def build() -> tuple[Trace, dict[str, int]]:
 KNOWN: set[tuple[str, int, str]] = {
     # Suricata 7.0.10 (libhtp) gave no http.host match for "Host: WWW.Example.COM:80"; we strip the port.
     ("http host with a port", 9, "ids only"),
-    # Suricata takes the sender of a leading pure ACK as the client; a bytestream NF never sees
-    # payload-less packets before the first bytes, so the IDS takes the first data sender.
-    ("midstream pure ACK first", 1, "ids only"),
-    ("midstream pure ACK first", 2, "ids only"),
 }
 
 

@@ -201,6 +201,32 @@ def test_stray_packets_leave_at_once():
     assert drv.take_released() == [(a, drv.default)] and drv.reassembler.stats["flows"] == 0
 
 
+def test_a_flow_joined_mid_stream_after_a_pure_ack_is_told_that_acks_sender_first():
+    # Suricata's midstream rule: the first packet's sender is the client, also when that packet
+    # carried no bytes (a capture starting with the server's pure ACK). Told before the bytes.
+    calls: list = []
+
+    class Sides(Recorder):
+        def set_first_sender(self, flow, direction):
+            calls.append(("first", direction, len(self.seen)))
+
+        def set_client(self, flow, direction):
+            calls.append(("client", direction))
+
+    drv = StreamDriver(Sides())
+    ack = seg(False, 100, flags="A")          # the server's pure ACK: not reassembled, leaves at once
+    drv.push(ack)
+    data = seg(True, 1, b"GET / HTTP/1.1\r\n")
+    drv.push(data)
+    assert calls == [("first", ack.direction, 0)] and drv.pipelet.seen[0][1] == data.direction
+    # A flow that opens with its SYN is told by the SYN, not by an earlier stray packet.
+    calls.clear()
+    drv2 = StreamDriver(Sides())
+    drv2.push(seg(False, 100, flags="A", cp=40001))
+    handshake(drv2, cp=40001)
+    assert [c[0] for c in calls] == ["client"]
+
+
 def test_flush_releases_what_waits():
     pl = Recorder()
     drv = StreamDriver(pl)

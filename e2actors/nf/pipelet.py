@@ -156,6 +156,11 @@ class Pipelet:
         """Bytestream NFs: the side sending in ``direction`` answered ``flow``'s SYN (a SYN/ACK):
         it is the server, and the handshake was seen."""
 
+    def set_first_sender(self, flow: Hashable, direction: int) -> None:
+        """Bytestream NFs: ``flow`` was joined mid-stream (no SYN seen) and its first packet, one
+        without payload (a pure ACK), came from ``direction``; told before its first bytes.
+        Suricata (``stream.midstream``) takes that side as the client."""
+
     def on_gap(self, flow: Hashable, direction: int, missing: int) -> Verdict | str | None:
         """Bytestream NFs: ``missing`` bytes of ``flow`` never arrived in time; the stream goes on
         after them. Return a verdict as :meth:`on_stream` does (default: keep the current one)."""

@@ -26,7 +26,9 @@ Rules (both ways):
 - Each Gap goes to ``pipelet.on_gap(flow, direction, missing)``; a sticky verdict from it becomes
   the current one (the bytes after the gap come in the next chunk and take on_stream's verdict).
 - A SYN without ACK tells the pipelet which side is the client (``pipelet.set_client``); a SYN/ACK
-  tells it which side answered (``pipelet.set_server``: the handshake was seen).
+  tells it which side answered (``pipelet.set_server``: the handshake was seen). A flow joined
+  mid-stream whose first packets carried no bytes (a capture starting with a pure ACK) tells it
+  that first packet's side when its bytes open it (``pipelet.set_first_sender``).
 - A packet with no new bytes (SYN, pure ACK, full retransmission, FIN/RST without data, a late
   packet of an ended flow) takes the flow's current verdict *when its turn to leave comes*, so it
   follows the decision made on the bytes sent before it.
@@ -60,6 +62,10 @@ __all__ = ["CHUNK", "END", "GAP", "OPEN", "StreamDriver", "StreamJob", "tell"]
 OPEN, CHUNK, GAP, END = 0, 1, 2, 3
 #: The ``arg`` of an OPEN job for a SYN/ACK (its direction is the server's); None for a SYN.
 SYNACK = "synack"
+#: How an OPEN job says that a flow joined mid-stream began with a payload-less packet from ``direction``.
+MIDSTREAM = "midstream"
+#: Flows remembered by their first payload-less packet at most (oldest forgotten first).
+MAX_FIRST_SEEN = 65536
 
 _LAZY = object()  # entry state: no new bytes; takes the flow's current verdict when it leaves
 _PASSED = object()  # a resolved barrier (the place of a gap's verdict in its flow's queue)
@@ -108,6 +114,8 @@ def tell(pipelet: Pipelet, kind: int, flow: Hashable, direction: int, arg: Any,
     if kind == OPEN:
         if arg == SYNACK:
             pipelet.set_server(flow, direction)
+        elif arg == MIDSTREAM:
+            pipelet.set_first_sender(flow, direction)
         else:
             pipelet.set_client(flow, direction)
         return None
@@ -170,6 +178,10 @@ class StreamDriver:
         self._pushed = 0
         self._nreleased = 0
         self._max_held = 0
+        #: Flows not (yet) reassembled whose first packet was payload-less (a mid-stream capture
+        #: that starts with a pure ACK): the direction it came from, for Suricata's midstream rule
+        #: (the first packet's sender is the client) once the flow's bytes open it. Bounded.
+        self._first_dir: OrderedDict[Hashable, int] = OrderedDict()
         self._max_pending = 0
         self._counts: dict[str, int] = dict.fromkeys(("chunks", "gaps", "ends", "errors", "awaiting"), 0)
         #: The latest errors: ``(flow, text)``.
@@ -213,6 +225,10 @@ class StreamDriver:
             if key is None or not r.tracks(key):
                 if fs is None:
                     # Not reassembled (not TCP, malformed, a stray ACK): nothing to wait for.
+                    if key is not None and key not in self._first_dir:
+                        self._first_dir[key] = pkt.direction
+                        if len(self._first_dir) > MAX_FIRST_SEEN:
+                            self._first_dir.popitem(last=False)
                     self._released.append((pkt, self.default))
                     self._nreleased += 1
                     return
@@ -226,10 +242,14 @@ class StreamDriver:
                         fs.prev = old
                         old.next = fs
         if key is not None and pkt.tcp_flags & 0x02:
+            self._first_dir.pop(key, None)
             if pkt.tcp_flags & 0x12 == 0x02:  # a SYN opens the flow: its sender is the client
                 self._open(key, pkt.direction)
             else:  # a SYN/ACK: its sender answered, it is the server (the handshake was seen)
                 self._open(key, pkt.direction, SYNACK)
+        elif self._first_dir and key in self._first_dir:
+            # Joined mid-stream after payload-less packets: the first of them fixes the client.
+            self._open(key, self._first_dir.pop(key), MIDSTREAM)
         if not events and not fs.queue and not r.last_held and fs.prev is None:
             # The common case (a pure ACK, ...): nothing waits in its flow, no bytes to judge.
             v = fs.current

@@ -27,8 +27,8 @@ meta={"verdict": "unsafe", "sid": ..., "msg": ...})`` (sticky: the rest of the f
 
 **Direction and flow state, as Suricata** (with ``stream.midstream`` on): the client is fixed by
 the flow's first packet: the sender of the SYN (:meth:`set_client`), the receiver of a SYN/ACK
-(:meth:`set_server`), else the sender of the first packet the IDS sees (for TCP, the first one with
-payload: pure ACKs do not reach a bytestream NF). ``flow:established`` holds for TCP once the
+(:meth:`set_server`), else the sender of the flow's first packet (for TCP joined mid-stream, the
+stream driver tells it with :meth:`set_first_sender` even when that packet was a pure ACK). ``flow:established`` holds for TCP once the
 SYN/ACK was seen, or at once for a flow joined mid-stream (no SYN seen); a flow whose SYN is never
 answered is not established. For UDP and ICMP it holds once both sides have sent a packet (the first
 reply is established, the first datagram is not), as in Suricata.
@@ -371,6 +371,13 @@ class IDS(Pipelet):
         st[_FLAGS] |= _SYNACK
         if st[_CLIENT] == _UNKNOWN:
             st[_CLIENT] = 1 - direction
+
+    def set_first_sender(self, flow: Hashable, direction: int) -> None:
+        """Joined mid-stream, the flow's first packet (payload-less) came from ``direction``: as
+        Suricata with ``stream.midstream``, that side is the client (no handshake seen)."""
+        st = self._state(flow)
+        if st[_CLIENT] == _UNKNOWN:
+            st[_CLIENT] = direction
 
     @staticmethod
     def _client(st: list[Any], direction: int) -> int:
