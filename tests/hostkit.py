@@ -53,12 +53,22 @@ def tshark_hosts(tshark: str, path: str, flows: set[Flow]) -> dict[Flow, str | N
     return got
 
 
-def tracker_hosts(pkts: list[Packet], hold_packets: int = 64, hold_seconds: float = 5.0,
+def _switch_default(name: str) -> float:
+    """The switch's own default for one of its hold bounds (so that the tests decide as it does)."""
+    import inspect
+
+    from e2actors.switch.dataplane import Dataplane
+
+    return inspect.signature(Dataplane).parameters[name].default
+
+
+def tracker_hosts(pkts: list[Packet], hold_packets: int = _switch_default("hold_packets"),
+                  hold_seconds: float = _switch_default("hold_seconds"),
                   tracker: HostTracker | None = None) -> tuple[dict[Flow, str | None], dict[Flow, float]]:
     """What the switch decides: every packet through ``HostTracker.lookup`` in arrival order (on
     packet time), a flow given up once it held ``hold_packets`` packets or waited ``hold_seconds``
-    (the switch's hold bound), ``expire`` after every packet (its housekeeping). Also returns how
-    long each flow was held (first packet to decision)."""
+    (the switch's hold bounds, its defaults unless given), ``expire`` after every packet (its
+    housekeeping). Also returns how long each flow was held (first packet to decision)."""
     tr = tracker or HostTracker()
     first: dict[Flow, float] = {}
     count: dict[Flow, int] = {}
