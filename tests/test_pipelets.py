@@ -206,6 +206,80 @@ def test_logger_merges_a_part_cut_mid_record_with_a_log_line_not_a_warning(tmp_p
     assert sorted(x.name for x in tmp_path.iterdir()) == ["unsafe.pcap", "unsafe.pcap.lock"]
 
 
+def test_a_shared_logger_scaled_in_within_one_process_loses_nothing(tmp_path) -> None:
+    # Three Logger instances of one process write one shared file (a part each); one stops (a
+    # scale-in) while the others still write: nothing is merged until the last one stops, and
+    # tcpdump reads every packet. A restart of an instance goes on after what it wrote.
+    import asyncio
+
+    out = tmp_path / "unsafe.pcap"
+    pkts = generate(flows=100, seed=3)
+    assert len(pkts) >= 700
+
+    async def go() -> None:
+        runners = []
+        for i in range(3):
+            nf = Logger()
+            nf.name = f"logger#{i + 1}"
+            r = PipeletRunner(nf)
+            await r.start({"pcap": str(out)})
+            runners.append(r)
+        for k, p in enumerate(pkts[:300]):
+            await runners[k % 3].run(Batch([p]))
+        await runners[2].stop()                                # scale-in: logger#3 leaves
+        assert not out.exists()                                # (the others still write)
+        for k, p in enumerate(pkts[300:600]):
+            await runners[k % 2].run(Batch([p]))
+        await runners[0].stop()                                # logger#1 crashes and restarts
+        again = Logger()
+        again.name, again.resumed = "logger#1", True
+        runners[0] = PipeletRunner(again)
+        await runners[0].start({"pcap": str(out)})
+        for p in pkts[600:700]:
+            await runners[0].run(Batch([p]))
+        for r in runners[:2]:
+            await r.stop()
+
+    asyncio.run(go())
+    assert sorted(p.data for p in read_packets(out)) == sorted(p.data for p in pkts[:700])
+    tcpdump = need_tool("tcpdump")
+    r = subprocess.run([tcpdump, "-nr", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 700
+    assert sum(1 for _ in open(tmp_path / "unsafe.jsonl")) == 700
+
+
+def test_a_resumed_logger_goes_on_after_what_it_wrote_a_new_one_starts_afresh(tmp_path) -> None:
+    # One file per instance ({instance}): an instance that resumes its member (a restart after a
+    # crash, a replacement: ``resumed``) appends; a new run's instance starts the file afresh.
+    pkts = connection()
+    cfg = {"pcap": str(tmp_path / "log-{instance}.pcap")}
+    run_pipelet(Logger, pkts[:5], config=cfg)
+    again = Logger()
+    again.resumed = True
+    res = run_pipelet(again, pkts[5:], config=cfg)
+    assert [p.data for p in read_packets(res.pipelet.pcap_path)] == [p.data for p in pkts]  # type: ignore[attr-defined]
+    assert len(open(res.pipelet.jsonl_path).read().splitlines()) == len(pkts)  # type: ignore[attr-defined]
+    res = run_pipelet(Logger, pkts[:3], config=cfg)                 # the next run
+    assert [p.data for p in read_packets(res.pipelet.pcap_path)] == [p.data for p in pkts[:3]]  # type: ignore[attr-defined]
+
+
+def test_a_logger_on_a_full_disk_fails_naming_its_file(tmp_path) -> None:
+    import errno
+
+    nf = Logger()
+    run_pipelet(nf, connection()[:2], config={"pcap": str(tmp_path / "l-{instance}.pcap")})
+
+    class Full:
+        def write(self, *a):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        flush = close = write
+
+    nf.writer = Full()  # type: ignore[assignment]
+    with pytest.raises(OSError, match=r"No space left on device: .*l-Logger\.pcap"):
+        nf.on_timer()
+
+
 # --- NAT ---------------------------------------------------------------------------------------------
 NATCFG = {"external": "198.19.255.1", "internal": ["198.18.0.0/16"], "ports": [30000, 30009]}
 

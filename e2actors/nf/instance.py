@@ -111,6 +111,8 @@ class NFInstance(Actor):
         self.runner = PipeletRunner(p, clock=self.clock)  # type: ignore[arg-type]
         # The counters go on across restarts: a restarted instance counts on from where it was.
         carried = self.carry.get("stats")
+        # (a replacement runs under a fresh actor name, nat#1~3, for member nat#1)
+        p.resumed = carried is not None or self.name != self.instance
         if carried is not None:
             self.runner.stats = carried
         else:

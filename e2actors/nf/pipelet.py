@@ -114,6 +114,10 @@ class Pipelet:
         self.drops: collections.Counter[str] = collections.Counter()
         #: The instance's name once it runs (``nf#index``).
         self.name = type(self).__name__
+        #: True when this instance takes over from an earlier run of the same member (a restart
+        #: after a crash; a replacement after a move, an upgrade or a lost server): files it
+        #: writes should go on after what that one wrote, not start afresh. Set before setup.
+        self.resumed = False
         #: The current time as the runner sees it: packet timestamps when replaying a capture
         #: (so tests are deterministic), the wall clock live. Set before each call.
         self.now = 0.0

@@ -12,8 +12,13 @@ Several instances (a scale-out, or one per shard) never write one file at once. 
 ``/`` made ``_``). Without it, each instance writes a part file next to it,
 ``PATH.part-INSTANCE-PID``, and when the last instance of the group on that machine stops, the
 parts are merged into ``PATH`` by timestamp (each instance's own order kept) under a lock file
-``PATH.lock``; parts left by a process that died are merged too. An instance restarted after a
-crash appends to its part (nothing it wrote is wiped).
+``PATH.lock``; parts left by a process that died are merged too. "The last" counts every
+Logger of the machine, those of this process too (a scale-in merges nothing while others write),
+and a later merge in the same process keeps what an earlier one wrote. A new run starts its files
+afresh; an instance that resumes a member (:attr:`Pipelet.resumed
+<e2actors.nf.pipelet.Pipelet.resumed>`: restarted after a crash, or a replacement) appends to
+what that member wrote, so nothing is wiped. A write that fails (a full disk) raises naming the
+file.
 """
 
 from __future__ import annotations
@@ -101,11 +106,22 @@ class Logger(Pipelet):
         self._files = [(pcap, pcap + suffix if self.shared else pcap),
                        (jsonl, jsonl + suffix if self.shared and "{instance}" not in jsonl_t else jsonl)]
         wpcap, wjsonl = self._files[0][1], self._files[1][1]
-        # (A restart after a crash goes on after what its part holds.)
-        self.writer = PcapWriter(wpcap, snaplen=config_number("Logger", config, "snaplen", 262144, minimum=1), append=self.shared)
-        self.jsonl: TextIO = open(wjsonl, "a" if self.shared else "w", encoding="utf-8")
+        # A new run overwrites an old run's file; an instance that resumes a member (a restart
+        # after a crash, a replacement) goes on after what it holds.
+        again = self.resumed
+        snaplen = config_number("Logger", config, "snaplen", 262144, minimum=1)
+        with _naming_path(wpcap):
+            self.writer = PcapWriter(wpcap, snaplen=snaplen, append=self.shared or again)
+        with _naming_path(wjsonl):
+            self.jsonl: TextIO = open(wjsonl, "a" if self.shared or again else "w", encoding="utf-8")
+        if self.shared:
+            _WRITING.update((wpcap, wjsonl))
 
     async def process(self, batch: Batch) -> None:
+        with _naming_path(self._files[0][1]):
+            self._log(batch)
+
+    def _log(self, batch: Batch) -> None:
         w = self.writer
         lines = []
         for pkt in batch.packets:
@@ -117,20 +133,48 @@ class Logger(Pipelet):
                 rec["meta"] = pkt.meta
             lines.append(json.dumps(rec, default=_jsonable))
             self._default_out.append(pkt)
-        self.jsonl.write("\n".join(lines) + "\n")
+        with _naming_path(self._files[1][1]):
+            self.jsonl.write("\n".join(lines) + "\n")
         self.counters["logged"] += len(batch.packets)
 
     def on_timer(self) -> None:
-        self.writer.flush()
-        self.jsonl.flush()
+        with _naming_path(self._files[0][1]):
+            self.writer.flush()
+        with _naming_path(self._files[1][1]):
+            self.jsonl.flush()
 
     async def teardown(self) -> None:
-        self.writer.close()
-        self.jsonl.close()
+        try:
+            with _naming_path(self._files[0][1]):
+                self.writer.close()
+            with _naming_path(self._files[1][1]):
+                self.jsonl.close()
+        finally:
+            for _path, part in self._files:
+                _WRITING.discard(part)
         if self.shared:
             for path, part in self._files:
                 if part != path:
-                    merge_parts(path, part)
+                    with _naming_path(path):
+                        merge_parts(path, part)
+
+
+#: Shared files this process merged (a later merge includes what they hold).
+_MERGED: set[str] = set()
+#: Parts of shared files that Loggers of this process are writing now (see ``_alive``).
+_WRITING: set[str] = set()
+
+
+@contextlib.contextmanager
+def _naming_path(path: str) -> Iterator[None]:
+    """An OSError without the file's name (a full disk: ``[Errno 28] No space left on device``)
+    is raised again naming ``path``, so the run's errors say which output failed."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            raise OSError(exc.errno, exc.strerror or str(exc), path) from exc
+        raise
 
 
 @contextlib.contextmanager
@@ -149,7 +193,7 @@ def _alive(part: str) -> bool:
     except (IndexError, ValueError):
         return False
     if pid == os.getpid():
-        return False
+        return part in _WRITING  # (another Logger of this process, still at work)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -165,6 +209,10 @@ def merge_parts(path: str, part: str) -> bool:
     them. Returns True when this call merged."""
     with _locked(path):
         done = part.replace(".part-", ".done-", 1)
+        n = 0
+        while os.path.exists(done):  # (the same instance stopped before: a restart in this process)
+            n += 1
+            done = part.replace(".part-", ".done-", 1) + f".{n}"
         if os.path.exists(part):
             os.replace(part, done)
         if any(_alive(p) for p in glob.glob(glob.escape(path) + ".part-*")):
@@ -173,6 +221,13 @@ def merge_parts(path: str, part: str) -> bool:
             sorted(glob.glob(glob.escape(path) + ".part-*"))  # (parts of writers that died)
         if not parts:
             return False
+        if path in _MERGED and os.path.exists(path):
+            # This run merged into it before (its writers had all stopped, then one started
+            # again): what it holds is merged too, not overwritten.
+            keep = path + ".merged-before"
+            os.replace(path, keep)
+            parts.insert(0, keep)
+        _MERGED.add(path)
         tmp = path + ".merging"
         if path.endswith(".jsonl"):
             _merge_jsonl(parts, tmp)
