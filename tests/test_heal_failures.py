@@ -160,3 +160,37 @@ async def test_sigkilled_worker_is_replaced(tmp_path: Path) -> None:
     assert recovery < 3 * hb + 1.0
     assert pin == 6000 and 0 < pout and lost < 6000 * 0.6
     assert all(p.meta.get("pid") not in (None, pid) for p in out.received[-100:])
+
+
+async def test_scaling_in_by_several_retires_exactly_the_drained_ones(tmp_path: Path) -> None:
+    # 4 -> 1 at once: the three victims drain and leave one by one, in whatever order their flows
+    # end; each leaves the plan itself (not "the highest-numbered one"), and its counters stay in
+    # the summary.
+    from nfkit import chain_policy
+
+    text = chain_policy("cnt", "class: e2actors.nf.builtin.Counter, affinity: flow, min: 4", name="scalein")
+    mgr, inp, out = await deploy(tmp_path, text, workers=0)
+    try:
+        assert mgr.plan_.instances_of("cnt") == ["cnt#1", "cnt#2", "cnt#3", "cnt#4"]
+        n = 400
+        inp.inject(pkts([out_frame(k) for k in range(n)]))
+        await eventually(lambda: len(out.received) >= n, what="traffic through all four")
+        # (UDP flows never end by themselves: the drains end at their time limit, here short)
+        mgr.drains.limit = 0.5
+        await mgr.scale("cnt", 1)
+        await eventually(lambda: [e.kind for e in mgr.events].count("retired") == 3, timeout=30,
+                         what="three instances retired")
+        assert mgr.plan_.instances_of("cnt") == ["cnt#1"] and set(mgr.instances) == {"cnt#1"}
+        more = [out_frame(1000 + k) for k in range(50)]
+        inp.inject(pkts(more))
+        await eventually(lambda: len(out.received) >= n + 50, what="new flows through the one left")
+        await mgr.wait_done(timeout=10)
+        s = mgr.summary(await mgr.stats())
+    finally:
+        await mgr.stop()
+    pin, pout, drops = account(s)
+    assert pin == pout == n + 50 and drops == 0
+    assert {i: v["state"] for i, v in s["instances"].items()} == {
+        "cnt#1": "running", "cnt#2": "retired", "cnt#3": "retired", "cnt#4": "retired"}
+    assert sum(v["in"] for v in s["instances"].values()) == n + 50
+    assert not [e for e in s["errors"]], s["errors"]

@@ -34,6 +34,7 @@ from typing import Any
 from e2actors.errors import E2Error
 from e2actors.manager import changes
 from e2actors.manager.deployment import MAIN, Deployment, Event, ServerHandle, check_agent
+from e2actors.manager.diff import without_instances
 from e2actors.manager.drain import DrainTracker
 from e2actors.manager.hardware import Hardware, PortPlace, Server
 from e2actors.manager.instances import nf_of
@@ -315,12 +316,10 @@ class Manager:
             plan = dep.plan
             assert plan is not None
             nf = nf_of(inst)
-            keep = [i for i in plan.instances_of(nf) if i != inst]
-            # Plan.scale drops the highest-numbered instances: that is the one draining.
-            new_plan = plan.scale(nf, len(keep))
+            # Exactly this instance leaves (a scale-in by several drains them one by one, in
+            # whatever order their flows end).
+            new_plan = without_instances(plan, {inst})
             dep.set_plan(new_plan)
-            if inst in new_plan.assignment or set(new_plan.instances_of(nf)) != set(keep):
-                log.warning("retiring %s: the plan removed a different instance", inst)
             ref = dep.remove_instance(inst)
             await dep.push_tables()
             if ref is not None:
