@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 
+from e2actors.errors import E2Error
 from e2actors.manager.shardhost import set_agent_settings
 from e2actors.runtime.confine import Confinement, default_data_dir, set_process_confinement
 from e2actors.runtime.node import Node, TLSConfig, run
@@ -75,8 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_secret(path: str) -> bytes:
-    with open(path, "rb") as f:
-        secret = f.read().strip()
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as exc:
+        raise SystemExit(f"e2actors agent: cannot read the secret file {path}: {exc.strerror or exc}") from None
     if len(secret) < 16:
         raise SystemExit(f"e2actors agent: the secret in {path} is too short (16 bytes at least)")
     return secret
@@ -97,7 +101,10 @@ async def serve(args: argparse.Namespace) -> None:
                 heartbeat_timeout=args.heartbeat_timeout, heartbeat_interval=args.heartbeat_timeout / 6,
                 max_connections=args.max_connections, max_connections_per_host=args.max_connections_per_host,
                 handshake_timeout=args.handshake_timeout, confine=confine, fence_lost_spawners=True)
-    await node.start()
+    try:
+        await node.start()
+    except (E2Error, OSError) as exc:  # a bad or busy --listen address: one line, not a traceback
+        raise SystemExit(f"e2actors agent: cannot listen on {args.listen}: {exc}") from None
     metrics = None
     if args.metrics_port is not None:
         from e2actors.runtime.metrics import Metrics
@@ -105,7 +112,12 @@ async def serve(args: argparse.Namespace) -> None:
         metrics = Metrics(interval=0.5)
         metrics.head_timeout = args.handshake_timeout
         metrics.add_source(lambda: node_samples(node))
-        port = await metrics.start(args.metrics_port, args.metrics_addr)
+        try:
+            port = await metrics.start(args.metrics_port, args.metrics_addr)
+        except OSError as exc:
+            await node.stop()
+            raise SystemExit(f"e2actors agent: cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
+                             f"{exc.strerror or exc}") from None
         print(f"METRICS http://{args.metrics_addr}:{port}/metrics", flush=True)
     print("READY", node.address, flush=True)
     loop = asyncio.get_running_loop()

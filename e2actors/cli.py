@@ -70,7 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     cmd = COMMANDS[args.command]
-    return getattr(cmd.load(), cmd.run)(args)
+    try:
+        return getattr(cmd.load(), cmd.run)(args)
+    except KeyboardInterrupt:
+        # Ctrl-C before a command has its own handler (while it imports or starts): no traceback.
+        # (``run`` handles SIGINT itself once under way: the summary so far, exit 130.)
+        print(f"e2actors {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -75,6 +75,33 @@ def test_operator_mistakes_get_one_line(tmp_path: Path) -> None:
     assert v.returncode == 0 and v.stdout.startswith("e2actors ")
 
 
+def test_an_agents_operator_mistakes_get_one_line(tmp_path: Path) -> None:
+    import socket
+
+    secret = tmp_path / "secret"
+    secret.write_text("s" * 40)
+
+    def agent(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "e2actors", "agent", "--data-dir", str(tmp_path / "data"), *args],
+                              env=env_with_tests(), capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cases = {
+            "cannot read the secret file": ["--listen", "tcp://127.0.0.1:0", "--secret-file", str(tmp_path / "nope")],
+            "cannot listen on bogus://x": ["--listen", "bogus://x", "--secret-file", str(secret)],
+            f"cannot listen on tcp://127.0.0.1:{port}": ["--listen", f"tcp://127.0.0.1:{port}",
+                                                         "--secret-file", str(secret)],
+            "cannot serve metrics": ["--listen", "tcp://127.0.0.1:0", "--secret-file", str(secret),
+                                     "--metrics-port", str(port)],
+        }
+        for what, args in cases.items():
+            r = agent(*args)
+            assert r.returncode == 1 and what in r.stderr and len(r.stderr.strip().splitlines()) == 1, (what, r.stderr)
+
+
 def test_sigint_during_a_run_prints_the_summary_so_far_and_exits_130(tmp_path: Path) -> None:
     import signal
     import time

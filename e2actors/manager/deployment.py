@@ -378,8 +378,13 @@ class Deployment:
         except SpawnRefused as exc:  # the agent said no: say which server, and why
             why = str(exc)
             if "allow-list" in why:
+                what = kwargs.get("pipelet", cls)
+                if srv.proc is not None:  # a worker process this run started: its list was fixed then
+                    raise SpawnRefused(f"worker {server} (started by this run) may not load {what}: {why} (a "
+                                       "module the policy did not name when the workers started: give it to "
+                                       "Manager(allow=...) up front)") from None
                 raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused to load "
-                                   f"{kwargs.get('pipelet', cls)}: {why} (start it with --allow MODULE to permit)") from None
+                                   f"{what}: {why} (start that agent with --allow MODULE to permit)") from None
             raise SpawnRefused(f"the agent of server {server} at {srv.node_address} refused {why}") from None
 
     async def start_switches(self, **kwargs: Any) -> None:

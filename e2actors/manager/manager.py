@@ -423,6 +423,10 @@ class Manager:
 
     async def update(self, policy: Policy, dry_run: bool = False) -> Any:
         """Apply a new policy live as one transaction; returns the :class:`PolicyDiff`."""
+        if not dry_run:
+            # As at deploy: the modules the policy names are the user's choice for this process
+            # (workers keep the list they started with; agents their own).
+            self.deployment.allow_modules(spec.cls.partition(":")[0] for spec in policy.nfs.values())
         d = await changes.update(self.deployment, policy, dry_run=dry_run, autoscaler=self.autoscaler)
         if dry_run or not d.applied:
             return d
