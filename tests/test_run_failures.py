@@ -102,6 +102,24 @@ def test_an_agents_operator_mistakes_get_one_line(tmp_path: Path) -> None:
             assert r.returncode == 1 and what in r.stderr and len(r.stderr.strip().splitlines()) == 1, (what, r.stderr)
 
 
+def test_runs_and_plans_leave_no_temporary_files(tmp_path: Path) -> None:
+    # A run with workers (their sockets and secret file) over generated traffic (its capture), and
+    # a Manager that only plans: nothing left in the temporary directory afterwards.
+    from e2actors.manager.manager import Manager
+    from e2actors.manager.policy import Policy
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    r = subprocess.run([sys.executable, "-m", "e2actors", "run", str(POLICY), "--gen", "40", "--workers", "2",
+                        "--json"], cwd=tmp_path, env={**env_with_tests(), "TMPDIR": str(tmp)},
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-1500:]
+    assert sorted(p.name for p in tmp.iterdir()) == []
+    mgr = Manager()
+    mgr.plan(Policy.load(POLICY))
+    assert mgr.deployment._tmpdir is None  # (made only when a worker needs it)
+
+
 def test_sigint_during_a_run_prints_the_summary_so_far_and_exits_130(tmp_path: Path) -> None:
     import signal
     import time

@@ -141,7 +141,7 @@ class Deployment:
         #: known of a server after it is lost.
         self.last_switch_stats: dict[str, tuple[float, dict[str, Any]]] = {}
         self._instance_rounds: list[tuple[float, dict[str, dict[str, Any]]]] = []
-        self._tmp = tempfile.mkdtemp(prefix="e2actors-")
+        self._tmpdir: str | None = None  # (made when a worker needs it: a plan alone leaves nothing)
         self._switch_kwargs: dict[str, Any] = {}
 
     def attach(self, node: Node, monitor: ActorRef) -> None:
@@ -263,12 +263,12 @@ class Deployment:
         self._shard_hosts.clear()
 
     async def _start_worker(self, name: str, cores: int) -> ServerHandle:
-        secret_file = os.path.join(self._tmp, "secret")
+        secret_file = os.path.join(self._tmp(), "secret")
         if not os.path.exists(secret_file):
             with open(secret_file, "wb") as f:
                 f.write(self.secret)
             os.chmod(secret_file, 0o600)
-        sock = f"unix://{self._tmp}/{name}.sock"
+        sock = f"unix://{self._tmp()}/{name}.sock"
         cmd = [sys.executable, "-m", "e2actors", "agent", "--listen", sock, "--secret-file", secret_file,
                "--name", name, "--cores", str(cores), "--exit-with-parent",
                "--heartbeat-timeout", str(self.heartbeat_timeout),
@@ -640,9 +640,17 @@ class Deployment:
                     srv.proc.wait(30)  # (a busy machine: its ports flush and close first)
                 except Exception:
                     srv.proc.kill()
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
     # --- internals ---------------------------------------------------------------------------------------
+    def _tmp(self) -> str:
+        """This deployment's private directory (worker sockets, the secret file), made on first use."""
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="e2actors-")
+        return self._tmpdir
+
     def _need_node(self) -> Node:
         if self.node is None:
             raise E2Error("the manager is not started")
