@@ -35,6 +35,29 @@ def test_a_truncated_capture_fails_the_run(tmp_path: Path) -> None:
     assert s["packets_in"] > 0 and s["lost"] == 0
 
 
+def test_a_capture_corrupt_in_the_middle_fails_the_run_and_keeps_every_good_record(tmp_path: Path) -> None:
+    # 1,000 good records, then a record header claiming 16 MB: the reader refuses it (PcapError);
+    # every record before it still goes through the policy (none of the batch being read is lost).
+    import struct
+
+    from e2actors.packet.pcap import PcapWriter
+    from e2actors.packet.traffic import generate
+
+    bad = tmp_path / "bad.pcap"
+    pkts = generate(flows=200, seed=4)[:1000]
+    with PcapWriter(bad) as w:
+        for p in pkts:
+            w.write(p.data, p.ts, p.wirelen)
+    with open(bad, "ab") as f:
+        f.write(struct.pack("<IIII", 1, 0, 16 << 20, 16 << 20) + b"x" * 100)
+    r = run(["--traffic", str(bad), "--json"], tmp_path)
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert any("exceeds" in f and "bad.pcap" in f for f in s["failures"]), s["failures"]
+    assert s["packets_in"] == 1000 and s["lost"] == 0
+    assert s["packets_in"] == s["packets_out"] + sum(s["drops"].values())
+
+
 def test_a_full_disk_under_out_pcap_fails_the_run_with_the_path(tmp_path: Path) -> None:
     need_root()
     need_tool("mount")

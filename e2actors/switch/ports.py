@@ -159,6 +159,7 @@ class PcapInPort(Port):
         offset = 0.0  # later loops of a capture replayed in packet time come after the earlier ones
         t_max = 0.0
         t0 = self._t0
+        cur: list[Packet] = []
         try:
             for loop in range(self.loops):
                 t_first = None
@@ -166,7 +167,7 @@ class PcapInPort(Port):
                 if loop and self.speed <= 0:
                     offset = t_max + 1.0 - t0
                 with open_capture(self.path) as reader:
-                    cur: list[Packet] = []
+                    cur = []
                     for ts, data, wirelen, lt, _if in reader:
                         if not t0:
                             t0 = self._t0 = ts
@@ -228,6 +229,8 @@ class PcapInPort(Port):
                         break
         except (PcapError, OSError) as exc:  # corrupt or unreadable past the start: loud, not a crash
             self.error = f"{self.path}: {exc}"
+            if cur:  # the good records read before the corrupt one still go through
+                await push(ingress, gate, cur)
         finally:
             if only is None:
                 self._main_done = True
