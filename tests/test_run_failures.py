@@ -78,6 +78,27 @@ def test_a_full_disk_under_out_pcap_fails_the_run_with_the_path(tmp_path: Path) 
     assert s["packets_in"] == s["packets_out"] + sum(s["drops"].values())
 
 
+def test_a_full_disk_under_a_logger_fails_the_run_with_the_path(tmp_path: Path) -> None:
+    # The running example's Logger writes out/unsafe.pcap (and .jsonl) under the run's directory:
+    # a 16 KiB tmpfs there fills up. The run fails naming the file; every packet is accounted for.
+    need_root()
+    need_tool("mount")
+    disk = tmp_path / "out"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=True)
+    try:
+        r = run(["--traffic", str(TRAFFIC), "--json"], tmp_path)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    assert r.returncode == 1, r.stderr
+    s = json.loads(r.stdout)
+    assert any("No space left on device" in f and "unsafe." in f for f in s["failures"]), s["failures"]
+    assert any(e.get("type") == "OSError" and "unsafe." in e.get("message", "") for e in s["errors"]), s["errors"]
+    assert s["lost"] == 0
+    assert s["packets_in"] == s["packets_out"] + sum(s["drops"].values())
+    assert any(i["nf"] == "logger" for i in s["instances"].values())  # (shown, not gone)
+
+
 def test_operator_mistakes_get_one_line(tmp_path: Path) -> None:
     import socket
 

@@ -646,6 +646,9 @@ class Manager:
             "failures": [f"{e['where']}: {e['error']}" for e in port_errors]
             + [f"{e.nf}: {e.detail}" for e in self.events if e.kind == "failed"]
             + [f"server {n} lost ({why})" for n, why in self.recovery.losses_summary().items()]
+            # (an NF that could not finish its outputs: what it wrote may be incomplete)
+            + [f"{e['instance']}: {e['type']} at the end: {e['message']}" for e in nf_errors
+               if isinstance(e, dict) and e.get("during") == "teardown"]
             + ([f"{lost:,} packets lost: " + "; ".join(f"{n:,} {w}" for w, n in lost_by.items()) if lost_by
                 else f"{lost:,} packets admitted and never accounted for"] if lost else []),
         }

@@ -216,6 +216,7 @@ class Recovery:
                 if old is not None:
                     dep.unwatch(old)
                 self.autoscaler.forget(nf_of(inst), inst)
+                dep.checkpoints.forget(inst)  # (its flows go to the NF's other instances, fresh)
             for inst in healed.failed:
                 old = dep.mark_failed(inst)
                 if old is not None:

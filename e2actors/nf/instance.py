@@ -140,12 +140,18 @@ class NFInstance(Actor):
             fin = self.runner.release_credits()
             if fin and self.output is not None:
                 self.send(self.output, NFOutput(self.instance, -1, (), 0, held, "stopped", fin))  # type: ignore[arg-type]
-            await self.runner.stop()
-            if self.monitor is not None:
-                try:
-                    self.send(self.monitor, FinalStats(self.instance, self.stats()))  # type: ignore[arg-type]
-                except Exception:  # (a monitor gone at shutdown)
-                    pass
+            try:
+                await self.runner.stop()
+            except Exception as exc:  # teardown failed (a full disk under its files): in the errors
+                self._error(exc, "teardown")
+                raise
+            finally:
+                # The final counters go to the summary whatever teardown did.
+                if self.monitor is not None:
+                    try:
+                        self.send(self.monitor, FinalStats(self.instance, self.stats()))  # type: ignore[arg-type]
+                    except Exception:  # (a monitor gone at shutdown)
+                        pass
 
     async def on_message(self, msg: Any) -> Any:
         if type(msg) is NFBatch:
