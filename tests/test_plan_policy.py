@@ -12,6 +12,7 @@ from e2actors.errors import E2Error
 from e2actors.manager.hardware import Hardware
 from e2actors.manager.policy import Policy, PolicyError
 from e2actors.manager.sizing import check_capacity
+from e2actors.nf.pipelet import Pipelet
 
 SEED = "examples/seed/policy.yaml"
 SEED_HW = "examples/seed/hardware.yaml"
@@ -416,6 +417,26 @@ def test_ids_inline_rules_are_checked_at_plan_time():
     assert e.line == 6 and "config 'rules'" in str(e), str(e)
     e = error_of(_one_nf("e2actors.nf.builtin.ids:IDS", "matcher: magic\n"))
     assert e.line == 6 and "config 'matcher'" in str(e), str(e)
+
+
+@pytest.mark.skipif(not HAVE_IDS, reason="IDS not available")
+def test_an_ids_rules_file_next_to_the_policy_is_checked_at_plan_time_with_the_rules_line(tmp_path):
+    # The rule file is read by the planner (it sits next to the policy): its bad rule is named by
+    # the rule file's own FILE:LINE, through the policy's config key.
+    (tmp_path / "bad.rules").write_text('alert tcp any any -> any 80 (msg:"ok"; content:"a"; sid:1;)\n'
+                                        'alert tcp any any -> any 80 (msg:"bad"; content:"|zz|"; sid:2;)\n')
+    pol = tmp_path / "policy.yaml"
+    pol.write_text(_one_nf("e2actors.nf.builtin.ids:IDS", "rules: bad.rules\n"))
+    with pytest.raises(PolicyError) as ei:
+        Policy.load(pol)
+    assert ei.value.line == 6 and "config 'rules'" in str(ei.value) and "bad.rules:2" in str(ei.value), str(ei.value)
+
+
+def test_a_pipelet_with_a_plain_def_process_is_refused_when_its_class_is_made():
+    with pytest.raises(TypeError, match=r"Plain\.process must be 'async def process\(\.\.\.\)'"):
+        class Plain(Pipelet):
+            def process(self, batch):  # type: ignore[override]
+                return None
 
 
 def test_good_configs_and_user_classes_pass_the_plan_time_check():
