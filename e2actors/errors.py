@@ -2,7 +2,8 @@
 
 Errors cross nodes with their type: when an ask's handler raises on another node, the asker gets
 the same :class:`E2Error` subclass (an ``AskTimeout``, a ``SpawnRefused``, a ``ChangeFailed``...)
-with the same text (:func:`remote_error`); any other exception arrives as a :class:`RemoteError`
+with the same text and its declared fields (a ``ConfigError``'s ``nf``, ``key``, ``reason``; a
+``PolicyError``'s ``file`` and ``line``: :func:`remote_error`); any other exception arrives as a :class:`RemoteError`
 naming its type.
 """
 
@@ -13,12 +14,30 @@ class E2Error(Exception):
     """Root of all e2actors errors."""
 
     @classmethod
-    def from_remote(cls, text: str) -> E2Error:
-        """This error as raised on another node, rebuilt from its text (attributes that the text
-        does not carry take empty values)."""
+    def from_remote(cls, text: str, fields: dict | None = None) -> E2Error:
+        """This error as raised on another node, rebuilt from its text and its ``fields`` (the
+        attributes its class declares, e.g. a :class:`ConfigError`'s ``nf``, ``key`` and
+        ``reason``; see :meth:`wire_fields`). Anything else is ignored; what is missing keeps the
+        class's empty default."""
         exc = cls.__new__(cls)
         Exception.__init__(exc, text)
+        for k, v in (fields or {}).items():
+            if isinstance(k, str) and not k.startswith("_") and type(v) in (str, int, float, bool) \
+                    and type(getattr(cls, k, None)) is type(v):
+                setattr(exc, k, v)
         return exc
+
+    def wire_fields(self) -> dict[str, str | int | float | bool]:
+        """The attributes its class declares with a plain default (``nf, key, reason = "", "", ""``),
+        as they are on this error: what crosses to the asker on another node."""
+        out: dict[str, str | int | float | bool] = {}
+        for klass in type(self).__mro__:
+            for k, default in vars(klass).items():
+                if not k.startswith("_") and type(default) in (str, int, float, bool) and k not in out:
+                    v = getattr(self, k, default)
+                    if type(v) is type(default):
+                        out[k] = v
+        return out
 
 
 # --- runtime -----------------------------------------------------------------------------------
@@ -57,7 +76,7 @@ class RemoteError(E2Error):
         super().__init__(f"{type_name}: {text}" if text else type_name)
 
     @classmethod
-    def from_remote(cls, text: str) -> RemoteError:
+    def from_remote(cls, text: str, fields: dict | None = None) -> RemoteError:
         type_name, _, rest = text.partition(": ")
         return cls(type_name, rest)
 
@@ -138,13 +157,13 @@ class ChangeFailed(E2Error):
     diff: object = None
 
 
-def remote_error(type_name: str, text: str) -> E2Error:
+def remote_error(type_name: str, text: str, fields: dict | None = None) -> E2Error:
     """The exception an asker raises for a remote handler's ``type_name: text``: the e2actors
-    error of that name (:meth:`E2Error.from_remote`), else a :class:`RemoteError`."""
+    error of that name with its ``fields`` (:meth:`E2Error.from_remote`), else a :class:`RemoteError`."""
     cls = _known().get(type_name)
     if cls is None:
         return RemoteError(type_name, text)
-    return cls.from_remote(text)
+    return cls.from_remote(text, fields)
 
 
 def _known() -> dict[str, type[E2Error]]:

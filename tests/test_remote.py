@@ -98,8 +98,11 @@ async def test_remote_errors_keep_their_type(peer_process) -> None:
         with pytest.raises(ConfigError) as ei:
             await node.ask(raiser, ("config", "fw", "default", "must be allow or deny"))
         assert str(ei.value) == "fw: config 'default': must be allow or deny"
-        with pytest.raises(PolicyError, match="p.yaml:3: no such NF"):
+        # ... and with their fields, so code that handles them can read them
+        assert (ei.value.nf, ei.value.key, ei.value.reason) == ("fw", "default", "must be allow or deny")
+        with pytest.raises(PolicyError, match="p.yaml:3: no such NF") as ep:
             await node.ask(raiser, ("policy", "p.yaml", 3, "no such NF"))
+        assert (ep.value.file, ep.value.line, ep.value.reason) == ("p.yaml", 3, "no such NF")
         # any other exception: a RemoteError that names its type
         with pytest.raises(RemoteError) as er:
             await node.ask(raiser, ("value", "bad number"))
@@ -118,6 +121,10 @@ def test_remote_error_rebuilds_known_errors_only() -> None:
     assert type(remote_error("ChangeFailed", "x")) is ChangeFailed
     f = remote_error("FilterError", "bad filter at column 3")
     assert type(f) is FilterError and f.column == 0 and str(f) == "bad filter at column 3"
+    # Fields come from a peer: only those the class declares, with their declared type, are taken.
+    f = remote_error("FilterError", "x", {"column": 3, "expression": "tcp port", "__class__": "os", "evil": 1,
+                                          "line": "not an int"})
+    assert f.column == 3 and f.expression == "tcp port" and not hasattr(f, "evil") and type(f) is FilterError
     r = remote_error("RemoteError", "KeyError: 'k'")  # relayed by a node in between
     assert type(r) is RemoteError and r.type_name == "KeyError"
     # a name that is not one of ours (even an E2Error-like one) stays a RemoteError

@@ -67,7 +67,8 @@ class Ask:
             if not self.fut.done():
                 self.fut.set_exception(exc)
         elif self.remote is not None:
-            self.remote(False, (type(exc).__name__, str(exc)))
+            fields = exc.wire_fields() if isinstance(exc, E2Error) else {}
+            self.remote(False, (type(exc).__name__, str(exc), fields) if fields else (type(exc).__name__, str(exc)))
         else:
             self.error = exc
 

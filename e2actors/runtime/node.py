@@ -814,8 +814,9 @@ class Node:
         if ok is True:
             fut.set_result(value)
         else:
-            etype, text = (value + ("", ""))[:2] if isinstance(value, tuple) else ("Error", str(value))
-            fut.set_exception(remote_error(str(etype), str(text)))  # e2actors errors keep their type
+            etype, text, fields = (value + ("", "", None))[:3] if isinstance(value, tuple) else ("Error", str(value), None)
+            # e2actors errors keep their type and declared fields (checked there: peer data)
+            fut.set_exception(remote_error(str(etype), str(text), fields if isinstance(fields, dict) else None))
 
     def _reply(self, address: str, req: Any, ok: bool, value: Any) -> None:
         try:
