@@ -342,6 +342,24 @@ async def test_node_caps_and_write_bound_in_process() -> None:
         peer.close()
 
 
+async def test_many_slow_peers_together_are_bounded_node_wide() -> None:
+    """Peers that each stay under the per-peer bound but together queue more than the node's
+    total: the ones with the most queued are dropped, counted as slow peers."""
+    async with Node("srv", listen="tcp://127.0.0.1:0", secret=SECRET, max_frame=2 << 20,
+                    max_write_buffer=64 << 20, max_total_write_buffer=6 << 20, heartbeat_interval=0.05) as srv:
+        srv.spawn(_Big, "big")
+        loop = asyncio.get_running_loop()
+        peers = [await loop.run_in_executor(None, RawPeer, srv.address, SECRET) for _ in range(2)]
+        frames = b"".join(encode_frame(ASK, "big", i, "x") for i in range(5))  # 5 MB of replies each
+        for peer in peers:
+            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            peer.send(frames)
+        await eventually(lambda: srv.counters["slow_peers"] >= 1, timeout=20, what="a slow peer dropped")
+        assert sum(c.buffered for c in srv._conns if not c.closed) <= 6 << 20
+        for peer in peers:
+            peer.close()
+
+
 class _Big(Actor):
     async def on_message(self, msg):
         return b"y" * (1 << 20)

@@ -123,7 +123,8 @@ class Node:
     in :attr:`counters` and logged at a limited rate): ``handshake_timeout`` seconds from accept
     to a complete handshake (TLS included); at most ``max_connections`` accepted connections, and
     ``max_connections_per_host`` from one peer address (Unix and in-memory peers count as one
-    host, ``local``); ``max_write_buffer`` bytes queued to a peer that does not read.
+    host, ``local``); ``max_write_buffer`` bytes queued to a peer that does not read, and
+    ``max_total_write_buffer`` to all of them together.
     ``confine``: what NF configurations may touch on this node (data directory, Legacy programs;
     :class:`~e2actors.runtime.confine.Confinement`); None: nothing is confined (a local run).
     ``fence_lost_spawners``: stop what a peer spawned here when it is lost (agents; see above).
@@ -146,6 +147,7 @@ class Node:
         max_connections: int = 512,
         max_connections_per_host: int = 32,
         max_write_buffer: int = 32 * 1024 * 1024,
+        max_total_write_buffer: int = 256 * 1024 * 1024,
         confine: Any = None,
         remote_spawns: bool = True,
         fence_lost_spawners: bool = False,
@@ -163,6 +165,9 @@ class Node:
         self.handshake_timeout = handshake_timeout
         # Room for at least two of the largest frames (a big reply must not look like a stalled peer).
         self.max_write_buffer = max(max_write_buffer, 2 * max_frame + transport.FLUSH_BYTES)
+        #: Bytes queued to all peers together (many slow peers, each under its own bound): over
+        #: it, the peers with the most queued are dropped (``slow_peers``), checked every tick.
+        self.max_total_write_buffer = max_total_write_buffer
         self.confine = confine
         #: Whether ``$system`` spawns actors other nodes ask for (agents: yes; a manager's node: no).
         self.remote_spawns = remote_spawns
@@ -711,6 +716,7 @@ class Node:
                     # learns from it that what it started here is gone)
                     for addr in set(self.spawned_by.values()):
                         self.fence(addr, f"fenced: this node was stalled for {stalled:.1f}s")
+            self._bound_write_buffers()
             # Each peer gets heartbeats often enough for its own timeout (from its HELLO), even
             # when ours is far longer: a manager with a 1 s timeout must not lose an idle agent
             # that runs with 60 s. (Bounded below: a peer cannot make us send a storm.)
@@ -737,6 +743,20 @@ class Node:
                     self._peer_lost(peer, f"no heartbeat for {now - peer.last_seen:.1f}s")
                 elif peer.conn is None and (peer.pending or self._remote_watches.get(peer.address)):
                     self._ensure_connecting(peer)
+
+    def _bound_write_buffers(self) -> None:
+        """Drop the peers with the most bytes queued until all of them together are under
+        :attr:`max_total_write_buffer` (each is also bounded alone, by the connection)."""
+        conns = [c for c in self._conns if not c.closed]
+        total = sum(c.buffered for c in conns)
+        if total <= self.max_total_write_buffer:
+            return
+        for c in sorted(conns, key=lambda c: c.buffered, reverse=True):
+            if total <= self.max_total_write_buffer:
+                break
+            total -= c.buffered
+            c.fail(f"peers do not read: over {self.max_total_write_buffer} bytes queued to all of them, "
+                   "this one the most", "slow_peers")
 
     # --- inbound frames -------------------------------------------------------------------------
     def on_frame(self, conn: Connection, kind: int, target: Any, arg: Any, message: Any) -> Awaitable[Any] | None:
