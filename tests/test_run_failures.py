@@ -58,17 +58,23 @@ def test_a_capture_corrupt_in_the_middle_fails_the_run_and_keeps_every_good_reco
     assert s["packets_in"] == s["packets_out"] + sum(s["drops"].values())
 
 
-def test_a_full_disk_under_out_pcap_fails_the_run_with_the_path(tmp_path: Path) -> None:
+def run_on_a_small_disk(tmp_path: Path, mount: str, size: str, args: list[str]) -> subprocess.CompletedProcess:
+    """``run(args)`` in ``tmp_path`` with a tmpfs of ``size`` mounted at ``tmp_path/mount``
+    (unmounted afterwards, also when the run fails)."""
     need_root()
     need_tool("mount")
-    disk = tmp_path / "disk"
+    disk = tmp_path / mount
     disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(disk)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
     try:
-        out = disk / "out.pcap"
-        r = run(["--traffic", str(TRAFFIC), "--out-pcap", str(out), "--json"], tmp_path)
+        return run(args, tmp_path)
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_a_full_disk_under_out_pcap_fails_the_run_with_the_path(tmp_path: Path) -> None:
+    out = tmp_path / "disk" / "out.pcap"
+    r = run_on_a_small_disk(tmp_path, "disk", "200k", ["--traffic", str(TRAFFIC), "--out-pcap", str(out), "--json"])
     assert r.returncode == 1, r.stderr
     s = json.loads(r.stdout)
     assert any(str(out) in f and "No space left on device" in f for f in s["failures"]), s["failures"]
@@ -81,15 +87,7 @@ def test_a_full_disk_under_out_pcap_fails_the_run_with_the_path(tmp_path: Path) 
 def test_a_full_disk_under_a_logger_fails_the_run_with_the_path(tmp_path: Path) -> None:
     # The running example's Logger writes out/unsafe.pcap (and .jsonl) under the run's directory:
     # a 16 KiB tmpfs there fills up. The run fails naming the file; every packet is accounted for.
-    need_root()
-    need_tool("mount")
-    disk = tmp_path / "out"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], check=True)
-    try:
-        r = run(["--traffic", str(TRAFFIC), "--json"], tmp_path)
-    finally:
-        subprocess.run(["umount", str(disk)], check=False)
+    r = run_on_a_small_disk(tmp_path, "out", "16k", ["--traffic", str(TRAFFIC), "--json"])
     assert r.returncode == 1, r.stderr
     s = json.loads(r.stdout)
     assert any("No space left on device" in f and "unsafe." in f for f in s["failures"]), s["failures"]
