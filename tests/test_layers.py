@@ -29,9 +29,9 @@ ALLOWED_UPWARD = {
 }
 
 #: Import cycles admitted, as packages whose modules may form one (the test fails once none is
-#: left, so that the allowance goes too). The runtime's: ``actor`` names ``Node`` in annotations
-#: (under TYPE_CHECKING: an actor's ``node``), and ``node`` builds on ``actor`` and ``service``.
-KNOWN_CYCLE_PACKAGES = {"e2actors.runtime"}
+#: left, so that the allowance goes too). None now: the runtime's actor names its node through
+#: the ``ActorHost`` protocol (``runtime/host.py``), not ``Node``.
+KNOWN_CYCLE_PACKAGES: set[str] = set()
 
 #: Private names of the standard library that are its public API (namedtuple's, os._exit, ...).
 STDLIB_PRIVATE = {"_replace", "_asdict", "_fields", "_make", "_exit", "_getframe"}

@@ -86,6 +86,17 @@ def test_node_implements_the_link_owner_interface() -> None:
     assert isinstance(Owner("o"), ListenerOwner)
 
 
+def test_node_implements_the_actor_host_interface() -> None:
+    # What actors use of their node is the ActorHost protocol (the actor module names only it).
+    from e2actors.runtime.host import ActorHost
+
+    node = Node("n", secret=SECRET)
+    assert isinstance(node, ActorHost)
+    missing = [m for m in ("send", "tell", "ask", "spawn_child", "watch", "unwatch", "unregister", "create_task",
+                           "is_alive", "link_backlog", "subscribe") if not callable(getattr(node, m, None))]
+    assert not missing
+
+
 @pytest.mark.parametrize("kind", ["tcp", "mem"])
 async def test_a_connection_needs_only_its_owner_interface(kind: str) -> None:
     server, client = Owner("server"), Owner("client")

@@ -12,16 +12,15 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from e2actors.errors import ActorStopped, E2Error
+from e2actors.runtime.host import ActorHost
 from e2actors.runtime.mailbox import Mailbox, MailboxStats, Overflow
 from e2actors.runtime.messages import Terminated, Tick
 from e2actors.runtime.ref import ActorRef
 from e2actors.runtime.supervision import RestartPolicy, RestartTracker
 
-if TYPE_CHECKING:
-    from e2actors.runtime.node import Node
 
 log = logging.getLogger("e2actors.actor")
 
@@ -139,14 +138,14 @@ class Actor:
 
     # Set by the runtime before on_start.
     ref: ActorRef
-    node: Node
+    node: ActorHost
     name: str
     parent: ActorRef | None
     _cell: ActorCell
 
     # --- lifecycle hooks ------------------------------------------------------------------------
     @classmethod
-    def check_spawn(cls, node: Node, kwargs: dict[str, Any]) -> None:
+    def check_spawn(cls, node: ActorHost, kwargs: dict[str, Any]) -> None:
         """Called before the actor is created: raise to refuse a spawn (bad or unsafe arguments),
         so the spawner gets the error instead of an actor that fails to start."""
 
@@ -277,7 +276,7 @@ class ActorCell:
                  "timers", "tracker", "task", "alive", "stopping", "current_ask", "stop_reason", "restarts",
                  "crashes", "parked", "busy", "_busy_waiter", "urgent", "lossless", "carry", "__weakref__")
 
-    def __init__(self, node: Node, ref: ActorRef, cls: type[Actor], kwargs: dict[str, Any], parent: ActorCell | None,
+    def __init__(self, node: ActorHost, ref: ActorRef, cls: type[Actor], kwargs: dict[str, Any], parent: ActorCell | None,
                  policy: RestartPolicy, mailbox: Mailbox) -> None:
         self.node = node
         self.ref = ref
