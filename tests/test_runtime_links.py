@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conftest import SECRET
+from conftest import SECRET, eventually
 from e2actors import Actor, ActorRef, Node
 from e2actors.errors import TransportError
 from e2actors.runtime import transport
@@ -72,13 +72,6 @@ class Owner:
         return Connection(self, SECRET, client=True, nonces=self.nonces)
 
 
-async def _until(cond: Any, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        assert loop.time() < end, "condition not met in time"
-        await asyncio.sleep(0.005)
-
 
 def test_node_implements_the_link_owner_interface() -> None:
     node = Node("n", secret=SECRET)
@@ -103,7 +96,7 @@ async def test_a_connection_needs_only_its_owner_interface(kind: str) -> None:
     listener, address = await transport.listen("tcp://127.0.0.1:0" if kind == "tcp" else "mem://links-test", server)
     try:
         conn = await transport.connect(address, client.client_connection, None)
-        await _until(lambda: len(server.ready) == 1)
+        await eventually(lambda: len(server.ready) == 1)
         assert client.ready == [conn] and conn.peer_address == server.address
         back = server.ready[0]
         assert back.peer_address == client.address and back.peer_name == "client"
@@ -128,7 +121,7 @@ async def test_a_connection_needs_only_its_owner_interface(kind: str) -> None:
         assert [(await server.frames.get()).message for _ in range(3)] == ["hold", "after-1", "after-2"]
         assert not conn.write_paused and conn.buffered == 0
         conn.close()
-        await _until(lambda: server.lost == [back] and client.lost == [conn])
+        await eventually(lambda: server.lost == [back] and client.lost == [conn])
         assert server.admission.total == 0 and not server.counters and not client.counters
     finally:
         listener.close()
@@ -142,7 +135,7 @@ async def test_a_hello_with_the_owners_own_address_is_refused_and_counted() -> N
         client.address = server.address  # a relay joining the server to itself
         with pytest.raises(TransportError):
             await transport.connect(address, client.client_connection, None, timeout=2.0)
-        await _until(lambda: server.counters["auth_failures"] == 1)
+        await eventually(lambda: server.counters["auth_failures"] == 1)
         assert server.ready == [] and len(server.lost) == 1
     finally:
         listener.close()
@@ -175,7 +168,7 @@ async def test_stop_leaves_none_of_the_tasks_the_node_started() -> None:
         loop = asyncio.get_running_loop()
         host, port = node.address[len("tcp://"):].rsplit(":", 1)
         idle = await loop.run_in_executor(None, socket.create_connection, (host, int(port)))
-        await _until(lambda: node.counters["connect_failures"] >= 1 and node.admission.total == 1)
+        await eventually(lambda: node.counters["connect_failures"] >= 1 and node.admission.total == 1)
         started = {t.get_name().split(":")[0] for t in asyncio.all_tasks() - before}
         assert {"accept", "heartbeats", "connect", "ask", "actor"} <= started, started
         go.set()

@@ -41,14 +41,11 @@ def mem(*names: str) -> tuple[PortSpec, ...]:
 
 async def settle(node: Node, sw: ActorRef, timeout: float = 5.0) -> dict:
     """Wait until the switch is idle (nothing in flight), then return its stats."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        await asyncio.sleep(0.01)
+    async def idle() -> dict | None:
         st = await node.ask(sw, GetSwitchStats())
-        if st["idle"] and st["mailbox"]["depth"] == 0:
-            return st
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"switch not idle: {st}")
+        return st if st["idle"] and st["mailbox"]["depth"] == 0 else None
+
+    return await eventually(idle, timeout, what="the switch to be idle")
 
 
 def port(node: Node, sw: ActorRef, name: str) -> MemoryPort:
