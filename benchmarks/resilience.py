@@ -13,7 +13,8 @@ deployment is quiet, and its packets are counted from the switches' and instance
   instance is restarted by its supervisor).
 * ``node_loss_recovery_seconds``: from the SIGKILL of the worker running ``nat#1`` to the first
   packet sent after the kill leaving the deployment (heartbeats notice the loss, the instances are
-  placed again on the survivors, the switches reprogrammed); ``node_loss_lost_packets``: packets
+  placed again on the survivors, the switches reprogrammed; the NAT takes checkpoints every
+  second, and ``node_loss_restored`` says what its replacement started from); ``node_loss_lost_packets``: packets
   not delivered during that phase (the outage). ``node_loss_healed_seconds``: from the kill to
   every NF placed again (the ``recovered`` event); ``node_loss_lost_vs_outage``: the packets lost
   over those offered from the kill to the heal (1.0: all of them; the NAT's only instance was on
@@ -65,7 +66,7 @@ from e2actors.packet.traffic import frames, write_pcap  # noqa: E402
 V1 = """
 name: resilience-v1
 nfs:
-  nat:   {class: e2actors.nf.builtin.NAT, affinity: flow, config: {external: 100.64.0.1}}
+  nat:   {class: e2actors.nf.builtin.NAT, affinity: flow, checkpoint: 1, config: {external: 100.64.0.1}}
   crash: {class: "heal_nfs:Crasher"}
 classes:
   - {name: all, filter: "", load_pps: 2000}
@@ -79,7 +80,7 @@ V2 = """
 name: resilience-v2
 nfs:
   tag:   {class: "heal_nfs:Tagger", config: {tag: v2}}
-  nat:   {class: e2actors.nf.builtin.NAT, affinity: flow, config: {external: 100.64.0.1}}
+  nat:   {class: e2actors.nf.builtin.NAT, affinity: flow, checkpoint: 1, config: {external: 100.64.0.1}}
   crash: {class: "heal_nfs:Crasher"}
 classes:
   - {name: all, filter: "", load_pps: 2000}
@@ -215,6 +216,8 @@ async def main(rate: float, hb: float, pause_s: float) -> dict:
         healed = healed_at(mgr, t_mono[0])
         res["node_loss_healed_seconds"] = round(healed - t_mono[0], 3) if healed else None
         res["node_loss_lost_vs_outage"] = round(lost / (rate * (healed - t_mono[0])), 3) if healed else None
+        res["node_loss_restored"] = next((e.detail for e in mgr.events if e.kind == "restored"
+                                          and e.t + mgr.t0 >= t_mono[0]), None)
         res["node_lost"] = victim
         res["heartbeat_timeout"] = hb
         res["rate_pps"] = rate
