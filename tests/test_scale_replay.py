@@ -188,3 +188,23 @@ async def test_sharded_scale_out_keeps_every_flow_on_one_instance(tmp_path: Path
     assert all(len(v) == 1 for v in seen.values()), [k for k, v in seen.items() if len(v) > 1][:5]
     assert len(used) >= 3  # the new instance took new flows
     await asyncio.sleep(0)
+
+
+def test_traces_follow_packets_through_each_shard(tmp_path: Path) -> None:
+    # ``--trace N`` with two workers: traces come from both shards, each a packet's whole path on
+    # the switch that read it (in, the routes and instances it took, out or a drop).
+    traffic = ROOT / "examples" / "seed" / "traffic.pcap"
+    s = run_cli([str(POLICY), "--traffic", str(traffic), "--workers", "2", "--trace", "50"], tmp_path)
+    traces = s["traces"]
+    assert traces, s.keys()
+    shards = set()
+    for t in traces:
+        first, last = t["hops"][0][1], t["hops"][-1][1]
+        assert first.startswith("in w") and first.endswith(":in"), t
+        shard = first.split()[1].split(":")[0]
+        shards.add(shard)
+        assert any(h[1].startswith("nf ids#") for h in t["hops"]), t          # every packet meets the IDS
+        assert last == f"out {shard}:out" or "drop" in last or "end" in last, t
+        stamps = [h[0] for h in t["hops"]]
+        assert stamps == sorted(stamps), t
+    assert shards == {"w1", "w2"}
