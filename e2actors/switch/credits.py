@@ -89,14 +89,21 @@ class Credits:
         self.admitted[origin] = self.admitted.get(origin, 0) + n
 
     def give_back(self, pairs: Iterable[tuple[int, int]]) -> None:
-        """Credits that come back for our origins (from another switch, or counted here)."""
-        inflight = self.inflight
+        """Credits that come back for our origins (from another switch, or counted here);
+        credits of origins that are not ours are ignored (never sent on again)."""
         for o, n in pairs:
-            if o in inflight:
-                inflight[o] -= n
-                self.returned += 1
-                if inflight[o] < 0:
-                    self._came_back(o)
+            self._return(o, n)
+
+    def _return(self, o: int, n: int) -> bool:
+        """``n`` credits back to our origin ``o``; False when ``o`` is not one of ours."""
+        inflight = self.inflight
+        if o not in inflight:
+            return False
+        inflight[o] -= n
+        self.returned += 1
+        if inflight[o] < 0:
+            self._came_back(o)
+        return True
 
     def write_off(self, origin: int) -> int:
         """Give up the credits of ``origin`` now (its consumers stalled past the bound, or a server
@@ -140,13 +147,10 @@ class Credits:
         self.finish_counts(counts.items())
 
     def finish_counts(self, pairs: Iterable[tuple[int, int]]) -> None:
-        inflight = self.inflight
+        """Packets finished here, counted per origin: credit back to our own origins, owed to the
+        home switch of the others."""
         for o, n in pairs:
-            if o in inflight:
-                inflight[o] -= n
-                self.returned += 1
-                if inflight[o] < 0:
-                    self._came_back(o)
+            if self._return(o, n):
                 continue
             home = self.home.get(o)
             if home is None or home == self.server:
