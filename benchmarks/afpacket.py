@@ -240,6 +240,33 @@ def sh(cmd: str, check: bool = True) -> None:
     subprocess.run(cmd, shell=True, check=check, capture_output=True)
 
 
+def counter(ns: str, dev: str, what: str) -> int:
+    """Interface ``dev``'s statistic ``what`` (``tx_packets``...) in namespace ``ns``."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/{what}"],
+                         capture_output=True, text=True).stdout
+    return int(out)
+
+
+def measure(fw: subprocess.Popen, out: tuple[str, str], gen: tuple[str, str], hexes: str, seconds: float,
+            verbose: bool = False) -> tuple[float, float, float]:
+    """Drive the started forwarder ``fw`` for ``seconds`` with GEN sending ``hexes`` from
+    interface ``gen`` (namespace, device); count what it sent out of ``out`` (namespace, device).
+    Returns (forwarded pps, offered pps, the forwarder's CPU seconds) once it has exited."""
+    before = counter(*out, "tx_packets")
+    g = subprocess.Popen(["ip", "netns", "exec", gen[0], sys.executable, "-c", GEN, gen[1], str(seconds)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    offered = int(g.communicate(hexes)[0] or 0)
+    time.sleep(0.2)  # (the last frames in flight reach the counter)
+    done = counter(*out, "tx_packets") - before
+    fw.stdout.read()  # type: ignore[union-attr]
+    err = fw.stderr.read()  # type: ignore[union-attr]
+    if verbose:
+        print(err.strip(), file=sys.stderr)
+    _pid, _status, ru = os.wait4(fw.pid, 0)
+    fw.returncode = 0
+    return done / seconds, offered / seconds, ru.ru_utime + ru.ru_stime
+
+
 def trace_hex() -> str:
     from e2actors.packet.packet import Packet
     from e2actors.packet.traffic import frames
@@ -277,12 +304,7 @@ def main() -> None:
             sh(f"ip netns exec {ns} ethtool -K {dev} tx off rx off tso off gso off gro off", check=False)
             sh(f"ip netns exec {ns} sysctl -qw net.ipv6.conf.{dev}.disable_ipv6=1", check=False)
 
-        def counter(ns: str, dev: str, what: str) -> int:
-            out = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/{what}"],
-                                 capture_output=True, text=True).stdout
-            return int(out)
-
-        def one(kind: str) -> tuple[float, float]:
+        def one(kind: str) -> tuple[float, float, float]:
             mode = kind.split("-")[-1]
             if kind == "naive":
                 cmd = [sys.executable, "-c", NAIVE, a0, b0, str(args.seconds + 1.5)]
@@ -295,20 +317,7 @@ def main() -> None:
                 fw.stdout.readline()  # type: ignore[union-attr]
             else:
                 time.sleep(0.5)
-            before = counter(fwd, b0, "tx_packets")
-            g = subprocess.Popen(["ip", "netns", "exec", gen, sys.executable, "-c", GEN, g0, str(args.seconds)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            offered = int(g.communicate(hexes)[0] or 0)
-            time.sleep(0.2)
-            done = counter(fwd, b0, "tx_packets") - before
-            fw.stdout.read()  # type: ignore[union-attr]
-            err = fw.stderr.read()  # type: ignore[union-attr]
-            if args.verbose:
-                print(err.strip(), file=sys.stderr)
-            _pid, _status, ru = os.wait4(fw.pid, 0)
-            fw.returncode = 0
-            cpu = ru.ru_utime + ru.ru_stime
-            return done / args.seconds, offered / args.seconds, cpu
+            return measure(fw, (fwd, b0), (gen, g0), hexes, args.seconds, args.verbose)
 
         if args.drain:
             import ast

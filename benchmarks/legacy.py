@@ -43,7 +43,7 @@ ROOT = os.path.join(HERE, "..")
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from afpacket import GEN, trace_hex  # noqa: E402  (the same generator and trace)
+from afpacket import measure, sh, trace_hex  # noqa: E402  (the same generator, trace and measure)
 
 BRIDGE = {"setup": ["ip link add br0 type bridge mcast_snooping 0", "ip link set in0 master br0",
                     "ip link set out0 master br0", "ip link set br0 up"],
@@ -84,10 +84,6 @@ run(main())
 """
 
 
-def sh(cmd: str, check: bool = True) -> None:
-    subprocess.run(cmd, shell=True, check=check, capture_output=True)
-
-
 def forwarding(args: argparse.Namespace) -> dict[str, float]:
     tag = f"lg{os.getpid() % 10000}"
     gen, fwd, sink = f"{tag}gen", f"{tag}fwd", f"{tag}sink"
@@ -104,11 +100,6 @@ def forwarding(args: argparse.Namespace) -> dict[str, float]:
             sh(f"ip -n {ns} link set {dev} up")
             sh(f"ip netns exec {ns} ethtool -K {dev} tx off rx off tso off gso off gro off", check=False)
 
-        def counter(ns: str, dev: str, what: str) -> int:
-            out = subprocess.run(["ip", "netns", "exec", ns, "cat", f"/sys/class/net/{dev}/statistics/{what}"],
-                                 capture_output=True, text=True).stdout
-            return int(out)
-
         def one(kind: str) -> tuple[float, float, float]:
             cmd = [sys.executable, "-c", FORWARDER, a0, b0, str(args.seconds + 1.5), kind, ROOT, json.dumps(BRIDGE)]
             fw = subprocess.Popen(["ip", "netns", "exec", fwd, *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -116,19 +107,7 @@ def forwarding(args: argparse.Namespace) -> dict[str, float]:
             line = fw.stdout.readline()  # type: ignore[union-attr]
             if not line.startswith("READY"):
                 raise RuntimeError(f"{kind} forwarder did not start: {fw.stderr.read()}")  # type: ignore[union-attr]
-            before = counter(fwd, b0, "tx_packets")
-            g = subprocess.Popen(["ip", "netns", "exec", gen, sys.executable, "-c", GEN, g0, str(args.seconds)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            offered = int(g.communicate(hexes)[0] or 0)
-            time.sleep(0.2)
-            done = counter(fwd, b0, "tx_packets") - before
-            fw.stdout.read()  # type: ignore[union-attr]
-            err = fw.stderr.read()  # type: ignore[union-attr]
-            if args.verbose:
-                print(err.strip(), file=sys.stderr)
-            _pid, _status, ru = os.wait4(fw.pid, 0)
-            fw.returncode = 0
-            return done / args.seconds, offered / args.seconds, ru.ru_utime + ru.ru_stime
+            return measure(fw, (fwd, b0), (gen, g0), hexes, args.seconds, args.verbose)
 
         best = {"switch": 0.0, "vport": 0.0}
         per_cpu = {"switch": 0.0, "vport": 0.0}
