@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from e2actors.nf.pipelet import Pipelet
 from e2actors.packet.batch import Batch
+from scaling_nfs import Burner
 
 
 class Directions(Pipelet):
@@ -30,19 +29,8 @@ class Directions(Pipelet):
             self.emit(p)
 
 
-class Slow(Pipelet):
-    """Spends ``cost_us`` microseconds of CPU on each packet (an overloaded NF)."""
+class Slow(Burner):
+    """An overloaded NF: ``scaling_nfs.Burner`` (CPU time per packet, ``cost_us``) sized for
+    5,000 packets/s."""
 
-    affinity = "flow"
     cost_pps = 5_000
-
-    async def setup(self, config: dict) -> None:
-        self.cost = float(config.get("cost_us", 200)) / 1e6
-
-    async def process(self, batch: Batch) -> None:
-        clock = time.thread_time
-        for p in batch.packets:
-            end = clock() + self.cost
-            while clock() < end:
-                pass
-            self.emit(p)
