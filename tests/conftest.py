@@ -122,6 +122,24 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def agents(tmp_path: Path, secret_file: Path) -> Iterator:
+    """Factory: ``agents(name, extra=[...])`` starts an ``e2actors agent`` process on loopback
+    with the test secret (its options ``extra``); all are stopped after the test."""
+    from clusterkit import start_agent
+
+    started: list = []
+
+    def start(name: str, extra: list[str] | None = None):
+        a = start_agent(tmp_path, name, "tcp://127.0.0.1:0", secret_file, extra=extra)
+        started.append(a)
+        return a
+
+    yield start
+    for a in started:
+        a.stop()
+
+
+@pytest.fixture
 def peer_process(tmp_path: Path, secret_file: Path) -> Iterator:
     """Factory: ``peer_process(listen, name=..., secret=..., extra=[...])`` starts a peer node."""
     procs: list[PeerProcess] = []

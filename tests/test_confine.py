@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Agent, metric, run_cli, start_agent
+from clusterkit import Agent, metric, run_cli
 from conftest import SECRET
 from e2actors import ActorRef, Node, Spawn, SpawnRefused
 from e2actors.nf.builtin import IDS, Legacy, Logger
@@ -134,20 +134,6 @@ def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
 
 
 # --- with agents -------------------------------------------------------------------------------------
-@pytest.fixture
-def agents(tmp_path: Path, secret_file: Path):
-    started: list[Agent] = []
-
-    def start(name: str, extra: list[str] | None = None) -> Agent:
-        a = start_agent(tmp_path, name, "tcp://127.0.0.1:0", secret_file, extra=extra)
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.stop()
-
-
 def metrics_when(agent: Agent, pred, timeout: float = 10.0) -> str:
     """The agent's metrics text once ``pred(text)`` holds (its snapshot is refreshed twice a second)."""
     deadline = time.monotonic() + timeout

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from clusterkit import Agent, env_with_tests, make_certs, metric, start_agent
+from clusterkit import Agent, env_with_tests, make_certs, metric
 from conftest import SECRET, eventually, need_tool
 from e2actors import Actor, ActorRef, AuthError, GetNodeInfo, Node, Spawn, TLSConfig, TransportError
 from e2actors.runtime.codec import encode_frame
@@ -105,20 +105,6 @@ def start_relay(procs: list, target: str, mode: str, inject: Path | None = None,
     line = p.stdout.readline()  # type: ignore[union-attr]
     assert line.startswith("READY "), line
     return f"tcp://127.0.0.1:{line.split()[1]}"
-
-
-@pytest.fixture
-def agents(tmp_path: Path, secret_file: Path):
-    started: list[Agent] = []
-
-    def start(name: str, extra: list[str] | None = None) -> Agent:
-        a = start_agent(tmp_path, name, "tcp://127.0.0.1:0", secret_file, extra=extra)
-        started.append(a)
-        return a
-
-    yield start
-    for a in started:
-        a.stop()
 
 
 async def test_man_in_the_middle_cannot_inject_replay_reorder_or_modify(tmp_path: Path, agents, procs) -> None:
