@@ -62,6 +62,7 @@ from e2actors.packet.build import ether, ipv4, udp  # noqa: E402
 from e2actors.packet.packet import Packet  # noqa: E402
 from e2actors.packet.pcap import read_packets  # noqa: E402
 from e2actors.packet.traffic import frames, write_pcap  # noqa: E402
+from healkit import SHARD_CHAIN  # noqa: E402  (the lost-shard tests' chain)
 
 V1 = """
 name: resilience-v1
@@ -261,19 +262,6 @@ async def main(rate: float, hb: float, pause_s: float) -> dict:
     return res
 
 
-SHARD_POLICY = """
-name: resilience-shards
-nfs:
-  fw: {class: e2actors.nf.builtin.firewall:Firewall, affinity: flow,
-       config: {default: allow, rules: [{deny: "udp port 53"}]}}
-  parental: {class: e2actors.nf.builtin.hostfilter:HostFilter, affinity: flow, config: {block: [youtube.com]}}
-classes:
-  - {name: all, filter: "", load_pps: 1000}
-edges:
-  - {from: in, to: fw}
-  - {from: fw, to: parental}
-  - {from: parental, to: out}
-"""
 
 
 async def shard_loss(tmp: str, hb: float, pause: float | None, loops: int = 8) -> dict:
@@ -285,7 +273,7 @@ async def shard_loss(tmp: str, hb: float, pause: float | None, loops: int = 8) -
     n_cap = sum(1 for _ in read_packets(cap))
     pol = os.path.join(tmp, "shards.yaml")
     with open(pol, "w") as f:
-        f.write(SHARD_POLICY)
+        f.write(SHARD_CHAIN)
     out = os.path.join(tmp, f"shards-out-{pause}.pcap")
     mgr = Manager(workers=2, worker_cores=2, autoscale=False, heartbeat_timeout=hb)
     res: dict = {}

@@ -16,6 +16,22 @@ EXT = "198.19.0.1"
 SERVER = "203.0.113.9"
 
 
+#: Two flow-affine NFs that keep per-flow state (a firewall, parental control): the chain the
+#: tests and benchmarks of a lost shard replay, its worker killed or paused mid-replay.
+SHARD_CHAIN = """name: shardheal
+nfs:
+  fw: {class: e2actors.nf.builtin.firewall:Firewall, affinity: flow,
+       config: {default: allow, rules: [{deny: "udp port 53"}]}}
+  parental: {class: e2actors.nf.builtin.hostfilter:HostFilter, affinity: flow, config: {block: [youtube.com]}}
+classes:
+  - {name: all, filter: "", load_pps: 1000}
+edges:
+  - {from: in, to: fw}
+  - {from: fw, to: parental}
+  - {from: parental, to: out}
+"""
+
+
 def nat_policy(name: str) -> str:
     """A policy of one NAT between ``in`` and ``out`` (source NAT to EXT for 10.0.0.0/8)."""
     return chain_policy("nat", f"class: e2actors.nf.builtin.NAT, affinity: flow, "

@@ -29,7 +29,7 @@ import pytest
 
 from clusterkit import Agent, env_with_tests, start_agent
 from conftest import SECRET, eventually, eventually_blocking, need_tool
-from healkit import account, feed, out_frame
+from healkit import SHARD_CHAIN, account, feed, out_frame
 from e2actors.manager.diff import heal_lost
 from e2actors.manager.hardware import Hardware, PortPlace, Server
 from e2actors.manager.manager import Manager, Traffic
@@ -58,20 +58,6 @@ classes:
 edges:
   - {from: in, to: tag}
   - {from: tag, to: out}
-"""
-
-CHAIN = """
-name: shardheal
-nfs:
-  fw: {class: e2actors.nf.builtin.firewall:Firewall, affinity: flow,
-       config: {default: allow, rules: [{deny: "udp port 53"}]}}
-  parental: {class: e2actors.nf.builtin.hostfilter:HostFilter, affinity: flow, config: {block: [youtube.com]}}
-classes:
-  - {name: all, filter: "", load_pps: 1000}
-edges:
-  - {from: in, to: fw}
-  - {from: fw, to: parental}
-  - {from: parental, to: out}
 """
 
 
@@ -393,7 +379,7 @@ def test_a_lost_worker_s_shard_is_taken_over_and_every_packet_accounted(tmp_path
     write_pcap(cap, flows=3000, seed=3)
     n_cap = _tcpdump_count(cap)
     loops = 6
-    (tmp_path / "policy.yaml").write_text(CHAIN)
+    (tmp_path / "policy.yaml").write_text(SHARD_CHAIN)
     out = tmp_path / "out.pcap"
     run = subprocess.Popen([sys.executable, "-m", "e2actors", "run", "policy.yaml", "--traffic", str(cap),
                             "--loop", str(loops), "--workers", "2", "--worker-cores", "2", "--no-autoscale",
