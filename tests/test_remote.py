@@ -341,3 +341,27 @@ async def test_an_idle_peer_with_a_long_timeout_heartbeats_for_our_short_one() -
             assert not quick._peers[slow.address].lost
             assert not [m for m in got if isinstance(m, (NodeLost, Terminated))], got
             assert quick.counters["nodes_lost"] == 0
+
+
+async def test_a_hello_with_a_bad_heartbeat_timeout_closes_that_connection_only() -> None:
+    # The HELLO's (version, heartbeat timeout) comes from the peer: anything but a version and a
+    # finite positive number closes that connection and is counted; a bare version (an older
+    # peer) is taken; a good peer is not disturbed.
+    from rawpeer import frame
+
+    async with Node("srv", listen="tcp://127.0.0.1:0", secret=SECRET) as srv:
+        loop = asyncio.get_running_loop()
+        bad = [("0.1.0", -1.0), ("0.1.0", float("nan")), ("0.1.0", float("inf")), ("0.1.0", "3"), (1, 3.0),
+               ("0.1.0", 3.0, "extra"), ("0.1.0", True)]
+        for i, arg in enumerate(bad):
+            peer = await loop.run_in_executor(None, lambda: RawPeer(srv.address, SECRET, hello_frame=False))
+            peer.send(frame(6, f"anon://raw{i}", arg, None, "raw"))
+            assert await loop.run_in_executor(None, peer.closed), arg
+            peer.close()
+        assert srv.counters["codec_errors"] >= len(bad)
+        old = await loop.run_in_executor(None, RawPeer, srv.address, SECRET)  # ("0.1.0": a bare version)
+        assert not await loop.run_in_executor(None, old.closed, 0.3)
+        old.close()
+        async with Node("good", secret=SECRET) as good:
+            info = await good.ask(good.system_ref(srv.address), GetNodeInfo())
+            assert info.name == "srv"
